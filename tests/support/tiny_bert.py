@@ -1,0 +1,91 @@
+"""Build tiny, randomly initialised BERT checkpoints for tests (no model hub, a few hundred KB)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from engine.modeling import SENTIMENT_LABELS, HeadSpec, MultiHeadClassifier
+
+TOPIC_LABELS: tuple[str, ...] = (
+    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
+    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
+    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
+    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
+)
+DEFAULT_HEADS: tuple[HeadSpec, ...] = (HeadSpec("sentiment", SENTIMENT_LABELS), HeadSpec("topic", TOPIC_LABELS))
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_vocab(corpus: Iterable[str], size: int = 2000) -> list[str]:
+    """Specials, single characters (so nothing is ever [UNK]-only) and the most frequent words."""
+    from collections import Counter
+
+    words: Counter[str] = Counter()
+    chars: set[str] = set()
+    for text in corpus:
+        for w in re.findall(r"\w+|[^\w\s]", text.lower()):
+            words[w] += 1
+            chars.update(w)
+    vocab = list(SPECIALS) + sorted(chars) + [f"##{c}" for c in sorted(chars)]
+    seen = set(vocab)
+    for w, _ in words.most_common():
+        if len(vocab) >= size:
+            break
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    return vocab
+
+
+def write_tokenizer(out: Path, vocab: Sequence[str]) -> None:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab_map = {tok: i for i, tok in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(vocab_map, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab_map["[CLS]"]), ("[SEP]", vocab_map["[SEP]"])],
+    )
+    tok.decoder = decoders.WordPiece()
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (out / "tokenizer_config.json").write_text('{"do_lower_case": true, "tokenizer_class": "BertTokenizerFast", "model_max_length": 512}')
+    (out / "special_tokens_map.json").write_text(
+        '{"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}'
+    )
+
+
+def make_tiny_encoder(out: Path, corpus: Iterable[str], seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A tiny base encoder directory (BertModel, no heads), like the MiniLM base but ~100x smaller."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    vocab = build_vocab(corpus)
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=hidden * 2, max_position_embeddings=512, pad_token_id=0,
+    )
+    BertModel(cfg).save_pretrained(str(out))
+    write_tokenizer(out, vocab)
+    return out
+
+
+def make_tiny_checkpoint(out: Path, corpus: Iterable[str], heads: Sequence[HeadSpec] = DEFAULT_HEADS, seed: int = 0) -> Path:
+    """A tiny finpulse two-head checkpoint with random weights, saved like a trained one."""
+    from transformers import BertModel
+
+    corpus = list(corpus)
+    enc_dir = out.parent / (out.name + "-encoder")
+    make_tiny_encoder(enc_dir, corpus, seed=seed)
+    torch.manual_seed(seed + 1)
+    model = MultiHeadClassifier(BertModel.from_pretrained(str(enc_dir), add_pooling_layer=False), heads)
+    model.save_pretrained(out, extra_config={"finpulse_model_id": f"tiny-bert-seed{seed}"})
+    write_tokenizer(out, build_vocab(corpus))
+    return out
