@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
@@ -51,6 +52,8 @@ KAFKA_LOG4J2 = KAFKA_INFRA_DIR / "log4j2.properties"
 # Rotate a service's stdout log at start once it is this big, so repeated dev runs stay bounded.
 _LOG_ROTATE_BYTES = 20 * 1024 * 1024
 _LOG_TAIL_LINES = 20
+# Written to a service log before each start, so a failure excerpt covers the last run only.
+_START_MARKER = "===== "
 
 
 class ServiceError(RuntimeError):
@@ -66,7 +69,11 @@ class ServiceError(RuntimeError):
         text = f"{service}: {message}"
         if log_path is not None:
             text += f" (log: {log_path})"
+            first = first_error(log_path)
             tail = tail_file(log_path, _LOG_TAIL_LINES)
+            if first and first not in tail:
+                # A JVM failure usually ends in a long stack trace; the first ERROR says why.
+                text += f"\n--- first error of the last run ---\n{first}"
             if tail:
                 text += f"\n--- last {_LOG_TAIL_LINES} lines of {log_path.name} ---\n{tail}"
         super().__init__(text)
@@ -84,6 +91,20 @@ def tail_file(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
             return "".join(deque(fh, maxlen=lines)).rstrip("\n")
     except OSError:
         return ""
+
+
+def first_error(path: Path, context: int = 1) -> str:
+    """The first ERROR/FATAL line (plus ``context`` lines) after the last start marker."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, line in enumerate(lines) if line.startswith(_START_MARKER)]
+    run = lines[starts[-1] + 1:] if starts else lines
+    for i, line in enumerate(run):
+        if " ERROR " in line or " FATAL " in line or line.startswith("Error"):
+            return "\n".join(run[i:i + 1 + context])
+    return ""
 
 
 def parse_host_port(address: str, default_port: int) -> tuple[str, int]:
@@ -192,10 +213,12 @@ class _LocalService:
     # --- to be provided by subclasses ----------------------------------------------------
     @property
     def host(self) -> str:
+        """Host the service listens on."""
         raise NotImplementedError
 
     @property
     def port(self) -> int:
+        """Port the service listens on."""
         raise NotImplementedError
 
     def ensure_installed(self) -> None:
@@ -276,7 +299,8 @@ class _LocalService:
             folder.mkdir(parents=True, exist_ok=True)
         _rotate(self.log_path)
         with self.log_path.open("ab") as out:
-            out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name} =====\n".encode())
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            out.write(f"{_START_MARKER}{stamp} starting {self.name} =====\n".encode())
             out.flush()
             # Own session: the service survives the launching process and its Ctrl-C, and
             # stop() can signal the whole process group.
@@ -315,14 +339,17 @@ class _LocalService:
                     log.info("ready", service=self.name, port=self.port,
                              waited_s=round(time.monotonic() - t0, 2))
                     return
-                except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                except Exception as exc:  # any failure means "not ready yet"
                     last_error = exc
             if time.monotonic() >= deadline:
+                ours = self.managed_pid() is not None
                 raise ServiceError(
                     self.name,
                     f"not ready on {self.host}:{self.port} after {timeout:.0f}s"
-                    + (f" (last error: {last_error!r})" if last_error else ""),
-                    self.log_path,
+                    + (f" (last error: {last_error!r})" if last_error else "")
+                    + ("" if ours else "; the process on that port was not started by us"),
+                    # Our log says nothing about a process someone else started.
+                    self.log_path if ours else None,
                 )
             await asyncio.sleep(0.25)
 
@@ -346,8 +373,9 @@ class _LocalService:
             if not self._wait_exit(pid, 10.0):
                 raise ServiceError(self.name, f"pid {pid} survived SIGKILL", self.log_path)
         self.pid_file.unlink(missing_ok=True)
+        exit_code = self._proc.returncode if self._proc is not None and self._proc.pid == pid else None
         self._proc = None
-        log.info("stopped", service=self.name, pid=pid)
+        log.info("stopped", service=self.name, pid=pid, exit_code=exit_code)
         return True
 
     @staticmethod
@@ -356,10 +384,8 @@ class _LocalService:
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _wait_exit(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -399,22 +425,27 @@ class LocalKafka(_LocalService):
 
     @property
     def controller_port(self) -> int:
+        """KRaft controller listener port (``kafka_controller_port``)."""
         return self.settings.kafka_controller_port
 
     @property
     def version(self) -> str:
+        """Kafka version resolved from Maven Central (``kafka_version``)."""
         return self.settings.kafka_version
 
     @property
     def libs_dir(self) -> Path:
+        """Classpath folder filled by Maven."""
         return self.settings.kafka_dir / "libs"
 
     @property
     def data_dir(self) -> Path:
+        """``log.dirs`` (also the KRaft metadata log)."""
         return self.settings.kafka_dir / "data"
 
     @property
     def config_path(self) -> Path:
+        """The generated ``server.properties``."""
         return self.settings.kafka_dir / "server.properties"
 
     def _workdir(self) -> Path:
@@ -620,6 +651,7 @@ class LocalRedis(_LocalService):
 
     @property
     def config_path(self) -> Path:
+        """The generated ``redis.conf`` (mode 0600: it may hold the password)."""
         return self.settings.redis_dir / "redis.conf"
 
     def _workdir(self) -> Path:
@@ -709,12 +741,16 @@ class LocalServices:
         for svc in self.services.values():
             svc.ensure_installed()
 
-    def start(self, *, wait: bool = True, timeout: float = 90.0) -> dict[str, bool]:
-        """Start both (Redis first: it is instant); returns ``{name: started_by_this_call}``."""
+    def start(self, names: Iterable[str] | None = None, *, wait: bool = True,
+              timeout: float = 90.0) -> dict[str, bool]:
+        """Start the named services (default both); returns ``{name: started_by_this_call}``.
+
+        If one fails, those this call started are stopped again before the error propagates.
+        """
         started: dict[str, bool] = {}
         try:
-            for name in ("redis", "kafka"):
-                started[name] = self.services[name].start(wait=wait, timeout=timeout)
+            for svc in self._pick(names):
+                started[svc.name] = svc.start(wait=wait, timeout=timeout)
         except BaseException:
             # Do not leave half the stack running behind a failed start.
             self.stop([n for n, s in started.items() if s])
@@ -879,17 +915,18 @@ def main(argv: list[str] | None = None) -> int:
         picked = stack._pick(args.services or None)
     except ValueError as exc:
         parser.error(str(exc))
-    result: dict[str, Any] = {}
-    for svc in picked:
-        if args.action == "install":
+    names = [svc.name for svc in picked]
+    result: dict[str, Any]
+    if args.action == "install":
+        for svc in picked:
             svc.ensure_installed()
-            result[svc.name] = "installed"
-        elif args.action == "start":
-            result[svc.name] = {"started": svc.start(timeout=args.timeout)}
-        elif args.action == "stop":
-            result[svc.name] = {"stopped": svc.stop()}
-        else:
-            result[svc.name] = svc.status()
+        result = {name: "installed" for name in names}
+    elif args.action == "start":
+        result = {n: {"started": s} for n, s in stack.start(names, timeout=args.timeout).items()}
+    elif args.action == "stop":
+        result = {n: {"stopped": s} for n, s in stack.stop(names).items()}
+    else:
+        result = {svc.name: svc.status() for svc in picked}
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

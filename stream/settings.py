@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from stream.alerts import SurgeParams
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,14 +63,29 @@ class StreamSettings(BaseSettings):
     alert_window_seconds: int = 15 * 60
     alert_baseline_seconds: int = 3 * 3600
     alert_min_count: int = 5
+    alert_method: Literal["z", "ratio"] = "z"
     alert_min_ratio: float = 2.0
     alert_min_z: float = 2.0
     alert_floor: float = 0.4
+    alert_prior_share: float = 0.2
+    alert_prior_weight: float = 10.0
+    alert_critical_share: float = 0.75
     alert_cooldown_seconds: int = 30 * 60
 
-    # --- model -----------------------------------------------------------------------------
-    model_dir: Path | None = Field(default=None, description="Engine bundle or HF checkpoint; default model when unset.")
-    backend: str = Field(default="auto", description="auto|torch|onnxruntime|onnxruntime-int8|cuda|tensorrt|null")
+    # --- processing ------------------------------------------------------------------------
+    infra_retry_max_seconds: float = Field(default=30.0, description="Backoff cap while Redis/Kafka are unreachable.")
+
+    # --- model (the engine's own settings, FINPULSE_ENGINE_*, pick backend and batching) -----
+    default_model_dir: Path = Field(default=PROJECT_ROOT / ".local" / "models", description="Cache of the default model and its bundle.")
+
+    def surge_params(self) -> "SurgeParams":
+        from stream.alerts import SurgeParams
+
+        return SurgeParams(
+            min_count=self.alert_min_count, method=self.alert_method, min_z=self.alert_min_z,
+            min_ratio=self.alert_min_ratio, floor=self.alert_floor, prior_share=self.alert_prior_share,
+            prior_weight=self.alert_prior_weight, critical_share=self.alert_critical_share,
+        )
 
     @property
     def kafka_dir(self) -> Path:

@@ -89,3 +89,50 @@ def make_tiny_checkpoint(out: Path, corpus: Iterable[str], heads: Sequence[HeadS
     model.save_pretrained(out, extra_config={"finpulse_model_id": f"tiny-bert-seed{seed}"})
     write_tokenizer(out, build_vocab(corpus))
     return out
+
+
+NEGATIVE_PHRASES = ("shares crash after fraud probe", "plunges on bankruptcy fears", "collapses as lawsuit widens")
+POSITIVE_PHRASES = ("soars on record profit", "rallies after strong upgrade", "jumps on blowout earnings")
+
+
+def make_keyword_model(out: Path, corpus: Sequence[str], steps: int = 60, seed: int = 0) -> Path:
+    """A tiny two-head model trained briefly so that crash-words read negative, boom-words positive, the rest neutral.
+
+    Tests need a model whose sentiment is predictable without hard-coding its outputs; this one
+    learns it from data in a few seconds. Tests still check what it predicts before relying on it.
+    """
+    import random
+
+    from engine.modeling import load_model
+    from engine.tokenize import BatchTokenizer
+
+    corpus = [t for t in corpus if t.strip()]
+    vocab_corpus = list(corpus) + list(NEGATIVE_PHRASES) + list(POSITIVE_PHRASES)
+    ckpt = make_tiny_checkpoint(out, vocab_corpus, seed=seed)
+    loaded = load_model(ckpt)
+    model = loaded.model.train()
+    tok = BatchTokenizer.from_model_dir(ckpt, max_seq_len=32)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        texts, labels = [], []
+        for _ in range(32):
+            base = rng.choice(corpus)
+            kind = rng.randrange(3)
+            if kind == 0:
+                texts.append(f"{rng.choice(NEGATIVE_PHRASES)} {base}")
+            elif kind == 2:
+                texts.append(f"{rng.choice(POSITIVE_PHRASES)} {base}")
+            else:
+                texts.append(base)
+            labels.append(kind)
+        t = tok.tokenize(texts)
+        b = tok.collate(t, range(len(texts)))
+        logits = model(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))[0]
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(ckpt, extra_config={"finpulse_model_id": f"tiny-keyword-seed{seed}"})
+    return ckpt

@@ -1,0 +1,32 @@
+"""Typed defaults for ``finpulse build-engine`` (env prefix ``FINPULSE_BUILD_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_timing_cache() -> Path:
+    return Path.home() / ".cache" / "finpulse" / "tensorrt-timing.cache"
+
+
+class BuildSettings(BaseSettings):
+    """Defaults for engine builds; every one can also be given on the command line."""
+
+    model_config = SettingsConfigDict(env_prefix="FINPULSE_BUILD_", extra="ignore", protected_namespaces=())
+
+    exporter: str = Field(default="dynamo", description="ONNX exporter: 'dynamo' (torch.export based) or 'torchscript' (legacy).")
+    opset: int = Field(default=18, ge=14, description="ONNX opset for the export.")
+    max_seq_len: int = Field(default=128, ge=8, le=512)
+    tolerance: float = Field(default=1e-4, ge=0.0, description="Max abs logit diff allowed between ONNX Runtime fp32 and PyTorch.")
+    int8_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0, description="Min argmax agreement per head for INT8.")
+    validation_texts: int = Field(default=256, ge=1, description="How many real texts validation runs on.")
+    max_batch: int = Field(default=256, ge=1, description="Largest batch a TensorRT profile accepts.")
+    opt_batch: int = Field(default=64, ge=1, description="Batch size TensorRT tunes kernels for in each profile.")
+    seq_buckets: tuple[int, ...] = Field(default=(16, 32, 64, 128), description="Sequence-length buckets (one TensorRT profile each).")
+    fp16: bool = True
+    workspace_mib: int = Field(default=2048, ge=64, description="TensorRT builder workspace.")
+    timing_cache: Path = Field(default_factory=_default_timing_cache, description="TensorRT timing cache, reused across builds.")
+    calibration_batch: int = Field(default=32, ge=1, description="Batch size of TensorRT INT8 calibration batches.")

@@ -1,0 +1,120 @@
+"""The Faust worker: topics, the classify agent (micro-batches via ``take_events``) and the health view.
+
+``create_app`` wires an already-loaded classifier and Redis into a Faust app; the heavy lifting is in
+``stream.processor.BatchProcessor`` so the agent stays a thin loop.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+import faust
+import structlog
+from redis.asyncio import Redis
+
+from engine.classifier import TextClassifier
+from stream.processor import BatchProcessor, RawMessage
+from stream.settings import StreamSettings
+from stream.windows import WindowStore
+
+log = structlog.get_logger(__name__)
+
+
+class FaustSink:
+    """Sends processor output through Faust's producer (batched by aiokafka underneath)."""
+
+    def __init__(self, scored: faust.TopicT, alerts: faust.TopicT, dlq: faust.TopicT) -> None:
+        self.scored, self.alerts, self.dlq = scored, alerts, dlq
+
+    async def _send_all(self, topic: faust.TopicT, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        # send() only enqueues into the producer's batch; awaiting the futures makes the batch durable
+        # before take_events acks (and so commits) the inputs it came from.
+        futs = [await topic.send(key=k, value=v) for k, v in records]
+        for f in futs:
+            await f
+
+    async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        await self._send_all(self.scored, records)
+
+    async def send_alerts(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        await self._send_all(self.alerts, records)
+
+    async def send_dead_letters(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        await self._send_all(self.dlq, records)
+
+
+def redis_client(settings: StreamSettings) -> Redis:
+    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return Redis.from_url(settings.redis_url, password=pw, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+
+
+def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
+    """A Faust app whose single agent classifies micro-batches from the input topic."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=True,
+        web_host="127.0.0.1",
+        web_port=settings.worker_web_port,
+        web_in_thread=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        producer_linger_ms=5,
+        stream_buffer_maxsize=max(4096, settings.max_batch_size * 4),
+        table_standby_replicas=0,
+    )
+    raw = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
+    source = app.topic(settings.input_topic, **raw)
+    scored = app.topic(settings.scored_topic, **raw)
+    alerts = app.topic(settings.alerts_topic, **raw)
+    dlq = app.topic(settings.dlq_topic, **raw)
+
+    r = redis or redis_client(settings)
+    store = WindowStore(r, settings.redis_prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds)
+    # One inference thread: the model already uses every core; two would only contend.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+    processor = BatchProcessor(settings, classifier, store, FaustSink(scored, alerts, dlq), executor)
+    started = time.time()
+    app.finpulse_processor = processor  # type: ignore[attr-defined]
+
+    @app.agent(source, name="classify")
+    async def classify(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.max_batch_size, within=settings.max_wait_ms / 1000):
+            msgs = [
+                RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp and int(e.message.timestamp * 1000))
+                for e in events
+            ]
+            await processor.process(msgs)
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        redis_ok = True
+        try:
+            await r.ping()
+        except Exception:  # noqa: BLE001 - health reports the failure instead of raising
+            redis_ok = False
+        engine = classifier.describe()
+        return web.json({
+            "status": "ok" if redis_ok else "degraded",
+            "uptime_s": round(time.time() - started, 1),
+            "engine": engine,
+            "engine_stats": classifier.stats.as_dict(),
+            "gpu_fallback": bool(engine.get("skipped_backends")) and engine.get("device") == "cpu",
+            "redis": redis_ok,
+            "metrics": processor.metrics.as_dict(),
+            "topics": {"input": settings.input_topic, "scored": settings.scored_topic, "alerts": settings.alerts_topic, "dlq": settings.dlq_topic},
+        })
+
+    @app.on_after_configured.connect
+    def _configured(app_: Any, **kwargs: Any) -> None:  # pragma: no cover - logging only
+        log.info("worker_configured", group=settings.consumer_group, input=settings.input_topic)
+
+    return app

@@ -1,0 +1,228 @@
+"""The ``finpulse`` command line. ``sys.exit`` lives here and nowhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from engine.settings import EngineSettings
+from stream.logs import configure_logging
+from stream.settings import StreamSettings, get_settings
+
+
+def _settings(**overrides: Any) -> StreamSettings:
+    base = get_settings()
+    upd = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=upd) if upd else base
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--pretty-logs", is_flag=True, help="Human-readable logs instead of JSON lines.")
+def cli(log_level: str, pretty_logs: bool) -> None:
+    """finpulse: real-time financial sentiment monitor."""
+    configure_logging(log_level, json=not pretty_logs)
+
+
+# --- local services --------------------------------------------------------------------------------
+@cli.command()
+def up() -> None:
+    """Start local Kafka (KRaft) and Redis (installing them first if needed)."""
+    from stream.local_services import LocalServices
+
+    svc = LocalServices(get_settings())
+    svc.ensure_installed()
+    started = svc.start()
+    click.echo(orjson.dumps({"started": started, "status": svc.status()}, option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.command()
+def down() -> None:
+    """Stop the local Kafka and Redis that `finpulse up` started."""
+    from stream.local_services import LocalServices
+
+    click.echo(orjson.dumps({"stopped": LocalServices(get_settings()).stop()}).decode())
+
+
+@cli.command()
+def status() -> None:
+    """Show whether local Kafka and Redis are running."""
+    from stream.local_services import LocalServices
+
+    click.echo(orjson.dumps(LocalServices(get_settings()).status(), option=orjson.OPT_INDENT_2, default=str).decode())
+
+
+# --- the worker ---------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--web-port", type=int, default=None, help="Health endpoint port (default FINPULSE_WORKER_WEB_PORT).")
+@click.option("--backend", default=None, help="Engine backend (default FINPULSE_ENGINE_BACKEND or auto).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
+def worker(web_port: int | None, backend: str | None, model_dir: Path | None) -> None:
+    """Run a Faust worker: consume events, classify in micro-batches, update Redis, publish scores and alerts."""
+    from stream.worker import run_worker
+
+    eng = EngineSettings()
+    eng = eng.model_copy(update={k: v for k, v in {"backend": backend, "model_dir": model_dir}.items() if v is not None})
+    run_worker(_settings(worker_web_port=web_port), eng)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--limit", type=int, default=None, help="At most this many events.")
+@click.option("--since", default=None, help="Only events at or after this time (ISO-8601).")
+@click.option("--until", default=None, help="Only events before this time (ISO-8601).")
+@click.option("--rate", type=float, default=0.0, help="Events per second (0: as fast as possible).")
+@click.option("--topic", default=None, help="Target topic (default FINPULSE_INPUT_TOPIC).")
+def replay(file: Path, limit: int | None, since: str | None, until: str | None, rate: float, topic: str | None) -> None:
+    """Replay a historical stream (StockNet CSV or JSONL events) into the input topic."""
+    from stream.replay import parse_when, produce, read_events
+
+    s = get_settings()
+    events = read_events(file, since=parse_when(since), until=parse_when(until), limit=limit)
+    stats = asyncio.run(produce(s.kafka_bootstrap, topic or s.input_topic, events, rate=rate))
+    click.echo(orjson.dumps({"sent": stats.sent, "seconds": round(stats.seconds, 3), "rate": round(stats.rate, 1), "topic": topic or s.input_topic}).decode())
+
+
+@cli.command()
+@click.option("--from-beginning", is_flag=True, help="Print past alerts too.")
+@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds (default: follow forever).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON alert per line.")
+def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
+    """Follow the alert topic and print alerts as they come."""
+    from aiokafka import AIOKafkaConsumer
+
+    s = get_settings()
+
+    async def follow() -> None:
+        consumer = AIOKafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        await consumer.start()
+        try:
+            idle = 0.0
+            while timeout is None or idle < timeout:
+                batch = await consumer.getmany(timeout_ms=1000)
+                if not batch:
+                    idle += 1.0
+                    continue
+                idle = 0.0
+                for msgs in batch.values():
+                    for m in msgs:
+                        a = orjson.loads(m.value)
+                        if as_json:
+                            click.echo(m.value.decode())
+                        else:
+                            click.echo(f"[{a['severity'].upper()}] {a['window_end_iso']} {a['entity_kind']}:{a['entity']} "
+                                       f"negative {a['observed_share']:.0%} vs baseline {a['baseline_share']:.0%} "
+                                       f"over {a['count']} events (z={a['z']:.1f}) e.g. {', '.join(a['example_event_ids'])}")
+        finally:
+            await consumer.stop()
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(["ticker", "topic", "both"]), default="both")
+@click.option("--window", default="1h", show_default=True, help="Window ending at the newest event time: 5m, 15m, 1h, 24h... or 'all'.")
+@click.option("--top", type=int, default=15)
+@click.option("--min-count", type=int, default=1)
+def trends(kind: str, window: str, top: int, min_count: int) -> None:
+    """Print current windows from Redis, entities ranked by negative share."""
+    from stream.app import redis_client
+    from stream.console import make_console, trends_table
+    from stream.windows import WindowStore
+
+    s = get_settings()
+    window_s = None if window == "all" else _parse_duration(window)
+    console = make_console()
+
+    async def show() -> None:
+        r = redis_client(s)
+        try:
+            store = WindowStore(r, s.redis_prefix, s.bucket_seconds, s.retention_seconds, s.allowed_lateness_seconds)
+            for k in (["ticker", "topic"] if kind == "both" else [kind]):
+                console.print(trends_table(f"{k}s, window {window}", await store.trends(k, window_s), top, min_count))
+            console.print(f"watermark: {await store.watermark_ms()}  metrics: {await store.metrics()}")
+        finally:
+            await r.aclose()
+
+    asyncio.run(show())
+
+
+def _parse_duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+    except (ValueError, KeyError) as exc:
+        raise click.BadParameter(f"{text!r}: use e.g. 15m, 1h, 24h") from exc
+
+
+@cli.command()
+@click.option("--limit", type=int, default=6000, show_default=True, help="Events to replay.")
+@click.option("--since", default="2014-04-20", show_default=True)
+@click.option("--until", default=None)
+@click.option("--keep-services", is_flag=True, help="Leave Kafka and Redis running afterwards.")
+def demo(limit: int, since: str | None, until: str | None, keep_services: bool) -> None:
+    """Everything at once: services, default model, worker, a real stream replayed, trends and alerts."""
+    from stream.demo import run_demo
+
+    try:
+        code = run_demo(get_settings(), EngineSettings(), limit, since, until, keep_services)
+    except KeyboardInterrupt:
+        click.echo("interrupted: stopped what the demo started", err=True)
+        code = 130
+    sys.exit(code)
+
+
+@cli.group()
+def model() -> None:
+    """The default model."""
+
+
+@model.command("ensure")
+@click.option("--no-bundle", is_flag=True, help="Only the checkpoint, no engine bundle.")
+def model_ensure(no_bundle: bool) -> None:
+    """Train the default model if it is not cached, build its engine bundle, print where it is."""
+    from stream.models import ensure_default_model
+
+    click.echo(str(ensure_default_model(get_settings(), build_bundle=not no_bundle)))
+
+
+def _attach_optional_commands() -> None:
+    """Commands that live in other packages; attached here so one `finpulse` covers everything."""
+    import importlib
+
+    for mod, attr, name in (
+        ("build_engine.cli", "build_engine_cmd", "build-engine"),
+        ("training.cli", "train_cmd", "train"),
+        ("training.cli", "evaluate_cmd", "evaluate"),
+        ("bench.cli", "bench", "bench"),
+    ):
+        try:
+            cmd = getattr(importlib.import_module(mod), attr)
+        except (ModuleNotFoundError, AttributeError):
+            continue
+        cli.add_command(cmd, name)
+
+
+_attach_optional_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(standalone_mode=True)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one clear line, non-zero exit
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

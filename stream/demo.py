@@ -1,0 +1,229 @@
+"""`finpulse demo`: the whole system on one machine, on a real historical stream, in a few minutes.
+
+Starts (only if needed) local Kafka and Redis, makes sure the default model and its engine bundle
+exist, starts a worker in its own process, replays part of the StockNet tweet stream, follows the
+scored and alert topics with a progress bar, then prints trends and alerts. Whatever it started is
+stopped at the end or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from engine.settings import EngineSettings
+from stream.console import alerts_table, make_console, trends_table
+from stream.local_services import LocalServices, delete_topics, ensure_topics
+from stream.models import ensure_default_model
+from stream.replay import parse_when, produce, read_events
+from stream.settings import StreamSettings
+from stream.worker import topic_plan
+
+log = structlog.get_logger(__name__)
+
+# The StockNet stream is sparse (about 150 tweets a day over 87 tickers), so the demo counts in
+# hourly buckets and compares a 6-hour window against the 3 days before it.
+DEMO_OVERRIDES: dict[str, Any] = {
+    "input_topic": "finpulse.demo.events",
+    "scored_topic": "finpulse.demo.scored",
+    "alerts_topic": "finpulse.demo.alerts",
+    "dlq_topic": "finpulse.demo.dlq",
+    "consumer_group": "finpulse-demo",
+    "redis_prefix": "finpulse:demo",
+    "bucket_seconds": 3600,
+    "alert_window_seconds": 6 * 3600,
+    "alert_baseline_seconds": 72 * 3600,
+    "alert_min_count": 6,
+    "alert_cooldown_seconds": 24 * 3600,
+    "allowed_lateness_seconds": 6 * 3600,
+    "retention_seconds": 3 * 24 * 3600,
+}
+
+
+def settings_env(settings: StreamSettings, engine: EngineSettings) -> dict[str, str]:
+    """The environment that makes a child process see exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude={"redis_password"}).items():
+        if value is not None:
+            env[f"FINPULSE_{name.upper()}"] = str(value)
+    if settings.redis_password is not None:
+        env["FINPULSE_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+    for name, value in engine.model_dump().items():
+        if value is not None:
+            env[f"FINPULSE_ENGINE_{name.upper()}"] = str(value)
+    return env
+
+
+async def _clear_redis_prefix(settings: StreamSettings) -> int:
+    from stream.app import redis_client
+
+    r = redis_client(settings)
+    n = 0
+    try:
+        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+            await r.unlink(key)
+            n += 1
+    finally:
+        await r.aclose()
+    return n
+
+
+def _health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return orjson.loads(resp.read())
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
+def start_worker_process(settings: StreamSettings, engine: EngineSettings, log_path: Path) -> subprocess.Popen[bytes]:
+    """A worker in its own process and process group (so Ctrl-C handling stays ours)."""
+    env = {**os.environ, **settings_env(settings, engine)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_worker_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-30:]
+            raise RuntimeError("worker exited during start-up:\n" + "\n".join(tail))
+        h = _health(port)
+        if h is not None:
+            return h
+        time.sleep(0.5)
+    raise TimeoutError(f"worker not healthy after {timeout:.0f}s (log: {log_path})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+async def follow_outputs(settings: StreamSettings, expected: int, progress: Progress, task: Any, idle_timeout: float) -> tuple[int, list[dict[str, Any]], int]:
+    """Count scored + dead-lettered events until ``expected`` are accounted for; collect alerts."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.scored_topic, settings.alerts_topic, settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+        group_id=None, fetch_max_wait_ms=200,
+    )
+    await consumer.start()
+    scored, dead, alerts = 0, 0, []
+    last = time.monotonic()
+    try:
+        while scored + dead < expected and time.monotonic() - last < idle_timeout:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for tp, msgs in batch.items():
+                if not msgs:
+                    continue
+                last = time.monotonic()
+                if tp.topic == settings.scored_topic:
+                    scored += len(msgs)
+                elif tp.topic == settings.dlq_topic:
+                    dead += len(msgs)
+                else:
+                    alerts.extend(orjson.loads(m.value) for m in msgs)
+            progress.update(task, completed=scored + dead)
+        # The last batch's alerts are sent just after its scored events: give them a moment.
+        tail = await consumer.getmany(timeout_ms=1500)
+        for tp, msgs in tail.items():
+            if tp.topic == settings.alerts_topic:
+                alerts.extend(orjson.loads(m.value) for m in msgs)
+    finally:
+        await consumer.stop()
+    return scored, alerts, dead
+
+
+def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: str | None, until: str | None, keep_services: bool = False) -> int:
+    console = make_console()
+    settings = base.model_copy(update=DEMO_OVERRIDES)
+    data_dir = settings.require_data_dir()
+    stream_file = data_dir / "stocknet-tweets" / "stream.csv"
+    services = LocalServices(settings)
+    console.rule("[bold]finpulse demo")
+    console.print(f"stream: {stream_file}  (events {limit}, since {since or 'start'})")
+    services.ensure_installed()
+    started = services.start()
+    console.print("services: " + ", ".join(f"{k} {'started' if v else 'already running'}" for k, v in started.items()))
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        if engine.model_dir is None:
+            model_dir = ensure_default_model(settings)
+            engine = engine.model_copy(update={"model_dir": model_dir})
+        asyncio.run(delete_topics(settings.kafka_bootstrap, list(topic_plan(settings))))
+        asyncio.run(_clear_redis_prefix(settings))
+        asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
+
+        events = read_events(stream_file, since=parse_when(since), until=parse_when(until), limit=limit)
+        if not events:
+            console.print("[red]no events in that range")
+            return 1
+        worker_log = settings.log_dir / "demo-worker.log"
+        worker = start_worker_process(settings, engine, worker_log)
+        with console.status("starting worker (loading model, joining consumer group)..."):
+            health = wait_worker_ready(worker, settings.worker_web_port, worker_log)
+        eng = health["engine"]
+        console.print(
+            f"model [bold]{eng['model_id']}[/] on backend [bold]{eng['backend']}[/] ({eng['device']}, {eng['precision']})"
+            + (f"; skipped: {eng['skipped_backends']}" if eng.get("skipped_backends") else "")
+        )
+        t0 = time.perf_counter()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+            sent_task = progress.add_task("replayed", total=len(events))
+            done_task = progress.add_task("scored  ", total=len(events))
+
+            async def both() -> tuple[int, list[dict[str, Any]], int]:
+                follower = asyncio.create_task(follow_outputs(settings, len(events), progress, done_task, idle_timeout=90))
+                await produce(settings.kafka_bootstrap, settings.input_topic, events, progress=lambda n: progress.advance(sent_task, n))
+                return await follower
+
+            scored, alerts, dead = asyncio.run(both())
+        elapsed = time.perf_counter() - t0
+        health = _health(settings.worker_web_port) or health
+        asyncio.run(_print_trends(console, settings))
+        console.print(alerts_table(alerts))
+        console.print(
+            f"{scored} scored, {dead} dead-lettered of {len(events)} replayed in {elapsed:.1f}s "
+            f"({(scored + dead) / elapsed:.0f} events/s end to end); backend {eng['backend']}; "
+            f"windows: late={health['metrics'].get('late', 0)} duplicate={health['metrics'].get('duplicate', 0)}"
+        )
+        return 0 if scored + dead == len(events) else 2
+    finally:
+        if worker is not None:
+            stop_process(worker)
+        if not keep_services:
+            services.stop([n for n, s in started.items() if s])
+
+
+async def _print_trends(console: Any, settings: StreamSettings) -> None:
+    from stream.app import redis_client
+    from stream.windows import WindowStore
+
+    r = redis_client(settings)
+    try:
+        store = WindowStore(r, settings.redis_prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds)
+        console.print(trends_table("Top tickers by negative share (whole replay, at least 20 events)", await store.trends("ticker"), 15, 20))
+        console.print(trends_table("Topics by negative share (whole replay)", await store.trends("topic"), 20, 1))
+    finally:
+        await r.aclose()

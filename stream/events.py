@@ -1,0 +1,209 @@
+"""Event, scored-event, alert and dead-letter models, and the parsing that decides which is which.
+
+Parsing never raises: every input becomes either a valid ``NewsEvent`` or a ``Rejection`` that
+names its reason, so the worker can route it and go on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+
+CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,5}(?:[.\-][A-Za-z]{1,2})?)(?![\w])")
+TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.\-][A-Z]{1,2})?$")
+MAX_TICKERS = 20
+
+RejectReason = Literal[
+    "oversized_event", "not_utf8", "not_json", "not_object", "invalid_schema", "empty_text", "oversized_text",
+]
+
+
+def extract_cashtags(*texts: str | None) -> list[str]:
+    """Tickers named as cashtags (``$AAPL``, ``$brk.b``), upper-cased, first occurrence order, no duplicates."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        if text:
+            for m in CASHTAG_RE.finditer(text):
+                seen.setdefault(m.group(1).upper(), None)
+    return list(seen)[:MAX_TICKERS]
+
+
+def parse_event_time(value: Any) -> int:
+    """Event time as epoch milliseconds, from ISO-8601 (naive means UTC) or epoch ms."""
+    if isinstance(value, bool):  # bool is an int subclass; True is not a timestamp
+        raise ValueError("published_at must be ISO-8601 or epoch milliseconds, not a boolean")
+    if isinstance(value, (int, float)):
+        ms = int(value)
+        # Epoch seconds slip through as 1970 dates; refuse rather than mis-bucket them.
+        if ms < 10**11:
+            raise ValueError("published_at as a number must be epoch milliseconds")
+        return ms
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isdigit():
+            return parse_event_time(int(s))
+        try:
+            dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"published_at {s[:40]!r} is not ISO-8601") from exc
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return int(dt.timestamp() * 1000)
+    raise ValueError("published_at must be ISO-8601 or epoch milliseconds")
+
+
+def ms_to_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class NewsEvent(BaseModel):
+    """One input event (news headline, comment, tweet)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: StrictStr = Field(min_length=1, max_length=256)
+    text: StrictStr
+    published_at: int = Field(description="event time, epoch ms")
+    source: StrictStr = "unknown"
+    title: StrictStr | None = None
+    tickers: list[str] = Field(default_factory=list)
+    author: StrictStr | None = None
+    url: StrictStr | None = None
+    lang: StrictStr | None = None
+
+    @field_validator("published_at", mode="before")
+    @classmethod
+    def _event_time(cls, v: Any) -> int:
+        return parse_event_time(v)
+
+    @field_validator("tickers", mode="before")
+    @classmethod
+    def _tickers(cls, v: Any) -> list[str]:
+        if v is None:
+            return []
+        if not isinstance(v, list) or not all(isinstance(t, str) for t in v):
+            raise ValueError("tickers must be a list of strings")
+        out: dict[str, None] = {}
+        for t in v:
+            t = t.strip().lstrip("$").upper()
+            if not TICKER_RE.match(t):
+                raise ValueError(f"invalid ticker {t[:12]!r}")
+            out.setdefault(t, None)
+        return list(out)[:MAX_TICKERS]
+
+    @property
+    def classify_text(self) -> str:
+        """What the model reads: the title (when there is one) and the body."""
+        return f"{self.title}. {self.text}" if self.title else self.text
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an input could not become an event."""
+
+    reason: RejectReason
+    detail: str
+
+
+def parse_event(raw: bytes | str | None, max_event_bytes: int, max_text_bytes: int) -> NewsEvent | Rejection:
+    """Validate one raw Kafka value. Tickers default to the cashtags found in title and text."""
+    if raw is None:
+        return Rejection("not_json", "empty message value")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_event_bytes:
+        return Rejection("oversized_event", f"{len(raw)} bytes > limit {max_event_bytes}")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(exc.__cause__, UnicodeDecodeError) or "utf-8" in str(exc).lower():
+            return Rejection("not_utf8", str(exc)[:200])
+        return Rejection("not_json", str(exc)[:200])
+    if not isinstance(data, dict):
+        return Rejection("not_object", f"top-level JSON {type(data).__name__}, expected object")
+    text = data.get("text")
+    if isinstance(text, str):
+        if not text.strip():
+            return Rejection("empty_text", "text is empty or whitespace")
+        if len(text.encode("utf-8", "surrogatepass")) > max_text_bytes:
+            return Rejection("oversized_text", f"text over {max_text_bytes} bytes")
+    try:
+        event = NewsEvent.model_validate(data)
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
+        return Rejection("invalid_schema", errs[:500])
+    if not event.tickers:
+        tags = extract_cashtags(event.title, event.text)
+        if tags:
+            event = event.model_copy(update={"tickers": tags})
+    return event
+
+
+class DeadLetter(BaseModel):
+    """What goes to the dead-letter topic: the original bytes (base64 and, when decodable, text) and why."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    value_b64: str
+    value_preview: str | None = None
+    received_at: str
+
+
+class SentimentOut(BaseModel):
+    label: str
+    probs: dict[str, float]
+
+
+class TopicOut(BaseModel):
+    label: str
+    prob: float
+
+
+class ScoredEvent(BaseModel):
+    """One classified event, as written to the scored topic."""
+
+    id: str
+    tickers: list[str]
+    source: str
+    published_at: int
+    published_at_iso: str
+    processed_at: str
+    sentiment: SentimentOut
+    topic: TopicOut | None
+    score: float = Field(description="P(positive) - P(negative)")
+    model_id: str
+    backend: str
+    window_status: Literal["counted", "duplicate", "late"]
+
+
+class Alert(BaseModel):
+    """A negative-sentiment surge on one entity (ticker or topic)."""
+
+    id: str
+    rule: str
+    entity_kind: str
+    entity: str
+    window_start: int
+    window_end: int
+    window_start_iso: str
+    window_end_iso: str
+    observed_share: float
+    baseline_share: float
+    count: int
+    negative: int
+    baseline_count: int
+    z: float
+    ratio: float
+    severity: Literal["warning", "critical"]
+    example_event_ids: list[str]
+    model_id: str
+    raised_at: str

@@ -1,0 +1,51 @@
+"""Which model the worker runs: the one the settings name, else the cached default model's bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from engine.bundle import is_bundle
+from engine.errors import ModelFormatError
+from engine.settings import EngineSettings
+from stream.settings import StreamSettings
+
+log = structlog.get_logger(__name__)
+
+
+def default_checkpoint_dir(settings: StreamSettings) -> Path:
+    return settings.default_model_dir / "default"
+
+
+def default_bundle_dir(settings: StreamSettings) -> Path:
+    return settings.default_model_dir / "default.bundle"
+
+
+def resolve_model_dir(settings: StreamSettings, engine: EngineSettings) -> Path:
+    """``FINPULSE_ENGINE_MODEL_DIR`` when set; else the default bundle, else the default checkpoint."""
+    if engine.model_dir is not None:
+        return Path(engine.model_dir)
+    for cand in (default_bundle_dir(settings), default_checkpoint_dir(settings)):
+        if cand.is_dir() and (is_bundle(cand) or (cand / "config.json").is_file()):
+            return cand
+    raise ModelFormatError(
+        settings.default_model_dir,
+        "no model: set FINPULSE_ENGINE_MODEL_DIR, or run `make demo` / `finpulse model ensure` to train the default model",
+    )
+
+
+def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, quick: bool = True) -> Path:
+    """Train (first use only) the default model and build its engine bundle; return the bundle (or checkpoint)."""
+    from training.default_model import ensure_default_model as train_default
+
+    ckpt = train_default(default_checkpoint_dir(settings), quick=quick, progress=True)
+    if not build_bundle:
+        return ckpt
+    bundle = default_bundle_dir(settings)
+    from build_engine.builder import bundle_is_current, build_bundle as build
+
+    if not bundle_is_current(bundle, ckpt):
+        log.info("building_engine_bundle", checkpoint=str(ckpt), bundle=str(bundle))
+        build(ckpt, bundle, int8=True)
+    return bundle

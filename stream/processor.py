@@ -1,0 +1,280 @@
+"""One micro-batch, start to finish: validate, classify, count in Redis, score, alert, dead-letter.
+
+This is the worker's whole logic, kept free of Faust so that benchmarks and tests drive it directly;
+``stream.app`` only feeds it batches taken from Kafka. Nothing here drops an input: every message
+ends as a scored event or a dead letter, and infrastructure errors are retried (the consumer waits,
+which is the backpressure) rather than skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+
+import numpy as np
+import orjson
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.classifier import TextClassifier
+from engine.errors import EngineError
+from engine.modeling import SENTIMENT_LABELS
+from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
+from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ms_to_iso, parse_event
+from stream.settings import StreamSettings
+from stream.windows import WindowStore, WindowUpdate, bucket_start, entities_for
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A Kafka record as the processor needs it (no Faust types leak in here)."""
+
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+class Sink(Protocol):
+    """Where results go: (key, value) pairs per output topic."""
+
+    async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None: ...
+
+    async def send_alerts(self, records: Sequence[tuple[bytes, bytes]]) -> None: ...
+
+    async def send_dead_letters(self, records: Sequence[tuple[bytes | None, bytes]]) -> None: ...
+
+
+@dataclass
+class ProcessorMetrics:
+    """Per-process counters (the shared, authoritative counts live in Redis)."""
+
+    batches: int = 0
+    received: int = 0
+    scored: int = 0
+    counted: int = 0
+    duplicate: int = 0
+    late: int = 0
+    dead_letters: int = 0
+    alerts: int = 0
+    infra_retries: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    last_batch_ms: float = 0.0
+    last_infer_ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    scored: int
+    dead_letters: int
+    alerts: list[Alert]
+    statuses: list[str]
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class BatchProcessor:
+    """Processes one batch of raw messages; safe to call from one coroutine at a time."""
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        classifier: TextClassifier,
+        store: WindowStore,
+        sink: Sink,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.store = store
+        self.sink = sink
+        self.executor = executor
+        self.metrics = ProcessorMetrics()
+        self.params: SurgeParams = settings.surge_params()
+        desc = classifier.describe()
+        self.model_id = str(desc.get("model_id"))
+        self.backend_name = str(desc.get("backend"))
+        heads = {h.name: h for h in classifier.heads}
+        if "sentiment" not in heads or tuple(heads["sentiment"].labels) != SENTIMENT_LABELS:
+            raise EngineError(f"model {self.model_id} has no sentiment head with labels {SENTIMENT_LABELS}")
+        self.topic_labels: tuple[str, ...] | None = tuple(heads["topic"].labels) if "topic" in heads else None
+
+    # --- the batch ------------------------------------------------------------------------------
+    async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
+        t0 = time.perf_counter()
+        self.metrics.batches += 1
+        self.metrics.received += len(messages)
+        events: list[NewsEvent] = []
+        sources: list[RawMessage] = []
+        dead: list[tuple[RawMessage, str, str]] = []
+        for msg in messages:
+            parsed = parse_event(msg.value, self.settings.max_event_bytes, self.settings.max_text_bytes)
+            if isinstance(parsed, Rejection):
+                dead.append((msg, parsed.reason, parsed.detail))
+            else:
+                events.append(parsed)
+                sources.append(msg)
+
+        probs: dict[str, np.ndarray] = {}
+        if events:
+            t_inf = time.perf_counter()
+            try:
+                probs = await self._classify([e.classify_text for e in events])
+            except EngineError as exc:
+                # A batch the engine refuses must not stop the worker or vanish: dead-letter it whole.
+                log.error("inference_failed", error=str(exc), batch=len(events))
+                dead.extend((m, "inference_error", str(exc)[:300]) for m in sources)
+                events = []
+            self.metrics.last_infer_ms = (time.perf_counter() - t_inf) * 1000
+
+        if dead:
+            await self._dead_letter(dead)
+
+        statuses: list[str] = []
+        alerts: list[Alert] = []
+        if events:
+            sent = probs["sentiment"]
+            cls = sent.argmax(axis=1)
+            scores = sent[:, 2] - sent[:, 0]
+            topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
+            topics = [self.topic_labels[i] for i in topic_idx] if self.topic_labels and topic_idx is not None else [None] * len(events)
+            updates = [
+                WindowUpdate(e.id, e.published_at, int(c), float(s), entities_for(e.tickers, t))
+                for e, c, s, t in zip(events, cls, scores, topics)
+            ]
+            statuses = await self._retry("redis_apply", lambda: self.store.apply(updates))
+            await self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses)
+            alerts = await self._evaluate_alerts(events, cls, topics, statuses)
+            for st in statuses:
+                setattr(self.metrics, st, getattr(self.metrics, st) + 1)
+            self.metrics.scored += len(events)
+        self.metrics.last_batch_ms = (time.perf_counter() - t0) * 1000
+        return BatchResult(scored=len(events), dead_letters=len(dead), alerts=alerts, statuses=statuses)
+
+    async def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        # Off the event loop: the consumer keeps heartbeating while the model runs.
+        out = await loop.run_in_executor(self.executor, self.classifier.classify, texts)
+        for name, arr in out.items():
+            if arr.shape[0] != len(texts):
+                raise EngineError(f"head {name} returned {arr.shape[0]} rows for {len(texts)} texts")
+        return out
+
+    # --- outputs ------------------------------------------------------------------------------
+    async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
+        now = _now_iso()
+        records: list[tuple[bytes | None, bytes]] = []
+        for msg, reason, detail in dead:
+            value = msg.value or b""
+            preview: str | None
+            try:
+                preview = value[:512].decode("utf-8")
+            except UnicodeDecodeError:
+                preview = None
+            dl = DeadLetter(
+                reason=reason, detail=detail, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                key=msg.key.decode("utf-8", "replace") if msg.key else None,
+                value_b64=base64.b64encode(value).decode(), value_preview=preview, received_at=now,
+            )
+            records.append((msg.key, orjson.dumps(dl.model_dump())))
+            self.metrics.rejections[reason] = self.metrics.rejections.get(reason, 0) + 1
+            # One line, no text and no author: only where the message was and why it was refused.
+            log.warning("dead_letter", reason=reason, detail=detail[:200], topic=msg.topic, partition=msg.partition, offset=msg.offset, size=len(value))
+        await self._retry("kafka_dlq", lambda: self.sink.send_dead_letters(records))
+        self.metrics.dead_letters += len(records)
+
+    async def _send_scored(self, events: list[NewsEvent], sent: np.ndarray, cls: np.ndarray, scores: np.ndarray,
+                           topic_probs: np.ndarray | None, topic_idx: np.ndarray | None, topics: list[str | None], statuses: list[str]) -> None:
+        now = _now_iso()
+        labels = SENTIMENT_LABELS
+        records = []
+        for i, e in enumerate(events):
+            p = sent[i]
+            doc = {
+                "id": e.id,
+                "tickers": e.tickers,
+                "source": e.source,
+                "published_at": e.published_at,
+                "published_at_iso": ms_to_iso(e.published_at),
+                "processed_at": now,
+                "sentiment": {"label": labels[int(cls[i])], "probs": {labels[0]: float(p[0]), labels[1]: float(p[1]), labels[2]: float(p[2])}},
+                "topic": ({"label": topics[i], "prob": float(topic_probs[i, topic_idx[i]])} if topic_probs is not None and topic_idx is not None else None),
+                "score": float(scores[i]),
+                "model_id": self.model_id,
+                "backend": self.backend_name,
+                "window_status": statuses[i],
+            }
+            records.append((e.id.encode(), orjson.dumps(doc)))
+        await self._retry("kafka_scored", lambda: self.sink.send_scored(records))
+
+    async def _evaluate_alerts(self, events: list[NewsEvent], cls: np.ndarray, topics: list[str | None], statuses: list[str]) -> list[Alert]:
+        touched: dict[tuple[str, str], list[str]] = {}
+        for e, c, t, st in zip(events, cls, topics, statuses):
+            if st != "counted":
+                continue
+            for ent in entities_for(e.tickers, t):
+                ex = touched.setdefault(ent, [])
+                if int(c) == 0 and len(ex) < 3:
+                    ex.append(e.id)
+        if not touched:
+            return []
+        wm = await self._retry("redis_watermark", self.store.watermark_ms)
+        if wm is None:
+            return []
+        s = self.settings
+        end_s = bucket_start(wm, s.bucket_seconds) + s.bucket_seconds
+        ents = list(touched)
+        sums = await self._retry("redis_sums", lambda: self.store.window_sums(ents, end_s, s.alert_window_seconds, s.alert_baseline_seconds))
+        alerts: list[Alert] = []
+        for (kind, name), w in zip(ents, sums):
+            d = evaluate_surge(w.recent_n, w.recent_neg, w.baseline_n, w.baseline_neg, self.params)
+            if not d.fire:
+                continue
+            start_ms, end_ms = (end_s - s.alert_window_seconds) * 1000, end_s * 1000
+            claimed = await self._retry("redis_claim", lambda: self.store.claim_alert(RULE_NAME, kind, name, end_ms, s.alert_cooldown_seconds))
+            if not claimed:
+                continue
+            alerts.append(Alert(
+                id=alert_id(RULE_NAME, kind, name, start_ms, end_ms), rule=RULE_NAME, entity_kind=kind, entity=name,
+                window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),
+                observed_share=round(d.share, 4), baseline_share=round(d.baseline_share, 4), count=w.recent_n, negative=w.recent_neg,
+                baseline_count=w.baseline_n, z=round(d.z, 3), ratio=round(d.ratio, 3), severity=d.severity,
+                example_event_ids=touched[(kind, name)][:3], model_id=self.model_id, raised_at=_now_iso(),
+            ))
+        if alerts:
+            records = [(f"{a.entity_kind}:{a.entity}".encode(), orjson.dumps(a.model_dump())) for a in alerts]
+            await self._retry("kafka_alerts", lambda: self.sink.send_alerts(records))
+            for a in alerts:
+                log.info("alert_raised", alert_id=a.id, entity_kind=a.entity_kind, entity=a.entity, share=a.observed_share,
+                         baseline=a.baseline_share, count=a.count, severity=a.severity, window_end=a.window_end_iso)
+            self.metrics.alerts += len(alerts)
+        return alerts
+
+    # --- resilience ----------------------------------------------------------------------------------
+    async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient infrastructure errors forever with capped backoff: waiting is backpressure, dropping is loss."""
+        delay = 0.2
+        while True:
+            try:
+                return await op()
+            except (RedisConnectionError, RedisTimeoutError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+                self.metrics.infra_retries += 1
+                log.warning("infra_retry", op=what, error=type(exc).__name__, detail=str(exc)[:200], retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.infra_retry_max_seconds)

@@ -1,0 +1,252 @@
+"""Event-time windows in Redis: 1-bucket granularity, longer windows answered by summing buckets.
+
+All writes for a batch go in one Lua script call, so they are atomic and cost one round trip, and
+idempotent: an event id is claimed with ``SET NX`` in the same script that counts it, so a replayed
+event changes nothing. Event time is authoritative; a global watermark (newest event time counted)
+decides lateness, so a replay gives the same windows as the live run did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import orjson
+from redis.asyncio import Redis
+
+SENTIMENT_FIELDS = ("neg", "neu", "pos")
+SCORE_SCALE = 1_000_000  # scores are summed as integer micro-units: exact, so replays match bit for bit
+STATUS_NAMES = ("counted", "duplicate", "late")
+
+# ARGV: prefix, ttl_s, lateness_ms, events_json
+# events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...]], ...]
+# returns one status per event: 0 counted, 1 duplicate, 2 late
+_APPLY_LUA = """
+local p = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local lateness = tonumber(ARGV[3])
+local events = cjson.decode(ARGV[4])
+local fields = {'neg', 'neu', 'pos'}
+local wm_key = p .. ':wm'
+local wm0 = tonumber(redis.call('GET', wm_key) or '-1')
+local wm = wm0
+local counted, late = 0, 0
+local status = {}
+for i, e in ipairs(events) do
+  local id, ts, bucket, cls, score, ents = e[1], e[2], e[3], e[4], e[5], e[6]
+  if not redis.call('SET', p .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
+    status[i] = 1
+  elseif wm >= 0 and ts < wm - lateness then
+    status[i] = 2
+    late = late + 1
+  else
+    status[i] = 0
+    counted = counted + 1
+    if ts > wm then wm = ts end
+    local f = fields[cls]
+    for _, ent in ipairs(ents) do
+      local kind, name = ent[1], ent[2]
+      local bk = p .. ':b:' .. kind .. ':' .. name .. ':' .. bucket
+      redis.call('HINCRBY', bk, f, 1)
+      redis.call('HINCRBY', bk, 'n', 1)
+      redis.call('HINCRBY', bk, 'ssum', score)
+      redis.call('EXPIRE', bk, ttl)
+      local tk = p .. ':tot:' .. kind .. ':' .. name
+      redis.call('HINCRBY', tk, f, 1)
+      redis.call('HINCRBY', tk, 'n', 1)
+      redis.call('HINCRBY', tk, 'ssum', score)
+      redis.call('EXPIRE', tk, ttl)
+      redis.call('ZADD', p .. ':ent:' .. kind, 'GT', ts, name)
+      redis.call('EXPIRE', p .. ':ent:' .. kind, ttl)
+    end
+  end
+end
+if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
+if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
+if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
+return status
+"""
+
+# ARGV: prefix, bucket_s, then per query: kind, name, start_s, mid_s, end_s
+# returns per query: n and neg in [mid, end) (recent), then n and neg in [start, mid) (baseline)
+_SUMS_LUA = """
+local p = ARGV[1]
+local bucket = tonumber(ARGV[2])
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local kind, name = ARGV[i], ARGV[i + 1]
+  local s, m, e = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local rn, rneg, bn, bneg = 0, 0, 0, 0
+  local t = s
+  while t < e do
+    local v = redis.call('HMGET', p .. ':b:' .. kind .. ':' .. name .. ':' .. string.format('%d', t), 'n', 'neg')
+    local n = tonumber(v[1] or '0')
+    if n > 0 then
+      local neg = tonumber(v[2] or '0')
+      if t >= m then rn = rn + n; rneg = rneg + neg else bn = bn + n; bneg = bneg + neg end
+    end
+    t = t + bucket
+  end
+  table.insert(out, rn); table.insert(out, rneg); table.insert(out, bn); table.insert(out, bneg)
+  i = i + 5
+end
+return out
+"""
+
+# ARGV: prefix, rule, kind, name, window_end_ms, cooldown_ms, ttl_s
+# Event-time cooldown per (rule, entity), decided atomically so several workers never repeat an alert.
+_CLAIM_LUA = """
+local key = ARGV[1] .. ':cooldown:' .. ARGV[2] .. ':' .. ARGV[3] .. ':' .. ARGV[4]
+local now = tonumber(ARGV[5])
+local last = redis.call('GET', key)
+if last and now - tonumber(last) < tonumber(ARGV[6]) then return 0 end
+redis.call('SET', key, ARGV[5], 'EX', tonumber(ARGV[7]))
+return 1
+"""
+
+
+def bucket_start(ts_ms: int, bucket_s: int) -> int:
+    """Start (epoch seconds) of the bucket holding ``ts_ms``."""
+    sec = ts_ms // 1000
+    return sec - sec % bucket_s
+
+
+@dataclass(frozen=True)
+class WindowUpdate:
+    """One classified event as the window store needs it."""
+
+    event_id: str
+    ts_ms: int
+    sentiment: int  # 0 negative, 1 neutral, 2 positive
+    score: float
+    entities: Sequence[tuple[str, str]]  # (kind, name): ("ticker", "AAPL"), ("topic", "Earnings")
+
+
+@dataclass(frozen=True)
+class WindowSums:
+    recent_n: int
+    recent_neg: int
+    baseline_n: int
+    baseline_neg: int
+
+
+@dataclass(frozen=True)
+class EntityTrend:
+    kind: str
+    name: str
+    n: int
+    neg: int
+    neu: int
+    pos: int
+    score_sum: float
+
+    @property
+    def negative_share(self) -> float:
+        return self.neg / self.n if self.n else 0.0
+
+    @property
+    def mean_score(self) -> float:
+        return self.score_sum / self.n if self.n else 0.0
+
+
+class WindowStore:
+    """Redis-backed windowed counts, shared by every worker (Redis is the single source of truth)."""
+
+    def __init__(self, redis: Redis, prefix: str, bucket_s: int, retention_s: int, lateness_s: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.bucket_s = bucket_s
+        self.retention_s = retention_s
+        self.lateness_ms = lateness_s * 1000
+        self._apply = redis.register_script(_APPLY_LUA)
+        self._sums = redis.register_script(_SUMS_LUA)
+        self._claim = redis.register_script(_CLAIM_LUA)
+
+    async def apply(self, updates: Sequence[WindowUpdate]) -> list[str]:
+        """Count a batch in one atomic round trip; returns counted/duplicate/late per update."""
+        if not updates:
+            return []
+        payload = orjson.dumps([
+            [u.event_id, u.ts_ms, bucket_start(u.ts_ms, self.bucket_s), u.sentiment + 1, round(u.score * SCORE_SCALE), [list(e) for e in u.entities]]
+            for u in updates
+        ])
+        res = await self._apply(args=[self.prefix, self.retention_s, self.lateness_ms, payload])
+        if len(res) != len(updates):
+            raise RuntimeError(f"window script returned {len(res)} statuses for {len(updates)} events")
+        return [STATUS_NAMES[int(s)] for s in res]
+
+    async def watermark_ms(self) -> int | None:
+        v = await self.redis.get(f"{self.prefix}:wm")
+        return int(v) if v is not None else None
+
+    async def window_sums(self, entities: Sequence[tuple[str, str]], end_s: int, recent_s: int, baseline_s: int) -> list[WindowSums]:
+        """Recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums per entity, one round trip."""
+        if not entities:
+            return []
+        mid = end_s - recent_s
+        start = mid - baseline_s
+        args: list[Any] = [self.prefix, self.bucket_s]
+        for kind, name in entities:
+            args += [kind, name, start, mid, end_s]
+        flat = await self._sums(args=args)
+        return [WindowSums(*map(int, flat[i : i + 4])) for i in range(0, len(flat), 4)]
+
+    async def claim_alert(self, rule: str, kind: str, name: str, window_end_ms: int, cooldown_s: int) -> bool:
+        res = await self._claim(args=[self.prefix, rule, kind, name, window_end_ms, cooldown_s * 1000, self.retention_s])
+        return bool(int(res))
+
+    async def metrics(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(f"{self.prefix}:metrics")
+        return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
+
+    async def entities(self, kind: str) -> list[str]:
+        names = await self.redis.zrange(f"{self.prefix}:ent:{kind}", 0, -1)
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
+
+    async def bucket(self, kind: str, name: str, bucket_s: int) -> dict[str, int]:
+        raw = await self.redis.hgetall(f"{self.prefix}:b:{kind}:{name}:{bucket_s}")
+        return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in raw.items()}
+
+    async def trends(self, kind: str, window_s: int | None = None, end_s: int | None = None) -> list[EntityTrend]:
+        """Per-entity totals over the last ``window_s`` (ending at the watermark), or all time when None."""
+        names = await self.entities(kind)
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        if window_s is None:
+            for n in names:
+                pipe.hgetall(f"{self.prefix}:tot:{kind}:{n}")
+            rows = await pipe.execute()
+        else:
+            if end_s is None:
+                wm = await self.watermark_ms()
+                if wm is None:
+                    return []
+                end_s = bucket_start(wm, self.bucket_s) + self.bucket_s
+            starts = range(end_s - window_s, end_s, self.bucket_s)
+            for n in names:
+                for b in starts:
+                    pipe.hgetall(f"{self.prefix}:b:{kind}:{n}:{b}")
+            flat = await pipe.execute()
+            per = len(starts)
+            rows = []
+            for i in range(len(names)):
+                acc: dict[bytes, int] = {}
+                for h in flat[i * per : (i + 1) * per]:
+                    for k, v in h.items():
+                        acc[k] = acc.get(k, 0) + int(v)
+                rows.append(acc)
+        out = []
+        for name, h in zip(names, rows):
+            g = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in h.items()}
+            if g.get("n", 0) > 0:
+                out.append(EntityTrend(kind, name, g.get("n", 0), g.get("neg", 0), g.get("neu", 0), g.get("pos", 0), g.get("ssum", 0) / SCORE_SCALE))
+        return out
+
+
+def entities_for(tickers: Iterable[str], topic: str | None) -> list[tuple[str, str]]:
+    ents = [("ticker", t) for t in tickers]
+    if topic:
+        ents.append(("topic", topic))
+    return ents

@@ -1,0 +1,91 @@
+"""Schema validation and cashtag extraction."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from stream.events import NewsEvent, Rejection, extract_cashtags, parse_event, parse_event_time
+
+LIMITS = dict(max_event_bytes=4096, max_text_bytes=1024)
+
+
+def ok(**fields: object) -> bytes:
+    base = {"id": "e1", "text": "Apple beats estimates", "published_at": "2024-05-01T12:00:00Z", "source": "news"}
+    base.update(fields)
+    return orjson.dumps({k: v for k, v in base.items() if v is not ...})
+
+
+def test_valid_event_parses_with_iso_time() -> None:
+    ev = parse_event(ok(), **LIMITS)
+    assert isinstance(ev, NewsEvent)
+    assert ev.published_at == 1714564800000
+    assert ev.source == "news"
+
+
+def test_epoch_ms_and_iso_agree() -> None:
+    a = parse_event(ok(published_at=1714564800000), **LIMITS)
+    b = parse_event(ok(published_at="2024-05-01T14:00:00+02:00"), **LIMITS)
+    assert isinstance(a, NewsEvent) and isinstance(b, NewsEvent)
+    assert a.published_at == b.published_at
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00garbage", "not_json"),
+        (b"[1, 2, 3]", "not_object"),
+        (b'"just a string"', "not_object"),
+        (ok(id=...), "invalid_schema"),
+        (ok(id=123), "invalid_schema"),
+        (ok(text=...), "invalid_schema"),
+        (ok(text=42), "invalid_schema"),
+        (ok(text="   "), "empty_text"),
+        (ok(text="x" * 2000), "oversized_text"),
+        (ok(published_at=...), "invalid_schema"),
+        (ok(published_at="yesterday"), "invalid_schema"),
+        (ok(published_at=True), "invalid_schema"),
+        (ok(published_at=1714564800), "invalid_schema"),  # seconds, not ms
+        (ok(tickers="AAPL"), "invalid_schema"),
+        (ok(tickers=["not a ticker!"]), "invalid_schema"),
+        (b"{" + b'"a": "' + b"y" * 5000 + b'"}', "oversized_event"),
+        (None, "not_json"),
+    ],
+)
+def test_bad_inputs_are_rejected_with_reason(raw: bytes | None, reason: str) -> None:
+    res = parse_event(raw, **LIMITS)
+    assert isinstance(res, Rejection), res
+    assert res.reason in (reason, "not_utf8") if reason == "not_json" else res.reason == reason
+    assert res.detail
+
+
+def test_tickers_default_to_cashtags_of_title_and_text() -> None:
+    ev = parse_event(ok(title="$msft and $AAPL", text="also $AAPL and $TSLA, not $100 or US$5"), **LIMITS)
+    assert isinstance(ev, NewsEvent)
+    assert ev.tickers == ["MSFT", "AAPL", "TSLA"]
+
+
+def test_explicit_tickers_win_and_are_normalised() -> None:
+    ev = parse_event(ok(text="$AAPL up", tickers=["$goog", "GOOG", "brk.b"]), **LIMITS)
+    assert isinstance(ev, NewsEvent)
+    assert ev.tickers == ["GOOG", "BRK.B"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("$AAPL to the moon", ["AAPL"]),
+        ("Buy $brk.b and $BF-B", ["BRK.B", "BF-B"]),
+        ("costs $5 or $5.50", []),
+        ("email a$b and $$AAPL", []),
+        ("($NVDA), $AMD.", ["NVDA", "AMD"]),
+        ("no tags here", []),
+    ],
+)
+def test_extract_cashtags(text: str, expected: list[str]) -> None:
+    assert extract_cashtags(text) == expected
+
+
+def test_parse_event_time_naive_is_utc() -> None:
+    assert parse_event_time("2014-01-01T00:00:00") == parse_event_time("2014-01-01T00:00:00Z") == 1388534400000

