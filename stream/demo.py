@@ -9,13 +9,8 @@ stopped at the end or on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,6 +23,7 @@ from stream.local_services import LocalServices, delete_topics, ensure_topics
 from stream.models import ensure_default_model
 from stream.replay import parse_when, produce, read_events
 from stream.settings import StreamSettings
+from stream.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
 from stream.worker import topic_plan
 
 log = structlog.get_logger(__name__)
@@ -49,74 +45,6 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "allowed_lateness_seconds": 6 * 3600,
     "retention_seconds": 3 * 24 * 3600,
 }
-
-
-def settings_env(settings: StreamSettings, engine: EngineSettings) -> dict[str, str]:
-    """The environment that makes a child process see exactly these settings."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude={"redis_password"}).items():
-        if value is not None:
-            env[f"FINPULSE_{name.upper()}"] = str(value)
-    if settings.redis_password is not None:
-        env["FINPULSE_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
-    for name, value in engine.model_dump().items():
-        if value is not None:
-            env[f"FINPULSE_ENGINE_{name.upper()}"] = str(value)
-    return env
-
-
-async def _clear_redis_prefix(settings: StreamSettings) -> int:
-    from stream.app import redis_client
-
-    r = redis_client(settings)
-    n = 0
-    try:
-        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            await r.unlink(key)
-            n += 1
-    finally:
-        await r.aclose()
-    return n
-
-
-def _health(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-            return orjson.loads(resp.read())
-    except Exception:  # noqa: BLE001 - not up yet
-        return None
-
-
-def start_worker_process(settings: StreamSettings, engine: EngineSettings, log_path: Path) -> subprocess.Popen[bytes]:
-    """A worker in its own process and process group (so Ctrl-C handling stays ours)."""
-    env = {**os.environ, **settings_env(settings, engine)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_worker_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 180.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").splitlines()[-30:]
-            raise RuntimeError("worker exited during start-up:\n" + "\n".join(tail))
-        h = _health(port)
-        if h is not None:
-            return h
-        time.sleep(0.5)
-    raise TimeoutError(f"worker not healthy after {timeout:.0f}s (log: {log_path})")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 async def follow_outputs(settings: StreamSettings, expected: int, progress: Progress, task: Any, idle_timeout: float) -> tuple[int, list[dict[str, Any]], int]:
@@ -172,7 +100,7 @@ def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: st
             model_dir = ensure_default_model(settings)
             engine = engine.model_copy(update={"model_dir": model_dir})
         asyncio.run(delete_topics(settings.kafka_bootstrap, list(topic_plan(settings))))
-        asyncio.run(_clear_redis_prefix(settings))
+        asyncio.run(clear_redis_prefix(settings))
         asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
 
         events = read_events(stream_file, since=parse_when(since), until=parse_when(until), limit=limit)
@@ -182,8 +110,8 @@ def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: st
         worker_log = settings.log_dir / "demo-worker.log"
         worker = start_worker_process(settings, engine, worker_log)
         with console.status("starting worker (loading model, joining consumer group)..."):
-            health = wait_worker_ready(worker, settings.worker_web_port, worker_log)
-        eng = health["engine"]
+            info = wait_worker_ready(worker, settings.worker_web_port, worker_log)
+        eng = info["engine"]
         console.print(
             f"model [bold]{eng['model_id']}[/] on backend [bold]{eng['backend']}[/] ({eng['device']}, {eng['precision']})"
             + (f"; skipped: {eng['skipped_backends']}" if eng.get("skipped_backends") else "")
@@ -200,13 +128,13 @@ def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: st
 
             scored, alerts, dead = asyncio.run(both())
         elapsed = time.perf_counter() - t0
-        health = _health(settings.worker_web_port) or health
+        info = health(settings.worker_web_port) or info
         asyncio.run(_print_trends(console, settings))
         console.print(alerts_table(alerts))
         console.print(
             f"{scored} scored, {dead} dead-lettered of {len(events)} replayed in {elapsed:.1f}s "
             f"({(scored + dead) / elapsed:.0f} events/s end to end); backend {eng['backend']}; "
-            f"windows: late={health['metrics'].get('late', 0)} duplicate={health['metrics'].get('duplicate', 0)}"
+            f"windows: late={info['metrics'].get('late', 0)} duplicate={info['metrics'].get('duplicate', 0)}"
         )
         return 0 if scored + dead == len(events) else 2
     finally:

@@ -113,6 +113,8 @@ class BatchProcessor:
         heads = {h.name: h for h in classifier.heads}
         if "sentiment" not in heads or tuple(heads["sentiment"].labels) != SENTIMENT_LABELS:
             raise EngineError(f"model {self.model_id} has no sentiment head with labels {SENTIMENT_LABELS}")
+        # Every input partition: the low watermark is defined once each has delivered an event.
+        self.sources = [f"{settings.input_topic}:{i}" for i in range(settings.partitions)]
         self.topic_labels: tuple[str, ...] | None = tuple(heads["topic"].labels) if "topic" in heads else None
 
     # --- the batch ------------------------------------------------------------------------------
@@ -155,10 +157,10 @@ class BatchProcessor:
             topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
             topics = [self.topic_labels[i] for i in topic_idx] if self.topic_labels and topic_idx is not None else [None] * len(events)
             updates = [
-                WindowUpdate(e.id, e.published_at, int(c), float(s), entities_for(e.tickers, t))
-                for e, c, s, t in zip(events, cls, scores, topics)
+                WindowUpdate(e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}")
+                for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
             ]
-            statuses = await self._retry("redis_apply", lambda: self.store.apply(updates))
+            statuses = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
             await self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses)
             alerts = await self._evaluate_alerts(events, cls, topics, statuses)
             for st in statuses:

@@ -18,31 +18,52 @@ SENTIMENT_FIELDS = ("neg", "neu", "pos")
 SCORE_SCALE = 1_000_000  # scores are summed as integer micro-units: exact, so replays match bit for bit
 STATUS_NAMES = ("counted", "duplicate", "late")
 
-# ARGV: prefix, ttl_s, lateness_ms, events_json
-# events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...]], ...]
-# returns one status per event: 0 counted, 1 duplicate, 2 late
+# ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json
+# events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source], ...]
+# sources_json: every input partition ("topic:partition") the stream has.
+# Lateness is judged against the low watermark: the minimum over all input partitions of the newest
+# event time counted from each. Partitions are read in any interleaving, but each is in order, so a
+# replay of an ordered stream is never "late" however the consumer interleaves partitions; until
+# every partition has been seen the low watermark is undefined and nothing is late.
+# Returns one status per event: 0 counted, 1 duplicate, 2 late.
 _APPLY_LUA = """
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local lateness = tonumber(ARGV[3])
 local events = cjson.decode(ARGV[4])
+local sources = cjson.decode(ARGV[5])
 local fields = {'neg', 'neu', 'pos'}
-local wm_key = p .. ':wm'
+local wm_key, wmp_key = p .. ':wm', p .. ':wmp'
 local wm0 = tonumber(redis.call('GET', wm_key) or '-1')
 local wm = wm0
+local pw = {}
+local flat = redis.call('HGETALL', wmp_key)
+for i = 1, #flat, 2 do pw[flat[i]] = tonumber(flat[i + 1]) end
+local changed = {}
+local function low_watermark()
+  local m = nil
+  for _, src in ipairs(sources) do
+    local v = pw[src]
+    if v == nil then return nil end
+    if m == nil or v < m then m = v end
+  end
+  return m
+end
 local counted, late = 0, 0
 local status = {}
 for i, e in ipairs(events) do
-  local id, ts, bucket, cls, score, ents = e[1], e[2], e[3], e[4], e[5], e[6]
+  local id, ts, bucket, cls, score, ents, src = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local low = low_watermark()
   if not redis.call('SET', p .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
     status[i] = 1
-  elseif wm >= 0 and ts < wm - lateness then
+  elseif low ~= nil and ts < low - lateness then
     status[i] = 2
     late = late + 1
   else
     status[i] = 0
     counted = counted + 1
     if ts > wm then wm = ts end
+    if pw[src] == nil or ts > pw[src] then pw[src] = ts; changed[src] = true end
     local f = fields[cls]
     for _, ent in ipairs(ents) do
       local kind, name = ent[1], ent[2]
@@ -62,6 +83,7 @@ for i, e in ipairs(events) do
   end
 end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
+for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
 if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
 if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
 return status
@@ -121,6 +143,7 @@ class WindowUpdate:
     sentiment: int  # 0 negative, 1 neutral, 2 positive
     score: float
     entities: Sequence[tuple[str, str]]  # (kind, name): ("ticker", "AAPL"), ("topic", "Earnings")
+    source: str = "-"  # input "topic:partition" the event came from (for the low watermark)
 
 
 @dataclass(frozen=True)
@@ -163,15 +186,19 @@ class WindowStore:
         self._sums = redis.register_script(_SUMS_LUA)
         self._claim = redis.register_script(_CLAIM_LUA)
 
-    async def apply(self, updates: Sequence[WindowUpdate]) -> list[str]:
-        """Count a batch in one atomic round trip; returns counted/duplicate/late per update."""
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> list[str]:
+        """Count a batch in one atomic round trip; returns counted/duplicate/late per update.
+
+        ``sources`` names every input partition ("topic:partition"); lateness applies once each has
+        delivered an event (see the script above).
+        """
         if not updates:
             return []
         payload = orjson.dumps([
-            [u.event_id, u.ts_ms, bucket_start(u.ts_ms, self.bucket_s), u.sentiment + 1, round(u.score * SCORE_SCALE), [list(e) for e in u.entities]]
+            [u.event_id, u.ts_ms, bucket_start(u.ts_ms, self.bucket_s), u.sentiment + 1, round(u.score * SCORE_SCALE), [list(e) for e in u.entities], u.source]
             for u in updates
         ])
-        res = await self._apply(args=[self.prefix, self.retention_s, self.lateness_ms, payload])
+        res = await self._apply(args=[self.prefix, self.retention_s, self.lateness_ms, payload, orjson.dumps(list(sources) or ["-"])])
         if len(res) != len(updates):
             raise RuntimeError(f"window script returned {len(res)} statuses for {len(updates)} events")
         return [STATUS_NAMES[int(s)] for s in res]

@@ -119,12 +119,14 @@ def make_keyword_model(out: Path, corpus: Sequence[str], steps: int = 60, seed: 
         for _ in range(32):
             base = rng.choice(corpus)
             kind = rng.randrange(3)
-            if kind == 0:
-                texts.append(f"{rng.choice(NEGATIVE_PHRASES)} {base}")
-            elif kind == 2:
-                texts.append(f"{rng.choice(POSITIVE_PHRASES)} {base}")
-            else:
+            phrase = rng.choice(NEGATIVE_PHRASES if kind == 0 else POSITIVE_PHRASES)
+            # Phrase before or after the text, so position is not what the model learns.
+            if kind == 1:
                 texts.append(base)
+            elif rng.random() < 0.5:
+                texts.append(f"{phrase} {base}")
+            else:
+                texts.append(f"{base} {phrase}")
             labels.append(kind)
         t = tok.tokenize(texts)
         b = tok.collate(t, range(len(texts)))

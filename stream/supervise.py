@@ -1,0 +1,85 @@
+"""Run and supervise a worker in its own process (used by the demo, the tests and the benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.settings import EngineSettings
+from stream.settings import StreamSettings
+
+
+def settings_env(settings: StreamSettings, engine: EngineSettings) -> dict[str, str]:
+    """The environment that makes a child process see exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude={"redis_password"}).items():
+        if value is not None:
+            env[f"FINPULSE_{name.upper()}"] = str(value)
+    if settings.redis_password is not None:
+        env["FINPULSE_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+    for name, value in engine.model_dump().items():
+        if value is not None:
+            env[f"FINPULSE_ENGINE_{name.upper()}"] = str(value)
+    return env
+
+
+async def clear_redis_prefix(settings: StreamSettings) -> int:
+    from stream.app import redis_client
+
+    r = redis_client(settings)
+    n = 0
+    try:
+        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
+            await r.unlink(key)
+            n += 1
+    finally:
+        await r.aclose()
+    return n
+
+
+def health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return orjson.loads(resp.read())
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
+def start_worker_process(settings: StreamSettings, engine: EngineSettings, log_path: Path) -> subprocess.Popen[bytes]:
+    """A worker in its own process and process group (so Ctrl-C handling stays ours)."""
+    env = {**os.environ, **settings_env(settings, engine)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_worker_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 180.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-30:]
+            raise RuntimeError("worker exited during start-up:\n" + "\n".join(tail))
+        h = health(port)
+        if h is not None:
+            return h
+        time.sleep(0.5)
+    raise TimeoutError(f"worker not healthy after {timeout:.0f}s (log: {log_path})")
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
