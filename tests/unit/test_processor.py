@@ -1,0 +1,141 @@
+"""BatchProcessor routing with in-memory stand-ins for Redis and Kafka (the real ones are in tests/integration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+import pytest
+
+from engine.errors import InferenceOutputError
+from engine.runtime import load_classifier
+from engine.settings import EngineSettings
+from stream.processor import BatchProcessor, RawMessage
+from stream.settings import StreamSettings
+from stream.windows import WindowSums, WindowUpdate
+
+
+class MemorySink:
+    def __init__(self) -> None:
+        self.scored: list[tuple[bytes, bytes]] = []
+        self.alerts: list[tuple[bytes, bytes]] = []
+        self.dlq: list[tuple[bytes | None, bytes]] = []
+
+    async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        self.scored.extend(records)
+
+    async def send_alerts(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        self.alerts.extend(records)
+
+    async def send_dead_letters(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        self.dlq.extend(records)
+
+
+class MemoryStore:
+    """Counts like the Redis store (dedupe by id), without lateness."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.updates: list[WindowUpdate] = []
+        self.fail_next = 0
+
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> list[str]:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("redis down")
+        out = []
+        for u in updates:
+            if u.event_id in self.seen:
+                out.append("duplicate")
+            else:
+                self.seen.add(u.event_id)
+                self.updates.append(u)
+                out.append("counted")
+        return out
+
+    async def watermark_ms(self) -> int | None:
+        return max((u.ts_ms for u in self.updates), default=None)
+
+    async def window_sums(self, entities: Sequence[tuple[str, str]], end_s: int, recent_s: int, baseline_s: int) -> list[WindowSums]:
+        out = []
+        for ent in entities:
+            rec = [u for u in self.updates if ent in u.entities and end_s - recent_s <= u.ts_ms // 1000 < end_s]
+            out.append(WindowSums(len(rec), sum(1 for u in rec if u.sentiment == 0), 0, 0))
+        return out
+
+    async def claim_alert(self, *args: Any) -> bool:
+        return True
+
+
+def msg(value: bytes | None, offset: int) -> RawMessage:
+    return RawMessage(value=value, key=None, topic="in", partition=0, offset=offset)
+
+
+def good(i: int, text: str = "$AAPL beats estimates") -> bytes:
+    return orjson.dumps({"id": f"e{i}", "text": text, "published_at": 1398902400000 + i * 1000})
+
+
+@pytest.fixture()
+def processor(tiny_model_dir: Path) -> tuple[BatchProcessor, MemoryStore, MemorySink]:
+    clf = load_classifier(EngineSettings(backend="torch"), tiny_model_dir)
+    store, sink = MemoryStore(), MemorySink()
+    settings = StreamSettings(infra_retry_max_seconds=0.01)
+    return BatchProcessor(settings, clf, store, sink), store, sink  # type: ignore[arg-type]
+
+
+async def test_valid_and_bad_messages_are_routed(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+    p, store, sink = processor
+    res = await p.process([msg(good(1), 0), msg(b"not json", 1), msg(good(2), 2), msg(None, 3)])
+    assert res.scored == 2 and res.dead_letters == 2
+    assert [orjson.loads(v)["id"] for _, v in sink.scored] == ["e1", "e2"]
+    assert sorted(orjson.loads(v)["offset"] for _, v in sink.dlq) == [1, 3]
+    assert all(u.entities[0] == ("ticker", "AAPL") for u in store.updates)
+
+
+async def test_duplicate_ids_are_scored_but_counted_once(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+    p, store, sink = processor
+    await p.process([msg(good(1), 0)])
+    await p.process([msg(good(1), 1)])
+    assert [orjson.loads(v)["window_status"] for _, v in sink.scored] == ["counted", "duplicate"]
+    assert len(store.updates) == 1
+
+
+async def test_redis_outage_is_retried_not_dropped(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+    p, store, sink = processor
+    store.fail_next = 3
+    await p.process([msg(good(1), 0)])
+    assert p.metrics.infra_retries == 3
+    assert len(sink.scored) == 1 and len(store.updates) == 1
+
+
+async def test_engine_failure_dead_letters_the_batch(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    p, store, sink = processor
+
+    def broken(texts: list[str]) -> dict[str, np.ndarray]:
+        raise InferenceOutputError("backend returned 1 row for 2 texts")
+
+    monkeypatch.setattr(p.classifier, "classify", broken)
+    res = await p.process([msg(good(1), 0), msg(good(2), 1)])
+    assert res.scored == 0
+    assert sorted(orjson.loads(v)["reason"] for _, v in sink.dlq) == ["inference_error", "inference_error"]
+    assert not store.updates
+
+
+async def test_negative_burst_raises_one_alert_per_entity(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    p, store, sink = processor
+    orig = p.classifier.classify
+
+    def all_negative(texts: list[str]) -> dict[str, np.ndarray]:
+        out = orig(texts)
+        out["sentiment"] = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (len(texts), 1))
+        return out
+
+    monkeypatch.setattr(p.classifier, "classify", all_negative)
+    await p.process([msg(good(i, "$ZZQX collapses"), i) for i in range(8)])
+    alerts = [orjson.loads(v) for _, v in sink.alerts]
+    tickers = [a for a in alerts if a["entity_kind"] == "ticker"]
+    assert [a["entity"] for a in tickers] == ["ZZQX"]
+    assert tickers[0]["count"] == 8 and tickers[0]["observed_share"] == 1.0
+    assert len(tickers[0]["example_event_ids"]) == 3
