@@ -1,0 +1,107 @@
+"""`finpulse bench baseline`: what a user would write instead of finpulse, in one file.
+
+An aiokafka consumer that, for every message, tokenizes with the Hugging Face tokenizer padded to
+128 tokens, runs one PyTorch forward pass of the same model on CPU, and increments per-ticker
+counters in Redis with one round trip per message. It is the per-message textbook loop, built on
+the same model, data, Kafka and Redis, so the ratio to ``bench pipeline`` is like for like. (A
+``transformers.pipeline`` object cannot load finpulse's two-head model; this loop is what that
+pipeline does per call: tokenize, forward, softmax.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from bench.common import machine_info, now_iso, stream_texts
+
+
+async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, Any]], model_dir: Path) -> dict[str, Any]:
+    import torch
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from redis.asyncio import Redis
+    from transformers import AutoTokenizer
+
+    from engine.bundle import EngineBundle, is_bundle
+    from engine.modeling import load_model
+    from stream.replay import produce
+
+    ckpt = EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else model_dir
+    loaded = load_model(ckpt)
+    model = loaded.model.eval()
+    tok = AutoTokenizer.from_pretrained(str(ckpt), local_files_only=True)
+    labels = loaded.heads[0].labels
+
+    tag = uuid.uuid4().hex[:8]
+    topic = f"baseline.{tag}.events"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, 4, 1)])
+    await admin.close()
+    await produce(bootstrap, topic, events)
+
+    redis = Redis.from_url(redis_url)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"baseline-{tag}", auto_offset_reset="earliest")
+    await consumer.start()
+    done = 0
+    t0 = time.perf_counter()
+    try:
+        async for msg in consumer:
+            ev = orjson.loads(msg.value)
+            enc = tok(ev["text"], padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+            with torch.inference_mode():
+                logits = model(enc["input_ids"], enc["attention_mask"])[0]
+            label = labels[int(torch.softmax(logits, -1).argmax())]
+            for t in ev.get("tickers", []):
+                await redis.hincrby(f"baseline:{tag}:{t}", label, 1)
+            done += 1
+            if done >= len(events):
+                break
+    finally:
+        elapsed = time.perf_counter() - t0
+        await consumer.stop()
+        keys = [k async for k in redis.scan_iter(match=f"baseline:{tag}:*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        await admin.delete_topics([topic])
+        await admin.close()
+    return {"events": done, "seconds": round(elapsed, 3), "events_per_s": round(done / elapsed, 1), "model_id": loaded.model_id,
+            "backend": "torch (per message, HF tokenizer padded to 128)", "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}
+
+
+@click.command("baseline")
+@click.option("--events", "n", type=int, default=500, show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+def bench_baseline_cmd(n: int, model_dir: Path | None, out: Path | None) -> None:
+    """Per-message consumer + model + Redis loop: the naive system, on the same data and machine."""
+    from engine.settings import EngineSettings
+    from stream.local_services import LocalServices
+    from stream.models import resolve_model_dir
+    from stream.settings import get_settings
+
+    s = get_settings()
+    services = LocalServices(s)
+    services.ensure_installed()
+    started = services.start()
+    try:
+        mdir = model_dir or resolve_model_dir(s, EngineSettings())
+        events = stream_texts(s.require_data_dir(), n)
+        res = asyncio.run(run_baseline(s.kafka_bootstrap, s.redis_url, events, mdir))
+    finally:
+        services.stop([k for k, v in started.items() if v])
+    doc = {"benchmark": "baseline", "date": now_iso(), "machine": machine_info(), **res}
+    text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+    click.echo(text)
+    if out:
+        out.write_text(text)

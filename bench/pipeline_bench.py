@@ -1,0 +1,250 @@
+"""`finpulse bench pipeline`: the whole path (Kafka -> worker -> Redis + scored topic) against its raw engine.
+
+One run measures, for each backend asked for (default: the engine's choice and ``null``):
+  * the raw engine: the same TextClassifier, in-process, on the same texts (texts/s);
+  * end-to-end throughput: N events produced as fast as possible, timed from the first send
+    to the last scored record and the Redis count reaching N;
+  * latency at a fixed offered load (a fraction of the measured rate): produce-to-scored
+    p50/p95/p99 from the Kafka record timestamps of input and output;
+  * worker peak RSS and Redis memory per 1,000 events.
+Everything runs on this machine against the real local Kafka and Redis (started if not running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+import psutil
+
+from bench.common import append_markdown_row, machine_info, now_iso, percentiles, stream_texts
+from engine.runtime import load_classifier
+from engine.settings import EngineSettings
+from stream.local_services import LocalServices, delete_topics, ensure_topics
+from stream.models import resolve_model_dir
+from stream.replay import produce
+from stream.settings import StreamSettings, get_settings
+from stream.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
+from stream.worker import topic_plan
+
+
+def _isolated(base: StreamSettings, tag: str, port: int) -> StreamSettings:
+    return base.model_copy(update={
+        "input_topic": f"bench.{tag}.events", "scored_topic": f"bench.{tag}.scored", "alerts_topic": f"bench.{tag}.alerts",
+        "dlq_topic": f"bench.{tag}.dlq", "consumer_group": f"bench-{tag}", "redis_prefix": f"bench:{tag}", "worker_web_port": port,
+    })
+
+
+class RssSampler(threading.Thread):
+    """Polls a process's resident memory; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def _collect_scored(settings: StreamSettings, want: int, timeout: float) -> list[tuple[str, int]]:
+    """(id, scored-record timestamp ms) for ``want`` scored records, read from the scored topic."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.scored_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    await c.start()
+    out: list[tuple[str, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < want and time.monotonic() < deadline:
+            for msgs in (await c.getmany(timeout_ms=200, max_records=10000)).values():
+                out.extend((m.key.decode(), m.timestamp) for m in msgs)
+    finally:
+        await c.stop()
+    return out
+
+
+async def _produce_times(settings: StreamSettings) -> dict[str, int]:
+    """Input record CreateTime (ms) per event id, read back from the input topic."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(settings.input_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    await c.start()
+    out: dict[str, int] = {}
+    try:
+        while True:
+            batch = await c.getmany(timeout_ms=1000, max_records=10000)
+            if not batch:
+                break
+            for msgs in batch.values():
+                for m in msgs:
+                    out[m.key.decode()] = m.timestamp
+    finally:
+        await c.stop()
+    return out
+
+
+async def _redis_counted(settings: StreamSettings) -> tuple[int, int]:
+    from stream.app import redis_client
+
+    r = redis_client(settings)
+    try:
+        counted = int(await r.hget(f"{settings.redis_prefix}:metrics", "counted") or 0)
+        mem = int((await r.info("memory"))["used_memory"])
+    finally:
+        await r.aclose()
+    return counted, mem
+
+
+def _with_ids(events: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
+    # Fresh ids per phase: Redis dedupes by id, and each phase must do the full work.
+    return [{**e, "id": f"{run}-{e['id']}"} for e in events]
+
+
+def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str, Any]], latency_events: int, load_fraction: float, log_dir: Path) -> dict[str, Any]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tag = uuid.uuid4().hex[:8]
+    settings = _isolated(base, tag, port)
+    asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
+    _, mem0 = asyncio.run(_redis_counted(settings))
+    log_path = log_dir / f"bench-worker-{tag}.log"
+    proc = start_worker_process(settings, engine, log_path)
+    sampler = RssSampler(proc.pid)
+    sampler.start()
+    try:
+        info = wait_worker_ready(proc, settings.worker_web_port, log_path, timeout=300)
+        # Warm the consumer group and the model before timing.
+        warm = _with_ids(events[:64], "warm")
+        asyncio.run(produce(settings.kafka_bootstrap, settings.input_topic, warm))
+        asyncio.run(_collect_scored(settings, len(warm), 120))
+
+        burst = _with_ids(events, "tput")
+        t0 = time.perf_counter()
+
+        async def flood() -> list[tuple[str, int]]:
+            collector = asyncio.create_task(_collect_scored(settings, len(warm) + len(burst), 900))
+            await produce(settings.kafka_bootstrap, settings.input_topic, burst)
+            return await collector
+
+        scored = asyncio.run(flood())
+        t_scored = time.perf_counter() - t0
+        while asyncio.run(_redis_counted(settings))[0] < len(warm) + len(burst) and time.perf_counter() - t0 < 900:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        counted, mem1 = asyncio.run(_redis_counted(settings))
+        rate = len(burst) / elapsed
+
+        # Fixed offered load: a fraction of what the pipeline just sustained.
+        lat_events = _with_ids(events[:latency_events], "lat")
+        offered = max(1.0, rate * load_fraction)
+
+        async def paced() -> list[tuple[str, int]]:
+            collector = asyncio.create_task(_collect_scored(settings, len(warm) + len(burst) + len(lat_events), 900))
+            await produce(settings.kafka_bootstrap, settings.input_topic, lat_events, rate=offered)
+            return await collector
+
+        scored_all = asyncio.run(paced())
+        produced_at = asyncio.run(_produce_times(settings))
+        lat = [ts - produced_at[i] for i, ts in scored_all if i.startswith("lat-") and i in produced_at]
+        return {
+            "backend": info["engine"]["backend"],
+            "device": info["engine"]["device"],
+            "precision": info["engine"]["precision"],
+            "model_id": info["engine"]["model_id"],
+            "skipped_backends": info["engine"].get("skipped_backends"),
+            "batch_policy": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms, **info["engine"].get("batch_policy", {})},
+            "events": len(burst),
+            "throughput_events_per_s": round(rate, 1),
+            "seconds_to_last_scored": round(t_scored, 3),
+            "seconds_to_redis_complete": round(elapsed, 3),
+            "redis_counted": counted,
+            "scored_records": len(scored),
+            "latency_offered_events_per_s": round(offered, 1),
+            "latency_events": len(lat),
+            "latency_ms": percentiles(lat),
+            "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
+            "redis_bytes_per_1000_events": round((mem1 - mem0) / max(counted, 1) * 1000),
+        }
+    finally:
+        sampler.stop()
+        stop_process(proc)
+        asyncio.run(delete_topics(settings.kafka_bootstrap, list(topic_plan(settings))))
+        asyncio.run(clear_redis_prefix(settings))
+
+
+def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_batch_size: int) -> dict[str, Any]:
+    """The same classifier in-process, fed in the worker's batch size: the pipeline's upper bound."""
+    clf = load_classifier(engine, model_dir)
+    clf.backend.warmup()
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), max_batch_size):
+        clf.classify(texts[i : i + max_batch_size])
+    dt = time.perf_counter() - t0
+    return {"backend": clf.backend.name, "texts": len(texts), "texts_per_s": round(len(texts) / dt, 1), "stats": clf.stats.as_dict()}
+
+
+@click.command("pipeline")
+@click.option("--events", "n", type=int, default=3000, show_default=True, help="Events for the throughput phase.")
+@click.option("--latency-events", type=int, default=1000, show_default=True)
+@click.option("--load", "load_fraction", type=float, default=0.5, show_default=True, help="Offered load for latency, as a fraction of measured throughput.")
+@click.option("--backend", "backends", multiple=True, default=("auto", "null"), show_default=True)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
+@click.option("--record", type=click.Path(path_type=Path), default=None, help="Append rows to this BENCHMARKS.md.")
+def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backends: tuple[str, ...], model_dir: Path | None,
+                       data_dir: Path | None, out: Path | None, record: Path | None) -> None:
+    """End-to-end events/s and produce-to-scored latency, against the raw engine, in one run."""
+    base = get_settings()
+    if data_dir:
+        base = base.model_copy(update={"data_dir": data_dir})
+    services = LocalServices(base)
+    services.ensure_installed()
+    started = services.start()
+    try:
+        eng0 = EngineSettings()
+        mdir = model_dir or resolve_model_dir(base, eng0)
+        events = stream_texts(base.require_data_dir(), n)
+        results: dict[str, Any] = {"benchmark": "pipeline", "date": now_iso(), "machine": machine_info(), "model_dir": str(mdir), "runs": []}
+        for b in backends:
+            eng = eng0.model_copy(update={"backend": b, "model_dir": mdir, "max_batch_size": base.max_batch_size})
+            raw = raw_engine(eng, mdir, [e["text"] for e in events], base.max_batch_size)
+            run = run_one(base, eng, events, latency_events, load_fraction, base.log_dir)
+            run["raw_engine"] = raw
+            run["pipeline_vs_engine"] = round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
+            results["runs"].append(run)
+            click.echo(orjson.dumps(run).decode(), err=True)
+    finally:
+        services.stop([k for k, v in started.items() if v])
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+    click.echo(text)
+    if out:
+        out.write_text(text)
+    if record:
+        m = results["machine"]
+        for r in results["runs"]:
+            append_markdown_row(record, "Pipeline (finpulse bench pipeline)",
+                f"| {results['date']} | {m['cpu']} ({m['cores']} cores) | {r['backend']} ({r['device']}, {r['precision']}) | {r['model_id']} "
+                f"| batch {r['batch_policy']['max_batch_size']} / wait {r['batch_policy']['max_wait_ms']} ms | {r['events']} "
+                f"| {r['throughput_events_per_s']} | {r['raw_engine']['texts_per_s']} | {r['pipeline_vs_engine']} "
+                f"| {r['latency_ms']['p50']} / {r['latency_ms']['p95']} / {r['latency_ms']['p99']} @ {r['latency_offered_events_per_s']}/s "
+                f"| {r['worker_peak_rss_mb']} | {r['redis_bytes_per_1000_events']} |")
