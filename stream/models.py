@@ -35,6 +35,19 @@ def resolve_model_dir(settings: StreamSettings, engine: EngineSettings) -> Path:
     )
 
 
+def bundle_is_current(bundle: Path, checkpoint: Path) -> bool:
+    """The bundle exists and was built from exactly this checkpoint (hash of its files)."""
+    from build_engine.manifest import checkpoint_sha256
+    from engine.bundle import EngineBundle
+
+    if not is_bundle(bundle):
+        return False
+    try:
+        return EngineBundle.load(bundle).manifest.source_sha256 == checkpoint_sha256(checkpoint)
+    except ModelFormatError:
+        return False
+
+
 def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, quick: bool = True) -> Path:
     """Train (first use only) the default model and build its engine bundle; return the bundle (or checkpoint)."""
     from training.default_model import ensure_default_model as train_default
@@ -43,9 +56,23 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
     if not build_bundle:
         return ckpt
     bundle = default_bundle_dir(settings)
-    from build_engine.builder import bundle_is_current, build_bundle as build
-
     if not bundle_is_current(bundle, ckpt):
-        log.info("building_engine_bundle", checkpoint=str(ckpt), bundle=str(bundle))
-        build(ckpt, bundle, int8=True)
+        from build_engine.builder import BuildOptions, build_bundle as build
+
+        texts = _validation_texts(settings)
+        log.info("building_engine_bundle", checkpoint=str(ckpt), bundle=str(bundle), validation_texts=len(texts))
+        build(ckpt, bundle, BuildOptions.from_settings(int8=True, overwrite=True), validation_texts=texts or None)
     return bundle
+
+
+def _validation_texts(settings: StreamSettings, n: int = 256) -> list[str]:
+    """Real texts for export validation (the sentiment validation set), when the data folder is there."""
+    import csv
+
+    if settings.data_dir is None:
+        return []
+    path = Path(settings.data_dir) / "twitter-financial-news-sentiment" / "valid.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["text"] for _, row in zip(range(n), csv.DictReader(f))]
