@@ -172,3 +172,43 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         await r.aclose()
         await delete_topics(s.kafka_bootstrap, list(topic_plan(s)))
         await clear_redis_prefix(s)
+
+
+async def test_two_workers_share_one_truth(isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path) -> None:
+    """Two workers in one consumer group: every event scored, Redis equals the count over both outputs."""
+    import socket
+
+    s = isolated_settings.model_copy(update={"partitions": 4, "max_batch_size": 16, "max_wait_ms": 50, "bucket_seconds": 3600})
+    engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=16)
+    events = read_events(_stream_file(s), since="2015-03-01T00:00:00Z", limit=240)
+    await ensure_topics(s.kafka_bootstrap, topic_plan(s))
+    procs = []
+    try:
+        for i in range(2):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            ws = s.model_copy(update={"worker_web_port": port})
+            log_path = tmp_path / f"worker{i}.log"
+            p = start_worker_process(ws, engine, log_path)
+            procs.append(p)
+            await asyncio.to_thread(wait_worker_ready, p, port, log_path, 180)
+        await produce(s.kafka_bootstrap, s.input_topic, events)
+        out = await _drain(s, len(events), timeout=240)
+        assert {e["id"] for e in out["scored"]} == {str(e["id"]) for e in events}
+        counted = [e for e in out["scored"] if e["window_status"] == "counted"]
+        # At least once: a rebalance may re-deliver, but an id is counted once, never twice.
+        assert sorted(e["id"] for e in counted) == sorted({e["id"] for e in counted})
+        r = Redis.from_url(s.redis_url)
+        try:
+            for t in {t for e in counted for t in e["tickers"]}:
+                total = await r.hgetall(f"{s.redis_prefix}:tot:ticker:{t}")
+                want = Counter(SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e["sentiment"]["label"])] for e in counted if t in e["tickers"])
+                assert {k.decode(): int(v) for k, v in total.items() if k != b"ssum"} == {**want, "n": sum(want.values())}
+        finally:
+            await r.aclose()
+    finally:
+        for p in procs:
+            stop_process(p)
+        await delete_topics(s.kafka_bootstrap, list(topic_plan(s)))
+        await clear_redis_prefix(s)
