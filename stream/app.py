@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -23,17 +24,22 @@ log = structlog.get_logger(__name__)
 
 
 class FaustSink:
-    """Sends processor output through Faust's producer (batched by aiokafka underneath)."""
+    """Sends processor output straight through the app's aiokafka producer.
 
-    def __init__(self, scored: faust.TopicT, alerts: faust.TopicT, dlq: faust.TopicT) -> None:
+    Faust's ``Topic.send`` wraps every record in a FutureMessage and may attach it to the current
+    event; going to the producer directly keeps per-record Python work minimal. Awaiting the
+    delivery futures makes a batch's outputs durable before ``take_events`` acks (and so commits)
+    the inputs they came from.
+    """
+
+    def __init__(self, app: faust.App, scored: str, alerts: str, dlq: str) -> None:
+        self.app = app
         self.scored, self.alerts, self.dlq = scored, alerts, dlq
 
-    async def _send_all(self, topic: faust.TopicT, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        # send() only enqueues into the producer's batch; awaiting the futures makes the batch durable
-        # before take_events acks (and so commits) the inputs it came from.
-        futs = [await topic.send(key=k, value=v) for k, v in records]
-        for f in futs:
-            await f
+    async def _send_all(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        producer = self.app.producer
+        futs = [await producer.send(topic, k, v, None, None, None) for k, v in records]
+        await asyncio.gather(*futs)
 
     async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         await self._send_all(self.scored, records)
@@ -73,15 +79,12 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
     )
     raw = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
     source = app.topic(settings.input_topic, **raw)
-    scored = app.topic(settings.scored_topic, **raw)
-    alerts = app.topic(settings.alerts_topic, **raw)
-    dlq = app.topic(settings.dlq_topic, **raw)
 
     r = redis or redis_client(settings)
     store = WindowStore(r, settings.redis_prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds)
     # One inference thread: the model already uses every core; two would only contend.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-    processor = BatchProcessor(settings, classifier, store, FaustSink(scored, alerts, dlq), executor)
+    processor = BatchProcessor(settings, classifier, store, FaustSink(app, settings.scored_topic, settings.alerts_topic, settings.dlq_topic), executor)
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]
 
