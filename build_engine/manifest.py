@@ -6,10 +6,11 @@ import hashlib
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from engine.bundle import MANIFEST, FileEntry, HeadManifest, Manifest, sha256_file
 from engine.modeling import HeadSpec
@@ -84,7 +85,7 @@ def write_manifest(
         source_sha256=source_sha256,
         versions=dict(versions if versions is not None else collect_versions()),
         validation=json.loads(json.dumps(dict(validation))),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         **entries,
     )
     target = root / MANIFEST

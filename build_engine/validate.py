@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import structlog
@@ -59,6 +60,9 @@ class ValidationReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     max_abs_prob_diff: dict[str, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
+    # Median top-1 minus top-2 logit of the reference: when it is tiny (random heads), argmax
+    # agreement measures noise, not quality; reported so a low agreement can be read correctly.
+    reference_margin_p50: dict[str, float] = field(default_factory=dict)
     tolerance: float | None = None
     min_agreement: float | None = None
     seconds: float = 0.0
@@ -167,6 +171,8 @@ def compare(
         report.max_abs_diff[name] = float(np.abs(ref - got).max())
         report.max_abs_prob_diff[name] = float(np.abs(softmax(ref.copy()) - softmax(got.copy())).max())
         report.agreement[name] = float((ref.argmax(axis=1) == got.argmax(axis=1)).mean())
+        top2 = np.sort(ref, axis=1)[:, -2:] if ref.shape[1] > 1 else np.zeros((ref.shape[0], 2), dtype=np.float32)
+        report.reference_margin_p50[name] = float(np.median(top2[:, 1] - top2[:, 0]))
     for name in outputs:
         if tolerance is not None and report.max_abs_diff[name] > tolerance:
             raise EngineBuildError(

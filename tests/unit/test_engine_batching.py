@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import ClassVar
 
@@ -66,7 +67,7 @@ def test_plan_covers_every_index_once_within_limits() -> None:
         padded = _padded(int(lengths[b].max()))
         assert b.size == 1 or b.size * padded <= 512
     # Length-sorted: no batch's shortest text is shorter than the previous batch's longest.
-    for prev, nxt in zip(batches, batches[1:]):
+    for prev, nxt in itertools.pairwise(batches):
         assert lengths[nxt].min() >= lengths[prev].max()
 
 
@@ -125,8 +126,8 @@ def test_classifier_truncates_long_texts(tokenizer: BatchTokenizer) -> None:
     backend = EchoBackend(max_seq_len=64)
     out = TextClassifier(tokenizer, backend).classify(["short one", long_text])["len"]
     assert backend.shapes[-1][1] == 64
-    assert int(round(out[1, 0] * 1000)) == 64  # truncated to max_seq_len, [SEP] included
-    assert int(round(out[0, 0] * 1000)) < 16
+    assert round(out[1, 0] * 1000) == 64  # truncated to max_seq_len, [SEP] included
+    assert round(out[0, 0] * 1000) < 16
 
 
 def test_classifier_detects_missing_rows(tokenizer: BatchTokenizer) -> None:

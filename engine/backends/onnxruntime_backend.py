@@ -1,0 +1,139 @@
+"""ONNX Runtime on CPU: ``onnxruntime`` (fp32 ``model.onnx``) and ``onnxruntime-int8`` (``model.int8.onnx``).
+
+Both read an engine bundle: input/output names come from its manifest, and the ONNX file's sha256
+is checked against it before a session is created. onnxruntime itself is imported only when a
+backend is built, so importing this module (which registers the factories) stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import structlog
+
+from engine.backends.base import Backend
+from engine.bundle import EngineBundle, is_bundle
+from engine.errors import BackendUnavailable, ModelFormatError
+from engine.settings import EngineSettings
+from engine.tokenize import EncodedBatch
+
+log = structlog.get_logger(__name__)
+
+
+def machine_cores() -> int:
+    """CPU cores this process may run on (affinity, not the host's count inside a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ONNX Runtime CPU session (ORT_ENABLE_ALL, intra-op threads = settings or all cores)."""
+
+    name: ClassVar[str] = "onnxruntime"
+    file_kind: ClassVar[str] = "onnx"
+
+    def __init__(self, bundle: EngineBundle, max_batch_size: int, max_seq_len: int, num_threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BackendUnavailable(self.name, "python package 'onnxruntime' is not installed") from exc
+        mf = bundle.manifest
+        super().__init__(bundle.heads, max_batch_size, max_seq_len, mf.model_id)
+        entry = getattr(mf, self.file_kind)
+        if entry is None:
+            raise ModelFormatError(bundle.root, f"bundle has no {self.file_kind} file (rebuild it with `finpulse build-engine`"
+                                   + (" --int8)" if self.file_kind == "onnx_int8" else ")"))
+        path = bundle.file(self.file_kind)  # verifies sha256: a corrupted file never reaches ORT
+        self.precision = entry.precision
+        self.model_path = path
+        if max_seq_len > mf.max_seq_len:
+            # ONNX has dynamic axes, so longer inputs run, but validation only covered mf.max_seq_len.
+            log.warning("seq_len_beyond_validated", backend=self.name, requested=max_seq_len, validated=mf.max_seq_len)
+        self.threads = int(num_threads or machine_cores())
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1  # one graph, no parallel branches worth a second pool
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises untyped errors for unreadable graphs
+            raise ModelFormatError(path, f"ONNX Runtime cannot load the model ({exc})") from exc
+        self._ort_version = str(ort.__version__)
+        self._input_names = list(mf.inputs)
+        self._output_names = [h.output for h in mf.heads]
+        self._check_interface(path)
+
+    def _check_interface(self, path: Path) -> None:
+        sess_in = {i.name: i for i in self._session.get_inputs()}
+        sess_out = {o.name: o for o in self._session.get_outputs()}
+        if set(sess_in) != set(self._input_names):
+            raise ModelFormatError(path, f"manifest inputs {self._input_names} do not match ONNX inputs {sorted(sess_in)}")
+        for name in self._input_names:
+            if sess_in[name].type != "tensor(int64)":
+                raise ModelFormatError(path, f"ONNX input {name!r} is {sess_in[name].type}, expected tensor(int64)")
+        missing = [o for o in self._output_names if o not in sess_out]
+        if missing:
+            raise ModelFormatError(
+                path, f"manifest heads do not match the ONNX outputs: {missing} not among ONNX outputs {sorted(sess_out)}"
+            )
+        for head, out_name in zip(self.heads, self._output_names):
+            out = sess_out[out_name]
+            width = out.shape[-1] if out.shape else None
+            if isinstance(width, int) and width != len(head.labels):
+                raise ModelFormatError(
+                    path, f"manifest head {head.name!r} has {len(head.labels)} labels but ONNX output {out.name!r} has width {width}"
+                )
+
+    def _infer_impl(self, batch: EncodedBatch) -> dict[str, np.ndarray]:
+        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        outs = self._session.run(self._output_names, {k: feed[k] for k in self._input_names})
+        return {h.name: np.asarray(o) for h, o in zip(self.heads, outs)}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "providers": self._session.get_providers(),
+            "threads": self.threads,
+            "graph_optimization": "ORT_ENABLE_ALL",
+            "model_file": self.model_path.name,
+            "onnxruntime": self._ort_version,
+        }
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
+
+
+class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+    """The dynamically INT8-quantized model of the bundle, same CPU session setup."""
+
+    name: ClassVar[str] = "onnxruntime-int8"
+    file_kind: ClassVar[str] = "onnx_int8"
+
+
+def _load_bundle(name: str, model_dir: Path) -> EngineBundle:
+    if not is_bundle(model_dir):
+        raise ModelFormatError(model_dir, f"backend {name!r} needs an engine bundle with manifest.json (build one with `finpulse build-engine`)")
+    return EngineBundle.load(model_dir)
+
+
+def _fp32_factory(model_dir: Path, settings: EngineSettings) -> Backend:
+    bundle = _load_bundle(OnnxRuntimeBackend.name, Path(model_dir))
+    return OnnxRuntimeBackend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads)
+
+
+def _int8_factory(model_dir: Path, settings: EngineSettings) -> Backend:
+    bundle = _load_bundle(OnnxRuntimeInt8Backend.name, Path(model_dir))
+    return OnnxRuntimeInt8Backend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads)
+
+
+def _register() -> None:
+    from engine.runtime import register_backend
+
+    register_backend(OnnxRuntimeBackend.name, _fp32_factory)
+    register_backend(OnnxRuntimeInt8Backend.name, _int8_factory)
+
+
+_register()
