@@ -58,10 +58,18 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
     bundle = default_bundle_dir(settings)
     if not bundle_is_current(bundle, ckpt):
         from build_engine.builder import BuildOptions, build_bundle as build
+        from build_engine.errors import EngineBuildError
 
         texts = _validation_texts(settings)
         log.info("building_engine_bundle", checkpoint=str(ckpt), bundle=str(bundle), validation_texts=len(texts))
-        build(ckpt, bundle, BuildOptions.from_settings(int8=True, overwrite=True), validation_texts=texts or None)
+        try:
+            build(ckpt, bundle, BuildOptions.from_settings(int8=True, overwrite=True), validation_texts=texts or None)
+        except EngineBuildError as exc:
+            if exc.stage != "validate" or exc.agreement is None:
+                raise
+            # INT8 that disagrees with fp32 is not shipped; the bundle is still usable in fp32.
+            log.warning("int8_rejected", reason=str(exc), output=exc.output, agreement=exc.agreement)
+            build(ckpt, bundle, BuildOptions.from_settings(int8=False, overwrite=True), validation_texts=texts or None)
     return bundle
 
 
