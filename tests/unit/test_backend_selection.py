@@ -1,0 +1,36 @@
+"""Backend choice is explicit: `auto` says what it skipped and why; a named backend never falls back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import BackendUnavailable, ModelFormatError
+from engine.runtime import AUTO_ORDER, load_classifier
+from engine.settings import EngineSettings
+
+
+def test_auto_on_a_plain_checkpoint_reports_every_skip(tiny_model_dir: Path) -> None:
+    clf = load_classifier(EngineSettings(backend="auto"), tiny_model_dir)
+    desc = clf.describe()
+    chosen = desc["backend"]
+    skipped = desc["skipped_backends"]
+    # Everything before the chosen backend was tried and has a reason; nothing after it was.
+    assert list(skipped) == list(AUTO_ORDER[: AUTO_ORDER.index(chosen)])
+    assert all(isinstance(r, str) and r for r in skipped.values())
+    assert "onnxruntime" in skipped  # a checkpoint has no ONNX file: said, not hidden
+
+
+def test_named_backend_that_cannot_run_raises(tiny_model_dir: Path) -> None:
+    with pytest.raises((BackendUnavailable, ModelFormatError)):
+        load_classifier(EngineSettings(backend="onnxruntime"), tiny_model_dir)
+
+
+def test_unknown_backend_raises(tiny_model_dir: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="unknown backend"):
+        load_classifier(EngineSettings(backend="tpu"), tiny_model_dir)
+
+
+def test_null_backend_is_never_chosen_by_auto() -> None:
+    assert "null" not in AUTO_ORDER
