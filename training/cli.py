@@ -15,9 +15,16 @@ from rich.table import Table
 
 from engine.errors import EngineError
 from training.data import DataError
+from training.settings import TrainSettings
 
 _PATH = click.Path(path_type=Path)
 _FILE = click.Path(path_type=Path, dir_okay=False)
+
+
+def _d(name: str, text: str = "") -> str:
+    """Help text ending in the recipe default (options left out fall back to ``TrainSettings``)."""
+    default = TrainSettings.model_fields[name].default
+    return f"{text} [default: {default}]".strip()
 
 
 @click.command("train")
@@ -28,23 +35,25 @@ _FILE = click.Path(path_type=Path, dir_okay=False)
 @click.option("--sentiment-valid", type=_FILE, default=None)
 @click.option("--topic-train", type=_FILE, default=None, help="Topic training file (CSV or JSONL).")
 @click.option("--topic-valid", type=_FILE, default=None)
-@click.option("--epochs", type=float, default=None)
+@click.option("--epochs", type=float, default=None, help=_d("epochs"))
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (quick runs).")
 @click.option("--limit", type=int, default=None, help="At most this many training rows per task (quick runs).")
 @click.option("--valid-limit", type=int, default=None, help="At most this many validation rows per task.")
-@click.option("--lr", type=float, default=None)
+@click.option("--lr", type=float, default=None, help=_d("lr"))
 @click.option("--head-lr", type=float, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--max-len", type=int, default=None)
-@click.option("--warmup-ratio", type=float, default=None)
-@click.option("--weight-decay", type=float, default=None)
-@click.option("--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None)
-@click.option("--task-mix", default=None, help="proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
-@click.option("--evals-per-epoch", type=int, default=None)
-@click.option("--patience", type=int, default=None)
-@click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None)
+@click.option("--batch-size", type=int, default=None, help=_d("batch_size"))
+@click.option("--max-len", type=int, default=None, help=_d("max_len"))
+@click.option("--warmup-ratio", type=float, default=None, help=_d("warmup_ratio"))
+@click.option("--weight-decay", type=float, default=None, help=_d("weight_decay"))
+@click.option("--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_weighting"))
+@click.option("--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'."))
+@click.option("--evals-per-epoch", type=int, default=None, help=_d("evals_per_epoch"))
+@click.option("--patience", type=int, default=None, help=_d("patience"))
+@click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None, help=_d("selection"))
 @click.option("--freeze-encoder/--no-freeze-encoder", default=None, help="Train the heads only.")
-@click.option("--seed", type=int, default=None)
+@click.option("--freeze-embeddings/--no-freeze-embeddings", default=None, help="Keep the embeddings fixed (faster).")
+@click.option("--freeze-layers", type=int, default=None, help="Keep the lowest N encoder blocks fixed (faster).")
+@click.option("--seed", type=int, default=None, help=_d("seed"))
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", "num_threads", type=int, default=None, help="torch CPU threads (default: cores available).")
 @click.option("--progress/--no-progress", default=None)

