@@ -23,15 +23,18 @@ def trends_table(title: str, rows: Iterable[EntityTrend], top: int, min_count: i
 
 def alerts_table(alerts: list[dict[str, Any]]) -> Table:
     t = Table(title=f"Alerts raised ({len(alerts)})", title_justify="left")
-    for col in ("window end (UTC)", "entity", "severity", "neg share", "baseline", "events", "z", "examples"):
-        t.add_column(col)
+    for col in ("window end (UTC)", "entity", "severity", "neg", "base", "n", "z", "example ids"):
+        t.add_column(col, overflow="fold")
     for a in sorted(alerts, key=lambda a: (a["window_end"], a["entity_kind"], a["entity"])):
         t.add_row(
-            a["window_end_iso"], f"{a['entity_kind']}:{a['entity']}", a["severity"], f"{a['observed_share']:.0%}",
-            f"{a['baseline_share']:.0%}", str(a["count"]), f"{a['z']:.1f}", ",".join(a["example_event_ids"][:3]),
+            a["window_end_iso"][:16].replace("T", " "), f"{a['entity_kind']}:{a['entity']}", a["severity"], f"{a['observed_share']:.0%}",
+            f"{a['baseline_share']:.0%}", str(a["count"]), f"{a['z']:.1f}", " ".join(a["example_event_ids"][:3]),
         )
     return t
 
 
 def make_console() -> Console:
-    return Console(highlight=False)
+    import shutil
+
+    # Tables of tickers, topics and alerts need about 120 columns; wider terminals get their width.
+    return Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 40)).columns))

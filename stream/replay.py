@@ -28,28 +28,33 @@ def pseudonymise(user_id: str) -> str:
 
 
 def _stocknet_events(path: Path, since: str | None, until: str | None) -> Iterator[dict[str, Any]]:
+    # A tweet naming several tickers is one row per ticker, all with the same timestamp (not always
+    # adjacent): gather the rows of one timestamp, merge them by tweet id, then emit in file order.
+    def flush(group: dict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        yield from group.values()
+        group.clear()
+
+    group: dict[str, dict[str, Any]] = {}
+    current_ts: str | None = None
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        pending: dict[str, Any] | None = None
-        for row in reader:
+        for row in csv.DictReader(f):
             ts = row["created_at"]
             if since and ts < since:
                 continue
             if until and ts >= until:
                 break
-            if pending is not None and pending["id"] == row["tweet_id"]:
-                # Same tweet, another ticker: the file repeats a tweet once per ticker it names.
-                if row["ticker"] not in pending["tickers"]:
-                    pending["tickers"].append(row["ticker"])
-                continue
-            if pending is not None:
-                yield pending
-            pending = {
-                "id": row["tweet_id"], "text": row["text"], "published_at": ts, "source": "tweet",
-                "tickers": [row["ticker"]], "author": pseudonymise(row["user_id"]), "lang": row.get("lang") or None,
-            }
-        if pending is not None:
-            yield pending
+            if ts != current_ts:
+                yield from flush(group)
+                current_ts = ts
+            ev = group.get(row["tweet_id"])
+            if ev is None:
+                group[row["tweet_id"]] = {
+                    "id": row["tweet_id"], "text": row["text"], "published_at": ts, "source": "tweet",
+                    "tickers": [row["ticker"]], "author": pseudonymise(row["user_id"]), "lang": row.get("lang") or None,
+                }
+            elif row["ticker"] not in ev["tickers"]:
+                ev["tickers"].append(row["ticker"])
+    yield from flush(group)
 
 
 def _jsonl_events(path: Path) -> Iterator[dict[str, Any] | bytes]:
