@@ -38,6 +38,8 @@ def _isolated(base: StreamSettings, tag: str, port: int) -> StreamSettings:
     return base.model_copy(update={
         "input_topic": f"bench.{tag}.events", "scored_topic": f"bench.{tag}.scored", "alerts_topic": f"bench.{tag}.alerts",
         "dlq_topic": f"bench.{tag}.dlq", "consumer_group": f"bench-{tag}", "redis_prefix": f"bench:{tag}", "worker_web_port": port,
+        # Each phase replays the same stretch of event time again (under fresh ids): none of it is late.
+        "allowed_lateness_seconds": 10 * 365 * 86400,
     })
 
 
@@ -104,7 +106,8 @@ async def _redis_counted(settings: StreamSettings) -> tuple[int, int]:
 
     r = redis_client(settings)
     try:
-        counted = int(await r.hget(f"{settings.redis_prefix}:metrics", "counted") or 0)
+        m = await r.hgetall(f"{settings.redis_prefix}:metrics")
+        counted = sum(int(m.get(k, 0)) for k in (b"counted", b"late"))
         mem = int((await r.info("memory"))["used_memory"])
     finally:
         await r.aclose()
@@ -171,7 +174,7 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             "precision": info["engine"]["precision"],
             "model_id": info["engine"]["model_id"],
             "skipped_backends": info["engine"].get("skipped_backends"),
-            "batch_policy": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms, **info["engine"].get("batch_policy", {})},
+            "batch_policy": {"take_max_events": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms, **info["engine"].get("batch_policy", {})},
             "events": len(burst),
             "throughput_events_per_s": round(rate, 1),
             "seconds_to_last_scored": round(t_scored, 3),
@@ -211,8 +214,9 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Append rows to this BENCHMARKS.md.")
+@click.option("--baseline-events", type=int, default=300, show_default=True, help="Also run `bench baseline` on this many of the same events (0: skip).")
 def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backends: tuple[str, ...], model_dir: Path | None,
-                       data_dir: Path | None, out: Path | None, record: Path | None) -> None:
+                       data_dir: Path | None, out: Path | None, record: Path | None, baseline_events: int) -> None:
     """End-to-end events/s and produce-to-scored latency, against the raw engine, in one run."""
     base = get_settings()
     if data_dir:
@@ -226,13 +230,20 @@ def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backen
         events = stream_texts(base.require_data_dir(), n)
         results: dict[str, Any] = {"benchmark": "pipeline", "date": now_iso(), "machine": machine_info(), "model_dir": str(mdir), "runs": []}
         for b in backends:
-            eng = eng0.model_copy(update={"backend": b, "model_dir": mdir, "max_batch_size": base.max_batch_size})
+            eng = eng0.model_copy(update={"backend": b, "model_dir": mdir})
             raw = raw_engine(eng, mdir, [e["text"] for e in events], base.max_batch_size)
             run = run_one(base, eng, events, latency_events, load_fraction, base.log_dir)
             run["raw_engine"] = raw
             run["pipeline_vs_engine"] = round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
             results["runs"].append(run)
             click.echo(orjson.dumps(run).decode(), err=True)
+        if baseline_events > 0:
+            from bench.baseline import run_baseline
+
+            base_res = asyncio.run(run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir))
+            results["baseline"] = base_res
+            for run in results["runs"]:
+                run["pipeline_vs_baseline"] = round(run["throughput_events_per_s"] / base_res["events_per_s"], 2)
     finally:
         services.stop([k for k, v in started.items() if v])
     text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
@@ -244,7 +255,7 @@ def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backen
         for r in results["runs"]:
             append_markdown_row(record, "Pipeline (finpulse bench pipeline)",
                 f"| {results['date']} | {m['cpu']} ({m['cores']} cores) | {r['backend']} ({r['device']}, {r['precision']}) | {r['model_id']} "
-                f"| batch {r['batch_policy']['max_batch_size']} / wait {r['batch_policy']['max_wait_ms']} ms | {r['events']} "
+                f"| take {r['batch_policy']['take_max_events']} / wait {r['batch_policy']['max_wait_ms']} ms | {r['events']} "
                 f"| {r['throughput_events_per_s']} | {r['raw_engine']['texts_per_s']} | {r['pipeline_vs_engine']} "
                 f"| {r['latency_ms']['p50']} / {r['latency_ms']['p95']} / {r['latency_ms']['p99']} @ {r['latency_offered_events_per_s']}/s "
                 f"| {r['worker_peak_rss_mb']} | {r['redis_bytes_per_1000_events']} |")

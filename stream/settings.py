@@ -49,7 +49,7 @@ class StreamSettings(BaseSettings):
 
     # --- worker --------------------------------------------------------------------------
     worker_web_port: int = 6066
-    max_batch_size: int = 64
+    max_batch_size: int = Field(default=256, description="Events taken from Kafka per micro-batch (the engine splits it further).")
     max_wait_ms: int = 50
     max_text_bytes: int = 32 * 1024
     max_event_bytes: int = 256 * 1024
