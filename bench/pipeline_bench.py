@@ -166,6 +166,11 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             return await collector
 
         scored_all = asyncio.run(paced())
+        from stream.supervise import health
+
+        h = health(settings.worker_web_port) or {}
+        stats = h.get("engine_stats", {})
+        batch_p99 = h.get("metrics", {}).get("batch_infer_ms_p99")
         produced_at = asyncio.run(_produce_times(settings))
         lat = [ts - produced_at[i] for i, ts in scored_all if i.startswith("lat-") and i in produced_at]
         return {
@@ -184,6 +189,10 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             "latency_offered_events_per_s": round(offered, 1),
             "latency_events": len(lat),
             "latency_ms": percentiles(lat),
+            # The bound: max wait + 3 x p99 of one backend call (the worker's own recent calls).
+            "engine_call_ms": {"p50": stats.get("call_ms_p50"), "p99": stats.get("call_ms_p99")},
+            "batch_infer_ms_p99": batch_p99,
+            "latency_bound_ms": round(settings.max_wait_ms + 3 * batch_p99, 1) if batch_p99 else None,
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
             "redis_bytes_per_1000_events": round((mem1 - mem0) / max(counted, 1) * 1000),
         }

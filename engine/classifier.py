@@ -8,6 +8,8 @@ input order and counted one for one.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,6 +54,8 @@ class EngineStats:
     real_tokens: int = 0
     padded_tokens: int = 0
     infer_seconds: float = 0.0
+    # The latest call durations, for p50/p99 without unbounded memory.
+    recent_call_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=2048), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, texts: int, real: int, padded: int, seconds: float) -> None:
@@ -61,11 +65,15 @@ class EngineStats:
             self.real_tokens += real
             self.padded_tokens += padded
             self.infer_seconds += seconds
+            self.recent_call_seconds.append(seconds)
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             pad_ratio = self.padded_tokens / self.real_tokens if self.real_tokens else None
+            recent = np.asarray(self.recent_call_seconds, dtype=np.float64) * 1000
             return {
+                "call_ms_p50": round(float(np.percentile(recent, 50)), 3) if recent.size else None,
+                "call_ms_p99": round(float(np.percentile(recent, 99)), 3) if recent.size else None,
                 "texts": self.texts,
                 "calls": self.calls,
                 "real_tokens": self.real_tokens,
@@ -108,16 +116,12 @@ class TextClassifier:
 
     def classify(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Probabilities per head, shape (len(texts), n_labels), in input order. Empty in, empty out."""
-        import time
-
         if len(texts) == 0:
             return {h.name: np.zeros((0, len(h.labels)), dtype=np.float32) for h in self.heads}
         tok = self.tokenizer.tokenize(texts)
         return self.classify_tokenized(tok)
 
     def classify_tokenized(self, tok: TokenizedTexts) -> dict[str, np.ndarray]:
-        import time
-
         n = len(tok.ids)
         out = {h.name: np.empty((n, len(h.labels)), dtype=np.float32) for h in self.heads}
         filled = np.zeros(n, dtype=bool)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,9 +73,15 @@ class ProcessorMetrics:
     rejections: dict[str, int] = field(default_factory=dict)
     last_batch_ms: float = 0.0
     last_infer_ms: float = 0.0
+    # Inference time of recent micro-batches (bounded), for the latency budget in health and benchmarks.
+    recent_infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
+        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items() if k != "recent_infer_ms"}
+        arr = np.asarray(self.recent_infer_ms, dtype=np.float64)
+        out["batch_infer_ms_p50"] = round(float(np.percentile(arr, 50)), 2) if arr.size else None
+        out["batch_infer_ms_p99"] = round(float(np.percentile(arr, 99)), 2) if arr.size else None
+        return out
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,7 @@ class BatchProcessor:
                 dead.extend((m, "inference_error", str(exc)[:300]) for m in sources)
                 events = []
             self.metrics.last_infer_ms = (time.perf_counter() - t_inf) * 1000
+            self.metrics.recent_infer_ms.append(self.metrics.last_infer_ms)
 
         if dead:
             await self._dead_letter(dead)
