@@ -29,7 +29,7 @@ from engine.modeling import SENTIMENT_LABELS
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
 from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ms_to_iso, parse_event
 from stream.settings import StreamSettings
-from stream.windows import WindowStore, WindowUpdate, bucket_start, entities_for
+from stream.windows import ClosedBucket, WindowStore, WindowUpdate, entities_for
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -168,9 +168,10 @@ class BatchProcessor:
                 WindowUpdate(e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}")
                 for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
             ]
-            statuses = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+            applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+            statuses = applied.statuses
             await self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses)
-            alerts = await self._evaluate_alerts(events, cls, topics, statuses)
+            alerts = await self._evaluate_alerts(applied.closed)
             for st in statuses:
                 setattr(self.metrics, st, getattr(self.metrics, st) + 1)
             self.metrics.scored += len(events)
@@ -233,39 +234,33 @@ class BatchProcessor:
             records.append((e.id.encode(), orjson.dumps(doc)))
         await self._retry("kafka_scored", lambda: self.sink.send_scored(records))
 
-    async def _evaluate_alerts(self, events: list[NewsEvent], cls: np.ndarray, topics: list[str | None], statuses: list[str]) -> list[Alert]:
-        touched: dict[tuple[str, str], list[str]] = {}
-        for e, c, t, st in zip(events, cls, topics, statuses):
-            if st != "counted":
-                continue
-            for ent in entities_for(e.tickers, t):
-                ex = touched.setdefault(ent, [])
-                if int(c) == 0 and len(ex) < 3:
-                    ex.append(e.id)
-        if not touched:
-            return []
-        wm = await self._retry("redis_watermark", self.store.watermark_ms)
-        if wm is None:
+    async def _evaluate_alerts(self, closed: Sequence[ClosedBucket]) -> list[Alert]:
+        """Run the rule once per (entity, bucket) that event time has just closed, oldest first.
+
+        Which buckets close depends only on event time, not on how events were batched, so a
+        replay evaluates the same windows with the same counts and raises the same alerts.
+        """
+        if not closed:
             return []
         s = self.settings
-        end_s = bucket_start(wm, s.bucket_seconds) + s.bucket_seconds
-        ents = list(touched)
-        sums = await self._retry("redis_sums", lambda: self.store.window_sums(ents, end_s, s.alert_window_seconds, s.alert_baseline_seconds))
+        queries = [(c.kind, c.name, c.end_s) for c in closed]
+        sums = await self._retry("redis_sums", lambda: self.store.window_sums(queries, s.alert_window_seconds, s.alert_baseline_seconds))
         alerts: list[Alert] = []
-        for (kind, name), w in zip(ents, sums):
+        for c, w in zip(closed, sums):
             d = evaluate_surge(w.recent_n, w.recent_neg, w.baseline_n, w.baseline_neg, self.params)
             if not d.fire:
                 continue
-            start_ms, end_ms = (end_s - s.alert_window_seconds) * 1000, end_s * 1000
-            claimed = await self._retry("redis_claim", lambda: self.store.claim_alert(RULE_NAME, kind, name, end_ms, s.alert_cooldown_seconds))
+            start_ms, end_ms = (c.end_s - s.alert_window_seconds) * 1000, c.end_s * 1000
+            claimed = await self._retry("redis_claim", lambda: self.store.claim_alert(RULE_NAME, c.kind, c.name, end_ms, s.alert_cooldown_seconds))
             if not claimed:
                 continue
+            examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s - s.bucket_seconds))
             alerts.append(Alert(
-                id=alert_id(RULE_NAME, kind, name, start_ms, end_ms), rule=RULE_NAME, entity_kind=kind, entity=name,
+                id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms), rule=RULE_NAME, entity_kind=c.kind, entity=c.name,
                 window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),
                 observed_share=round(d.share, 4), baseline_share=round(d.baseline_share, 4), count=w.recent_n, negative=w.recent_neg,
                 baseline_count=w.baseline_n, z=round(d.z, 3), ratio=round(d.ratio, 3), severity=d.severity,
-                example_event_ids=touched[(kind, name)][:3], model_id=self.model_id, raised_at=_now_iso(),
+                example_event_ids=examples[:3], model_id=self.model_id, raised_at=_now_iso(),
             ))
         if alerts:
             records = [(f"{a.entity_kind}:{a.entity}".encode(), orjson.dumps(a.model_dump())) for a in alerts]

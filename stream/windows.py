@@ -18,20 +18,27 @@ SENTIMENT_FIELDS = ("neg", "neu", "pos")
 SCORE_SCALE = 1_000_000  # scores are summed as integer micro-units: exact, so replays match bit for bit
 STATUS_NAMES = ("counted", "duplicate", "late")
 
-# ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json
+# ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s
 # events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source], ...]
 # sources_json: every input partition ("topic:partition") the stream has.
 # Lateness is judged against the low watermark: the minimum over all input partitions of the newest
 # event time counted from each. Partitions are read in any interleaving, but each is in order, so a
 # replay of an ordered stream is never "late" however the consumer interleaves partitions; until
 # every partition has been seen the low watermark is undefined and nothing is late.
-# Returns one status per event: 0 counted, 1 duplicate, 2 late.
+# Every (entity, bucket) that receives an event is queued in a pending set; a bucket closes once
+# event time has passed its end: the low watermark, or (while some partition has not delivered yet)
+# the newest event time minus the allowed lateness. Closed buckets are popped in the same atomic
+# call and returned, so each is evaluated by the alert rule exactly once, with complete counts,
+# whatever the batch boundaries were: replays raise the same alerts.
+# Returns {statuses (0 counted, 1 duplicate, 2 late), closed ("kind|name|bucket_end_s", oldest first)}.
 _APPLY_LUA = """
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local lateness = tonumber(ARGV[3])
 local events = cjson.decode(ARGV[4])
 local sources = cjson.decode(ARGV[5])
+local bucket_s = tonumber(ARGV[6])
+local pending_key = p .. ':pending'
 local fields = {'neg', 'neu', 'pos'}
 local wm_key, wmp_key = p .. ':wm', p .. ':wmp'
 local wm0 = tonumber(redis.call('GET', wm_key) or '-1')
@@ -79,6 +86,13 @@ for i, e in ipairs(events) do
       redis.call('EXPIRE', tk, ttl)
       redis.call('ZADD', p .. ':ent:' .. kind, 'GT', ts, name)
       redis.call('EXPIRE', p .. ':ent:' .. kind, ttl)
+      local bend = bucket + bucket_s
+      redis.call('ZADD', pending_key, 'NX', bend, kind .. '|' .. name .. '|' .. string.format('%d', bend))
+      if cls == 1 then
+        local ek = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
+        if redis.call('LLEN', ek) < 3 then redis.call('RPUSH', ek, id) end
+        redis.call('EXPIRE', ek, ttl)
+      end
     end
   end
 end
@@ -86,7 +100,19 @@ if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
 for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
 if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
 if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
-return status
+local closed = {}
+if counted > 0 then
+  local low = low_watermark()
+  local close_ms = low
+  if close_ms == nil and wm >= 0 then close_ms = wm - lateness end
+  if close_ms ~= nil then
+    local close_s = math.floor(close_ms / 1000)
+    closed = redis.call('ZRANGEBYSCORE', pending_key, '-inf', close_s)
+    if #closed > 0 then redis.call('ZREMRANGEBYSCORE', pending_key, '-inf', close_s) end
+    redis.call('EXPIRE', pending_key, ttl)
+  end
+end
+return {status, closed}
 """
 
 # ARGV: prefix, bucket_s, then per query: kind, name, start_s, mid_s, end_s
@@ -147,6 +173,21 @@ class WindowUpdate:
 
 
 @dataclass(frozen=True)
+class ClosedBucket:
+    """An (entity, bucket) whose bucket event time has passed: ready for the alert rule."""
+
+    kind: str
+    name: str
+    end_s: int
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    statuses: list[str]
+    closed: list[ClosedBucket]
+
+
+@dataclass(frozen=True)
 class WindowSums:
     recent_n: int
     recent_neg: int
@@ -186,36 +227,45 @@ class WindowStore:
         self._sums = redis.register_script(_SUMS_LUA)
         self._claim = redis.register_script(_CLAIM_LUA)
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> list[str]:
-        """Count a batch in one atomic round trip; returns counted/duplicate/late per update.
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> ApplyResult:
+        """Count a batch in one atomic round trip; returns counted/duplicate/late per update and the buckets it closed.
 
         ``sources`` names every input partition ("topic:partition"); lateness applies once each has
         delivered an event (see the script above).
         """
         if not updates:
-            return []
+            return ApplyResult([], [])
         payload = orjson.dumps([
             [u.event_id, u.ts_ms, bucket_start(u.ts_ms, self.bucket_s), u.sentiment + 1, round(u.score * SCORE_SCALE), [list(e) for e in u.entities], u.source]
             for u in updates
         ])
-        res = await self._apply(args=[self.prefix, self.retention_s, self.lateness_ms, payload, orjson.dumps(list(sources) or ["-"])])
+        res, closed_raw = await self._apply(args=[self.prefix, self.retention_s, self.lateness_ms, payload, orjson.dumps(list(sources) or ["-"]), self.bucket_s])
         if len(res) != len(updates):
             raise RuntimeError(f"window script returned {len(res)} statuses for {len(updates)} events")
-        return [STATUS_NAMES[int(s)] for s in res]
+        closed = []
+        for raw in closed_raw:
+            parts = (raw.decode() if isinstance(raw, bytes) else raw).split("|")
+            closed.append(ClosedBucket(parts[0], "|".join(parts[1:-1]), int(parts[-1])))
+        closed.sort(key=lambda c: (c.end_s, c.kind, c.name))
+        return ApplyResult([STATUS_NAMES[int(s)] for s in res], closed)
+
+    async def examples(self, kind: str, name: str, bucket_start_s: int) -> list[str]:
+        """Up to 3 negative event ids counted in one bucket (first come)."""
+        ids = await self.redis.lrange(f"{self.prefix}:ex:{kind}:{name}:{bucket_start_s}", 0, 2)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
     async def watermark_ms(self) -> int | None:
         v = await self.redis.get(f"{self.prefix}:wm")
         return int(v) if v is not None else None
 
-    async def window_sums(self, entities: Sequence[tuple[str, str]], end_s: int, recent_s: int, baseline_s: int) -> list[WindowSums]:
-        """Recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums per entity, one round trip."""
-        if not entities:
+    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int) -> list[WindowSums]:
+        """Per (kind, name, end_s): recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums, one round trip."""
+        if not queries:
             return []
-        mid = end_s - recent_s
-        start = mid - baseline_s
         args: list[Any] = [self.prefix, self.bucket_s]
-        for kind, name in entities:
-            args += [kind, name, start, mid, end_s]
+        for kind, name, end_s in queries:
+            mid = end_s - recent_s
+            args += [kind, name, mid - baseline_s, mid, end_s]
         flat = await self._sums(args=args)
         return [WindowSums(*map(int, flat[i : i + 4])) for i in range(0, len(flat), 4)]
 

@@ -69,6 +69,19 @@ async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[st
     return out
 
 
+async def _send_to_each_partition(settings: StreamSettings, events: list[dict[str, Any]]) -> None:
+    """Event i goes to partition i (so every partition's event time advances)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for i, ev in enumerate(events):
+            await producer.send_and_wait(settings.input_topic, orjson.dumps(ev), key=ev["id"].encode(), partition=i)
+    finally:
+        await producer.stop()
+
+
 async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
     snap: dict[str, Any] = {}
     async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
@@ -99,8 +112,11 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
     clf = load_classifier(engine, keyword_model_dir)
     assert (clf.classify([b["text"] for b in burst])["sentiment"].argmax(axis=1) == 0).all()
 
-    valid = events + burst
-    inputs: list[Any] = list(valid)
+    # Event time moves on afterwards on every partition, which closes the burst's buckets.
+    ticks = [{"id": f"tick-{p}", "text": "Markets quiet ahead of the open", "published_at": last_ms + 2 * 3600_000, "source": "news"}
+             for p in range(s.partitions)]
+    valid = events + burst + ticks
+    inputs: list[Any] = list(events + burst)
     for i, (raw, _) in enumerate(BAD_INPUTS):
         inputs.insert(50 + i * 37, raw)
 
@@ -112,7 +128,8 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         health = await asyncio.to_thread(wait_worker_ready, proc, s.worker_web_port, log_path, 180)
         assert health["engine"]["backend"] == "torch"
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
-        out = await _drain(s, len(inputs), timeout=240)
+        await _send_to_each_partition(s, ticks)
+        out = await _drain(s, len(inputs) + len(ticks), timeout=240)
 
         # 1. every valid input scored exactly once, every bad one dead-lettered with reason and bytes
         scored_ids = Counter(e["id"] for e in out["scored"])
@@ -161,7 +178,8 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         # 4. replaying the same events changes nothing in Redis
         before = await _snapshot(r, s.redis_prefix)
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
-        again = await _drain(s, 2 * len(inputs), timeout=240)
+        await _send_to_each_partition(s, ticks)
+        again = await _drain(s, 2 * (len(inputs) + len(ticks)), timeout=240)
         assert len(again["scored"]) == 2 * len(valid)
         second_pass = Counter(e["window_status"] for e in again["scored"]) - Counter(e["window_status"] for e in out["scored"])
         assert second_pass == Counter({"duplicate": len(valid)})

@@ -14,7 +14,7 @@ from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from stream.processor import BatchProcessor, RawMessage
 from stream.settings import StreamSettings
-from stream.windows import WindowSums, WindowUpdate
+from stream.windows import ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
 
 
 class MemorySink:
@@ -34,14 +34,17 @@ class MemorySink:
 
 
 class MemoryStore:
-    """Counts like the Redis store (dedupe by id), without lateness."""
+    """Counts like the Redis store (dedupe by id, buckets close when event time passes them), without lateness."""
+
+    BUCKET = 60
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
         self.updates: list[WindowUpdate] = []
+        self.pending: set[tuple[str, str, int]] = set()
         self.fail_next = 0
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> list[str]:
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> ApplyResult:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
@@ -53,14 +56,24 @@ class MemoryStore:
                 self.seen.add(u.event_id)
                 self.updates.append(u)
                 out.append("counted")
-        return out
+                for kind, name in u.entities:
+                    self.pending.add((kind, name, bucket_start(u.ts_ms, self.BUCKET) + self.BUCKET))
+        wm_s = max(u.ts_ms for u in self.updates) // 1000 if self.updates else 0
+        closed = sorted((c for c in self.pending if c[2] <= wm_s), key=lambda c: (c[2], c[0], c[1]))
+        self.pending -= set(closed)
+        return ApplyResult(out, [ClosedBucket(*c) for c in closed])
+
+    async def examples(self, kind: str, name: str, bucket_start_s: int) -> list[str]:
+        return [u.event_id for u in self.updates if (kind, name) in u.entities and u.sentiment == 0
+                and bucket_start(u.ts_ms, self.BUCKET) == bucket_start_s][:3]
 
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
 
-    async def window_sums(self, entities: Sequence[tuple[str, str]], end_s: int, recent_s: int, baseline_s: int) -> list[WindowSums]:
+    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int) -> list[WindowSums]:
         out = []
-        for ent in entities:
+        for kind, name, end_s in queries:
+            ent = (kind, name)
             rec = [u for u in self.updates if ent in u.entities and end_s - recent_s <= u.ts_ms // 1000 < end_s]
             out.append(WindowSums(len(rec), sum(1 for u in rec if u.sentiment == 0), 0, 0))
         return out
@@ -81,7 +94,7 @@ def good(i: int, text: str = "$AAPL beats estimates") -> bytes:
 def processor(tiny_model_dir: Path) -> tuple[BatchProcessor, MemoryStore, MemorySink]:
     clf = load_classifier(EngineSettings(backend="torch"), tiny_model_dir)
     store, sink = MemoryStore(), MemorySink()
-    settings = StreamSettings(infra_retry_max_seconds=0.01)
+    settings = StreamSettings(infra_retry_max_seconds=0.01, bucket_seconds=MemoryStore.BUCKET)
     return BatchProcessor(settings, clf, store, sink), store, sink  # type: ignore[arg-type]
 
 
@@ -134,6 +147,10 @@ async def test_negative_burst_raises_one_alert_per_entity(processor: tuple[Batch
 
     monkeypatch.setattr(p.classifier, "classify", all_negative)
     await p.process([msg(good(i, "$ZZQX collapses"), i) for i in range(8)])
+    assert not sink.alerts  # the burst's bucket is still open: its counts may still grow
+    # Event time moves on (an event two minutes later): the bucket closes and is judged once.
+    later = orjson.dumps({"id": "later", "text": "$OTHER flat", "published_at": 1398902400000 + 180_000})
+    await p.process([msg(later, 99)])
     alerts = [orjson.loads(v) for _, v in sink.alerts]
     tickers = [a for a in alerts if a["entity_kind"] == "ticker"]
     assert [a["entity"] for a in tickers] == ["ZZQX"]
