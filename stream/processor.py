@@ -254,7 +254,7 @@ class BatchProcessor:
             claimed = await self._retry("redis_claim", lambda: self.store.claim_alert(RULE_NAME, c.kind, c.name, end_ms, s.alert_cooldown_seconds))
             if not claimed:
                 continue
-            examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s - s.bucket_seconds))
+            examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s, s.alert_window_seconds))
             alerts.append(Alert(
                 id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms), rule=RULE_NAME, entity_kind=c.kind, entity=c.name,
                 window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),

@@ -249,10 +249,18 @@ class WindowStore:
         closed.sort(key=lambda c: (c.end_s, c.kind, c.name))
         return ApplyResult([STATUS_NAMES[int(s)] for s in res], closed)
 
-    async def examples(self, kind: str, name: str, bucket_start_s: int) -> list[str]:
-        """Up to 3 negative event ids counted in one bucket (first come)."""
-        ids = await self.redis.lrange(f"{self.prefix}:ex:{kind}:{name}:{bucket_start_s}", 0, 2)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+    async def examples(self, kind: str, name: str, end_s: int, window_s: int, limit: int = 3) -> list[str]:
+        """Up to ``limit`` negative event ids from the window ending at ``end_s``, newest bucket first."""
+        pipe = self.redis.pipeline(transaction=False)
+        starts = list(range(end_s - self.bucket_s, end_s - window_s - 1, -self.bucket_s))
+        for b in starts:
+            pipe.lrange(f"{self.prefix}:ex:{kind}:{name}:{b}", 0, limit - 1)
+        out: list[str] = []
+        for ids in await pipe.execute():
+            out.extend(i.decode() if isinstance(i, bytes) else i for i in ids)
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     async def watermark_ms(self) -> int | None:
         v = await self.redis.get(f"{self.prefix}:wm")

@@ -63,9 +63,9 @@ class MemoryStore:
         self.pending -= set(closed)
         return ApplyResult(out, [ClosedBucket(*c) for c in closed])
 
-    async def examples(self, kind: str, name: str, bucket_start_s: int) -> list[str]:
+    async def examples(self, kind: str, name: str, end_s: int, window_s: int) -> list[str]:
         return [u.event_id for u in self.updates if (kind, name) in u.entities and u.sentiment == 0
-                and bucket_start(u.ts_ms, self.BUCKET) == bucket_start_s][:3]
+                and end_s - window_s <= u.ts_ms // 1000 < end_s][:3]
 
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
