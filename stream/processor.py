@@ -244,9 +244,11 @@ class BatchProcessor:
             return []
         s = self.settings
         queries = [(c.kind, c.name, c.end_s) for c in closed]
-        sums = await self._retry("redis_sums", lambda: self.store.window_sums(queries, s.alert_window_seconds, s.alert_baseline_seconds))
+        sums = await self._retry("redis_sums", lambda: self.store.window_sums(queries, s.alert_window_seconds, s.alert_baseline_seconds, self.params.min_count, self.params.floor))
         alerts: list[Alert] = []
         for c, w in zip(closed, sums):
+            if w.baseline_n < 0:  # the recent window already fails the count or floor check
+                continue
             d = evaluate_surge(w.recent_n, w.recent_neg, w.baseline_n, w.baseline_neg, self.params)
             if not d.fire:
                 continue

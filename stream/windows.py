@@ -86,9 +86,10 @@ for i, e in ipairs(events) do
       redis.call('EXPIRE', tk, ttl)
       redis.call('ZADD', p .. ':ent:' .. kind, 'GT', ts, name)
       redis.call('EXPIRE', p .. ':ent:' .. kind, ttl)
-      local bend = bucket + bucket_s
-      redis.call('ZADD', pending_key, 'NX', bend, kind .. '|' .. name .. '|' .. string.format('%d', bend))
       if cls == 1 then
+        -- Only a bucket that received negative events can start a surge: only those are judged.
+        local bend = bucket + bucket_s
+        redis.call('ZADD', pending_key, 'NX', bend, kind .. '|' .. name .. '|' .. string.format('%d', bend))
         local ek = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
         if redis.call('LLEN', ek) < 3 then redis.call('RPUSH', ek, id) end
         redis.call('EXPIRE', ek, ttl)
@@ -115,27 +116,34 @@ end
 return {status, closed}
 """
 
-# ARGV: prefix, bucket_s, then per query: kind, name, start_s, mid_s, end_s
-# returns per query: n and neg in [mid, end) (recent), then n and neg in [start, mid) (baseline)
+# ARGV: prefix, bucket_s, min_count, floor, then per query: kind, name, start_s, mid_s, end_s
+# returns per query: n and neg in [mid, end) (recent), then n and neg in [start, mid) (baseline).
+# The recent window is summed first; when it cannot pass the rule's count and floor checks the
+# (much longer) baseline is not read at all and comes back as -1, -1.
 _SUMS_LUA = """
 local p = ARGV[1]
 local bucket = tonumber(ARGV[2])
+local min_count = tonumber(ARGV[3])
+local floor = tonumber(ARGV[4])
 local out = {}
-local i = 3
+local function sum(kind, name, from, to)
+  local n, neg = 0, 0
+  local t = from
+  while t < to do
+    local v = redis.call('HMGET', p .. ':b:' .. kind .. ':' .. name .. ':' .. string.format('%d', t), 'n', 'neg')
+    n = n + tonumber(v[1] or '0')
+    neg = neg + tonumber(v[2] or '0')
+    t = t + bucket
+  end
+  return n, neg
+end
+local i = 5
 while i <= #ARGV do
   local kind, name = ARGV[i], ARGV[i + 1]
   local s, m, e = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local rn, rneg, bn, bneg = 0, 0, 0, 0
-  local t = s
-  while t < e do
-    local v = redis.call('HMGET', p .. ':b:' .. kind .. ':' .. name .. ':' .. string.format('%d', t), 'n', 'neg')
-    local n = tonumber(v[1] or '0')
-    if n > 0 then
-      local neg = tonumber(v[2] or '0')
-      if t >= m then rn = rn + n; rneg = rneg + neg else bn = bn + n; bneg = bneg + neg end
-    end
-    t = t + bucket
-  end
+  local rn, rneg = sum(kind, name, m, e)
+  local bn, bneg = -1, -1
+  if rn >= min_count and rneg >= floor * rn then bn, bneg = sum(kind, name, s, m) end
   table.insert(out, rn); table.insert(out, rneg); table.insert(out, bn); table.insert(out, bneg)
   i = i + 5
 end
@@ -266,11 +274,15 @@ class WindowStore:
         v = await self.redis.get(f"{self.prefix}:wm")
         return int(v) if v is not None else None
 
-    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int) -> list[WindowSums]:
-        """Per (kind, name, end_s): recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums, one round trip."""
+    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int,
+                          min_count: int = 0, floor: float = 0.0) -> list[WindowSums]:
+        """Per (kind, name, end_s): recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums, one round trip.
+
+        With ``min_count``/``floor``, a recent window that fails them skips the baseline (returned as -1).
+        """
         if not queries:
             return []
-        args: list[Any] = [self.prefix, self.bucket_s]
+        args: list[Any] = [self.prefix, self.bucket_s, min_count, floor]
         for kind, name, end_s in queries:
             mid = end_s - recent_s
             args += [kind, name, mid - baseline_s, mid, end_s]

@@ -57,7 +57,8 @@ class MemoryStore:
                 self.updates.append(u)
                 out.append("counted")
                 for kind, name in u.entities:
-                    self.pending.add((kind, name, bucket_start(u.ts_ms, self.BUCKET) + self.BUCKET))
+                    if u.sentiment == 0:
+                        self.pending.add((kind, name, bucket_start(u.ts_ms, self.BUCKET) + self.BUCKET))
         wm_s = max(u.ts_ms for u in self.updates) // 1000 if self.updates else 0
         closed = sorted((c for c in self.pending if c[2] <= wm_s), key=lambda c: (c[2], c[0], c[1]))
         self.pending -= set(closed)
@@ -70,7 +71,7 @@ class MemoryStore:
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
 
-    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int) -> list[WindowSums]:
+    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int, min_count: int = 0, floor: float = 0.0) -> list[WindowSums]:
         out = []
         for kind, name, end_s in queries:
             ent = (kind, name)
