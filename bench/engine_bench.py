@@ -326,16 +326,19 @@ def _default_data_dir() -> Path | None:
 @click.option("--fixed-batch", default=64, show_default=True)
 @click.option("--pad-to", default=128, show_default=True, help="Fixed padding length of modes (a) and (b); also max_seq_len.")
 @click.option("--max-batch", default=64, show_default=True, help="Engine max batch size (mode c).")
-@click.option("--max-tokens", default=8192, show_default=True, help="Engine padded-token budget per batch (mode c).")
+@click.option("--max-tokens", default=None, type=int, help="Engine padded-token budget per call (mode c); default: FINPULSE_ENGINE_MAX_TOKENS_PER_BATCH.")
 @click.option("--repeat", default=1, show_default=True, help="Run each mode this many times and keep the fastest.")
 @click.option("--int8-min-agreement", type=float, default=None, help="For the temporary bundle build (default 0.99).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
 def bench_engine_cmd(
     model_dir: Path, n_texts: int, per_event_texts: int, backends: str | None, data_dir: Path | None, threads: int | None,
-    fixed_batch: int, pad_to: int, max_batch: int, max_tokens: int, repeat: int, int8_min_agreement: float | None, out_file: Path | None,
+    fixed_batch: int, pad_to: int, max_batch: int, max_tokens: int | None, repeat: int, int8_min_agreement: float | None, out_file: Path | None,
 ) -> None:
     """Per-event vs fixed-padding vs engine batching, per backend; prints one JSON object."""
     _log_to_stderr()
+    if max_tokens is None:
+        # Mode (c) measures the engine as the worker runs it: the engine's own setting.
+        max_tokens = EngineSettings().max_tokens_per_batch
     t_start = time.perf_counter()
     data = data_dir or _default_data_dir()
     if data is None:
