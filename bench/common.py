@@ -71,3 +71,47 @@ def append_markdown_row(path: Path, section: str, row: str) -> None:
         end -= 1
     lines.insert(end, row)
     path.write_text("\n".join(lines) + "\n")
+
+
+class CpuSplit:
+    """CPU seconds spent by each process of the pipeline over a timed phase (where the cores went).
+
+    On a machine where the broker, Redis, the worker and the load generator share the same cores,
+    end-to-end throughput is bounded by their sum: this says who used what.
+    """
+
+    def __init__(self, worker_pid: int) -> None:
+        import psutil
+
+        self._procs: dict[str, Any] = {"worker": psutil.Process(worker_pid), "bench_client": psutil.Process()}
+        for p in psutil.process_iter(["cmdline", "name"]):
+            cmd = " ".join(p.info.get("cmdline") or [])
+            if "kafka.Kafka" in cmd and "kafka" not in self._procs:
+                self._procs["kafka"] = p
+            elif (p.info.get("name") or "").startswith("redis-server") and "redis" not in self._procs:
+                self._procs["redis"] = p
+        self._t0 = 0.0
+        self._start: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu(p: Any) -> float:
+        try:
+            t = p.cpu_times()
+            return float(t.user + t.system)
+        except Exception:  # noqa: BLE001 - a process that went away just drops out of the split
+            return float("nan")
+
+    def start(self) -> None:
+        import time
+
+        self._t0 = time.perf_counter()
+        self._start = {k: self._cpu(p) for k, p in self._procs.items()}
+
+    def stop(self) -> dict[str, Any]:
+        """Cores used on average during the phase, per process and in all."""
+        import time
+
+        wall = time.perf_counter() - self._t0
+        cores = {k: round((self._cpu(p) - self._start[k]) / wall, 2) for k, p in self._procs.items()}
+        return {"wall_s": round(wall, 2), "cores_used": cores, "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
+                "machine_cores": os.cpu_count()}

@@ -23,7 +23,7 @@ import click
 import orjson
 import psutil
 
-from bench.common import append_markdown_row, machine_info, now_iso, percentiles, stream_texts
+from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, percentiles, stream_texts
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from stream.local_services import LocalServices, delete_topics, ensure_topics
@@ -64,18 +64,31 @@ class RssSampler(threading.Thread):
         self._stop.set()
 
 
-async def _collect_scored(settings: StreamSettings, want: int, timeout: float) -> list[tuple[str, int]]:
-    """(id, scored-record timestamp ms) for ``want`` scored records, read from the scored topic."""
+async def _collect_scored(settings: StreamSettings, want: int, timeout: float, ready: asyncio.Event | None = None,
+                          prefix: str | None = None) -> list[tuple[str, int]]:
+    """(id, scored-record timestamp ms) for ``want`` scored records, read from the scored topic.
+
+    With ``ready``, reading starts at the topic's current end (set once positioned there), so a
+    latency phase never pays for re-reading earlier phases; ``prefix`` counts only matching ids.
+    """
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(settings.scored_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    c = AIOKafkaConsumer(settings.scored_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                         auto_offset_reset="latest" if ready is not None else "earliest")
     await c.start()
+    if ready is not None:
+        while not c.assignment():
+            await asyncio.sleep(0.05)
+        for tp in c.assignment():
+            await c.position(tp)  # resolves "latest" now, before anything is produced
+    if ready is not None:
+        ready.set()
     out: list[tuple[str, int]] = []
     deadline = time.monotonic() + timeout
     try:
         while len(out) < want and time.monotonic() < deadline:
             for msgs in (await c.getmany(timeout_ms=200, max_records=10000)).values():
-                out.extend((m.key.decode(), m.timestamp) for m in msgs)
+                out.extend((k, m.timestamp) for m in msgs if (k := m.key.decode()) and (prefix is None or k.startswith(prefix)))
     finally:
         await c.stop()
     return out
@@ -141,18 +154,35 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
         asyncio.run(_collect_scored(settings, len(warm), 120))
 
         burst = _with_ids(events, "tput")
+        split = CpuSplit(proc.pid)
+        split.start()
+        t0_wall = time.time()
         t0 = time.perf_counter()
 
-        async def flood() -> list[tuple[str, int]]:
-            collector = asyncio.create_task(_collect_scored(settings, len(warm) + len(burst), 900))
-            await produce(settings.kafka_bootstrap, settings.input_topic, burst)
-            return await collector
+        async def flood() -> float:
+            # Only Redis is polled while the worker runs (cheap); the scored topic is read afterwards,
+            # so the load generator's CPU goes to producing, not to consuming the results.
+            from stream.app import redis_client
 
-        scored = asyncio.run(flood())
-        t_scored = time.perf_counter() - t0
-        while asyncio.run(_redis_counted(settings))[0] < len(warm) + len(burst) and time.perf_counter() - t0 < 900:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - t0
+            r = redis_client(settings)
+            try:
+                await produce(settings.kafka_bootstrap, settings.input_topic, burst)
+                while time.perf_counter() - t0 < 900:
+                    m = await r.hmget(f"{settings.redis_prefix}:metrics", "counted", "late")
+                    if sum(int(v or 0) for v in m) >= len(warm) + len(burst):
+                        break
+                    await asyncio.sleep(0.02)
+                return time.perf_counter() - t0
+            finally:
+                await r.aclose()
+
+        t_redis = asyncio.run(flood())
+        cpu = split.stop()
+        scored = asyncio.run(_collect_scored(settings, len(warm) + len(burst), 300))
+        # The worker sends scored records after counting them: the run ends at the later of the two.
+        last_scored_ms = max((ts for i, ts in scored if i.startswith("tput-")), default=0)
+        t_scored = last_scored_ms / 1000 - t0_wall
+        elapsed = max(t_redis, t_scored)
         counted, mem1 = asyncio.run(_redis_counted(settings))
         rate = len(burst) / elapsed
 
@@ -161,7 +191,9 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
         offered = max(1.0, rate * load_fraction)
 
         async def paced() -> list[tuple[str, int]]:
-            collector = asyncio.create_task(_collect_scored(settings, len(warm) + len(burst) + len(lat_events), 900))
+            at_end = asyncio.Event()
+            collector = asyncio.create_task(_collect_scored(settings, len(lat_events), 900, ready=at_end, prefix="lat-"))
+            await at_end.wait()
             await produce(settings.kafka_bootstrap, settings.input_topic, lat_events, rate=offered)
             return await collector
 
@@ -183,7 +215,7 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             "events": len(burst),
             "throughput_events_per_s": round(rate, 1),
             "seconds_to_last_scored": round(t_scored, 3),
-            "seconds_to_redis_complete": round(elapsed, 3),
+            "seconds_to_redis_complete": round(t_redis, 3),
             "redis_counted": counted,
             "scored_records": len(scored),
             "latency_offered_events_per_s": round(offered, 1),
@@ -193,6 +225,7 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             "engine_call_ms": {"p50": stats.get("call_ms_p50"), "p99": stats.get("call_ms_p99")},
             "batch_infer_ms_p99": batch_p99,
             "latency_bound_ms": round(settings.max_wait_ms + 3 * batch_p99, 1) if batch_p99 else None,
+            "throughput_phase_cpu": cpu,
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
             "redis_bytes_per_1000_events": round((mem1 - mem0) / max(counted, 1) * 1000),
         }

@@ -16,7 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from engine.classifier import TextClassifier
-from stream.processor import BatchProcessor, RawMessage
+from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
 from stream.settings import StreamSettings
 from stream.windows import WindowStore
 
@@ -70,7 +70,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
+        broker_session_timeout=settings.broker_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         producer_linger_ms=5,
@@ -90,12 +90,24 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
 
     @app.agent(source, name="classify")
     async def classify(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.max_batch_size, within=settings.max_wait_ms / 1000):
-            msgs = [
-                RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp and int(e.message.timestamp * 1000))
-                for e in events
-            ]
-            await processor.process(msgs)
+        pipeline = BatchPipeline(processor, settings.pipeline_depth)
+        # noack_take hands over the events themselves and leaves acking to us: an input is acked
+        # (and so may be committed) only after its batch's outputs are durable, in take order.
+        try:
+            async for events in stream.noack_take(settings.max_batch_size, within=settings.max_wait_ms / 1000):
+                msgs = [
+                    RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp and int(e.message.timestamp * 1000))
+                    for e in events
+                ]
+
+                async def ack(_: BatchResult, taken: list[Any] = list(events)) -> None:
+                    for e in taken:
+                        await stream.ack(e)
+
+                await pipeline.submit(msgs, ack)
+        finally:
+            # On a stop or a rebalance, finish what is in flight if Kafka and Redis let us, quickly.
+            await pipeline.close(timeout=settings.broker_session_timeout_s / 2)
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

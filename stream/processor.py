@@ -92,6 +92,18 @@ class BatchResult:
     statuses: list[str]
 
 
+@dataclass
+class PreparedBatch:
+    """A batch between stages: validated events (with the messages they came from) and dead letters."""
+
+    messages: Sequence[RawMessage]
+    t0: float
+    events: list[NewsEvent] = field(default_factory=list)
+    sources: list[RawMessage] = field(default_factory=list)
+    dead: list[tuple[RawMessage, str, str]] = field(default_factory=list)
+    probs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -126,66 +138,92 @@ class BatchProcessor:
 
     # --- the batch ------------------------------------------------------------------------------
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
-        t0 = time.perf_counter()
+        """All stages of one batch, in order (tests and benchmarks; the worker overlaps batches with ``BatchPipeline``)."""
+        return await self.commit(await self.infer(self.prepare(messages)))
+
+    def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
+        """Stage 1 (on the event loop): validate every message; nothing here waits on I/O."""
+        batch = PreparedBatch(messages=messages, t0=time.perf_counter())
         self.metrics.batches += 1
         self.metrics.received += len(messages)
-        events: list[NewsEvent] = []
-        sources: list[RawMessage] = []
-        dead: list[tuple[RawMessage, str, str]] = []
+        max_event, max_text = self.settings.max_event_bytes, self.settings.max_text_bytes
         for msg in messages:
-            parsed = parse_event(msg.value, self.settings.max_event_bytes, self.settings.max_text_bytes)
+            parsed = parse_event(msg.value, max_event, max_text)
             if isinstance(parsed, Rejection):
-                dead.append((msg, parsed.reason, parsed.detail))
+                batch.dead.append((msg, parsed.reason, parsed.detail))
             else:
-                events.append(parsed)
-                sources.append(msg)
+                batch.events.append(parsed)
+                batch.sources.append(msg)
+        return batch
 
-        probs: dict[str, np.ndarray] = {}
-        if events:
-            t_inf = time.perf_counter()
-            try:
-                probs = await self._classify([e.classify_text for e in events])
-            except EngineError as exc:
-                # A batch the engine refuses must not stop the worker or vanish: dead-letter it whole.
-                log.error("inference_failed", error=str(exc), batch=len(events))
-                dead.extend((m, "inference_error", str(exc)[:300]) for m in sources)
-                events = []
-            self.metrics.last_infer_ms = (time.perf_counter() - t_inf) * 1000
-            self.metrics.recent_infer_ms.append(self.metrics.last_infer_ms)
+    async def infer(self, batch: PreparedBatch) -> PreparedBatch:
+        """Stage 2 (in the inference thread): classify the valid events; an engine refusal dead-letters them."""
+        if not batch.events:
+            return batch
+        try:
+            batch.probs = await self._classify([e.classify_text for e in batch.events])
+        except EngineError as exc:
+            # A batch the engine refuses must not stop the worker or vanish: dead-letter it whole.
+            log.error("inference_failed", error=str(exc), batch=len(batch.events))
+            batch.dead.extend((m, "inference_error", str(exc)[:300]) for m in batch.sources)
+            batch.events, batch.sources = [], []
+        return batch
 
-        if dead:
-            await self._dead_letter(dead)
+    async def commit(self, batch: PreparedBatch) -> BatchResult:
+        """Stage 3: count in Redis, then send scored records and judge closed buckets concurrently.
 
+        Commits must run one at a time and in take order: lateness and bucket closing depend on the
+        order in which batches reach Redis. When this returns every output is acknowledged by Kafka,
+        so the inputs may be acked.
+        """
+        events, sources, probs = batch.events, batch.sources, batch.probs
         statuses: list[str] = []
         alerts: list[Alert] = []
-        if events:
-            sent = probs["sentiment"]
-            cls = sent.argmax(axis=1)
-            scores = sent[:, 2] - sent[:, 0]
-            topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
-            topics = [self.topic_labels[i] for i in topic_idx] if self.topic_labels and topic_idx is not None else [None] * len(events)
-            updates = [
-                WindowUpdate(e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}")
-                for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
-            ]
-            applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
-            statuses = applied.statuses
-            await self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses)
-            alerts = await self._evaluate_alerts(applied.closed)
-            for st in statuses:
-                setattr(self.metrics, st, getattr(self.metrics, st) + 1)
-            self.metrics.scored += len(events)
-        self.metrics.last_batch_ms = (time.perf_counter() - t0) * 1000
-        return BatchResult(scored=len(events), dead_letters=len(dead), alerts=alerts, statuses=statuses)
+        # Dead letters travel while Redis counts; both are done before the inputs can be acked.
+        dlq = asyncio.ensure_future(self._dead_letter(batch.dead)) if batch.dead else None
+        try:
+            if events:
+                sent = probs["sentiment"]
+                cls = sent.argmax(axis=1)
+                scores = sent[:, 2] - sent[:, 0]
+                topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
+                topics = [self.topic_labels[i] for i in topic_idx] if self.topic_labels and topic_idx is not None else [None] * len(events)
+                updates = [
+                    WindowUpdate(e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}")
+                    for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
+                ]
+                applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+                statuses = applied.statuses
+                _, alerts = await asyncio.gather(
+                    self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses),
+                    self._evaluate_alerts(applied.closed),
+                )
+                for st in statuses:
+                    setattr(self.metrics, st, getattr(self.metrics, st) + 1)
+                self.metrics.scored += len(events)
+        finally:
+            if dlq is not None:
+                await dlq
+        self.metrics.last_batch_ms = (time.perf_counter() - batch.t0) * 1000
+        return BatchResult(scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses)
 
     async def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         # Off the event loop: the consumer keeps heartbeating while the model runs.
-        out = await loop.run_in_executor(self.executor, self.classifier.classify, texts)
+        out, infer_ms = await loop.run_in_executor(self.executor, self._timed_classify, texts)
+        # Timed inside the thread: with batches in flight a call may queue behind the previous one,
+        # and the latency budget is about inference, not that wait.
+        self.metrics.last_infer_ms = infer_ms
+        self.metrics.recent_infer_ms.append(infer_ms)
         for name, arr in out.items():
             if arr.shape[0] != len(texts):
                 raise EngineError(f"head {name} returned {arr.shape[0]} rows for {len(texts)} texts")
         return out
+
+    def _timed_classify(self, texts: list[str]) -> tuple[dict[str, np.ndarray], float]:
+        t = time.perf_counter()
+        out = self.classifier.classify(texts)
+        return out, (time.perf_counter() - t) * 1000
 
     # --- outputs ------------------------------------------------------------------------------
     async def _dead_letter(self, dead: list[tuple[RawMessage, str, str]]) -> None:
@@ -285,3 +323,74 @@ class BatchProcessor:
                 log.warning("infra_retry", op=what, error=type(exc).__name__, detail=str(exc)[:200], retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.infra_retry_max_seconds)
+
+
+class BatchPipeline:
+    """Keeps up to ``depth`` batches in flight: validation and inference of the next batch overlap the
+    Redis and Kafka round trips of the previous one.
+
+    Commits still run strictly one at a time in submission order (so Redis sees batches in take
+    order and replays give the same windows and alerts), and ``on_committed`` is called for each
+    batch in that order once its outputs are durable: that is where the caller acks its inputs.
+    """
+
+    def __init__(self, processor: BatchProcessor, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError("pipeline depth must be at least 1")
+        self.processor = processor
+        self.depth = depth
+        self._inflight: deque[asyncio.Task[BatchResult]] = deque()
+
+    async def submit(self, messages: Sequence[RawMessage], on_committed: Callable[[BatchResult], Awaitable[None]]) -> None:
+        """Start a batch; waits only while ``depth`` batches are already in flight (backpressure).
+
+        An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``), and
+        every batch after it fails too, unacked: its inputs will be redelivered.
+        """
+        while len(self._inflight) >= self.depth:
+            await self._inflight.popleft()
+        prepared = self.processor.prepare(messages)
+        infer = asyncio.ensure_future(self.processor.infer(prepared))
+        prev = self._inflight[-1] if self._inflight else None
+        self._inflight.append(asyncio.ensure_future(self._commit_after(prev, infer, on_committed)))
+
+    async def _commit_after(self, prev: asyncio.Task[BatchResult] | None, infer: asyncio.Future[PreparedBatch],
+                            on_committed: Callable[[BatchResult], Awaitable[None]]) -> BatchResult:
+        try:
+            if prev is not None:
+                await asyncio.shield(prev)  # propagates the previous batch's failure: never commit out of order
+            batch = await infer
+        except BaseException:
+            infer.cancel()
+            raise
+        result = await self.processor.commit(batch)
+        await on_committed(result)
+        return result
+
+    async def drain(self) -> None:
+        """Wait for every batch in flight (on shutdown or before a rebalance)."""
+        while self._inflight:
+            await self._inflight.popleft()
+
+    async def close(self, timeout: float) -> None:
+        """Let batches in flight finish for up to ``timeout`` seconds, then cancel the rest.
+
+        A cancelled batch was never acked, so Kafka redelivers it to whoever owns the partition next
+        (Redis dedupes the counts by event id): stopping is never a loss, at worst a repeat.
+        """
+        pending = list(self._inflight)
+        self._inflight.clear()
+        if not pending:
+            return
+        done, not_done = await asyncio.wait(pending, timeout=timeout)
+        for t in not_done:
+            t.cancel()
+        if not_done:
+            log.warning("pipeline_batches_abandoned", batches=len(not_done), reason="shutdown timeout")
+        for t in done:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("pipeline_batch_failed", error=repr(t.exception())[:300])
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)

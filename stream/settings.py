@@ -51,6 +51,8 @@ class StreamSettings(BaseSettings):
     worker_web_port: int = 6066
     max_batch_size: int = Field(default=256, description="Events taken from Kafka per micro-batch (the engine splits it further).")
     max_wait_ms: int = 50
+    broker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer-group session timeout (a dead worker's partitions move after this).")
+    pipeline_depth: int = Field(default=2, ge=1, le=8, description="Micro-batches in flight: the next one is validated and classified while the previous one is written (1: strictly one at a time).")
     max_text_bytes: int = 32 * 1024
     max_event_bytes: int = 256 * 1024
 

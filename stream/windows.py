@@ -56,6 +56,17 @@ local function low_watermark()
   end
   return m
 end
+-- Writes are gathered per key and flushed once per batch (one HINCRBY per key and field, one
+-- EXPIRE per key): the same totals as event-by-event writes in a fraction of the Redis commands.
+local incr, incr_order = {}, {}
+local function add(key, f, d)
+  local h = incr[key]
+  if h == nil then h = {}; incr[key] = h; table.insert(incr_order, key) end
+  h[f] = (h[f] or 0) + d
+end
+local ent_ts, ent_order = {}, {}
+local pend, pend_order = {}, {}
+local ex, ex_order = {}, {}
 local counted, late = 0, 0
 local status = {}
 for i, e in ipairs(events) do
@@ -75,27 +86,45 @@ for i, e in ipairs(events) do
     for _, ent in ipairs(ents) do
       local kind, name = ent[1], ent[2]
       local bk = p .. ':b:' .. kind .. ':' .. name .. ':' .. bucket
-      redis.call('HINCRBY', bk, f, 1)
-      redis.call('HINCRBY', bk, 'n', 1)
-      redis.call('HINCRBY', bk, 'ssum', score)
-      redis.call('EXPIRE', bk, ttl)
+      add(bk, f, 1); add(bk, 'n', 1); add(bk, 'ssum', score)
       local tk = p .. ':tot:' .. kind .. ':' .. name
-      redis.call('HINCRBY', tk, f, 1)
-      redis.call('HINCRBY', tk, 'n', 1)
-      redis.call('HINCRBY', tk, 'ssum', score)
-      redis.call('EXPIRE', tk, ttl)
-      redis.call('ZADD', p .. ':ent:' .. kind, 'GT', ts, name)
-      redis.call('EXPIRE', p .. ':ent:' .. kind, ttl)
+      add(tk, f, 1); add(tk, 'n', 1); add(tk, 'ssum', score)
+      local ek = kind .. '\0' .. name
+      local prev = ent_ts[ek]
+      if prev == nil then table.insert(ent_order, {kind, name, ek}) end
+      if prev == nil or ts > prev then ent_ts[ek] = ts end
       if cls == 1 then
         -- Only a bucket that received negative events can start a surge: only those are judged.
-        local bend = bucket + bucket_s
-        redis.call('ZADD', pending_key, 'NX', bend, kind .. '|' .. name .. '|' .. string.format('%d', bend))
-        local ek = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
-        if redis.call('LLEN', ek) < 3 then redis.call('RPUSH', ek, id) end
-        redis.call('EXPIRE', ek, ttl)
+        local member = kind .. '|' .. name .. '|' .. string.format('%d', bucket + bucket_s)
+        if pend[member] == nil then pend[member] = bucket + bucket_s; table.insert(pend_order, member) end
+        local xk = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
+        local l = ex[xk]
+        if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
+        if #l < 3 then table.insert(l, id) end
       end
     end
   end
+end
+for _, key in ipairs(incr_order) do
+  local h = incr[key]
+  for _, f in ipairs({'neg', 'neu', 'pos', 'n', 'ssum'}) do
+    if h[f] ~= nil then redis.call('HINCRBY', key, f, string.format('%d', h[f])) end
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+local ent_kinds = {}
+for _, t in ipairs(ent_order) do
+  local zk = p .. ':ent:' .. t[1]
+  redis.call('ZADD', zk, 'GT', string.format('%d', ent_ts[t[3]]), t[2])
+  ent_kinds[zk] = true
+end
+for zk, _ in pairs(ent_kinds) do redis.call('EXPIRE', zk, ttl) end
+for _, member in ipairs(pend_order) do redis.call('ZADD', pending_key, 'NX', pend[member], member) end
+for _, xk in ipairs(ex_order) do
+  local have = redis.call('LLEN', xk)
+  local ids = ex[xk]
+  for j = 1, math.min(#ids, 3 - have) do redis.call('RPUSH', xk, ids[j]) end
+  redis.call('EXPIRE', xk, ttl)
 end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
 for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end

@@ -1,5 +1,11 @@
 """A backend that answers instantly with fixed outputs, to measure everything except the model.
 
+Each text gets a fixed one-hot answer picked by a hash of its tokens (the same text always gets the
+same label): 15% negative, 60% neutral, 25% positive, topics uniform. Uniform probabilities would
+make every event "negative" by argmax, turning every bucket into an alert candidate; the default
+model labels about 5% of the StockNet stream negative, so 15% still works the alert path harder
+than real data does.
+
 It is never chosen by ``auto``; it must be asked for by name, and it says so in every description.
 """
 
@@ -25,4 +31,18 @@ class NullBackend(Backend):
         self.precision = "none"
 
     def _infer_impl(self, batch: EncodedBatch) -> dict[str, np.ndarray]:
-        return {h.name: np.full((batch.size, len(h.labels)), 1.0 / len(h.labels), dtype=np.float32) for h in self.heads}
+        # The first 32 tokens are plenty to tell texts apart and keep this far cheaper than a model.
+        ids = (batch.input_ids[:, :32] * batch.attention_mask[:, :32]).astype(np.int64)
+        weights = np.arange(1, ids.shape[1] + 1, dtype=np.int64) * 2654435761
+        h = np.abs((ids * weights).sum(axis=1)) % 1000
+        out: dict[str, np.ndarray] = {}
+        for head in self.heads:
+            k = len(head.labels)
+            if head.name == "sentiment" and k == 3:
+                idx = np.where(h < 150, 0, np.where(h < 750, 1, 2))
+            else:
+                idx = h % k
+            probs = np.zeros((batch.size, k), dtype=np.float32)
+            probs[np.arange(batch.size), idx] = 1.0
+            out[head.name] = probs
+        return out

@@ -12,7 +12,9 @@ import pytest
 from engine.errors import InferenceOutputError
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-from stream.processor import BatchProcessor, RawMessage
+import asyncio
+
+from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
 from stream.settings import StreamSettings
 from stream.windows import ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
 
@@ -157,3 +159,72 @@ async def test_negative_burst_raises_one_alert_per_entity(processor: tuple[Batch
     assert [a["entity"] for a in tickers] == ["ZZQX"]
     assert tickers[0]["count"] == 8 and tickers[0]["observed_share"] == 1.0
     assert len(tickers[0]["example_event_ids"]) == 3
+
+
+class SlowStore(MemoryStore):
+    """A store whose writes take a while and leave a trace, to see what overlaps what."""
+
+    def __init__(self, trace: list[str]) -> None:
+        super().__init__()
+        self.trace = trace
+        self.fail_ids: set[str] = set()
+
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> ApplyResult:
+        first = updates[0].event_id
+        if first in self.fail_ids:
+            raise RuntimeError(f"bug while counting {first}")
+        self.trace.append(f"apply-start {first}")
+        await asyncio.sleep(0.05)
+        res = await super().apply(updates, sources)
+        self.trace.append(f"apply-end {first}")
+        return res
+
+
+def _traced_pipeline(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch, depth: int) -> tuple[BatchPipeline, SlowStore, list[str]]:
+    p, _, _ = processor
+    trace: list[str] = []
+    store = SlowStore(trace)
+    p.store = store  # type: ignore[assignment]
+    orig = p.classifier.classify
+
+    def traced(texts: list[str]) -> dict[str, np.ndarray]:
+        trace.append(f"infer {len(texts)}")
+        return orig(texts)
+
+    monkeypatch.setattr(p.classifier, "classify", traced)
+    return BatchPipeline(p, depth=depth), store, trace
+
+
+async def test_pipeline_overlaps_inference_but_commits_in_order(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=2)
+    sink = processor[2]
+    acked: list[int] = []
+    batches = [[msg(good(10 * b + i), 10 * b + i) for i in range(b + 1)] for b in range(4)]
+    for b, batch in enumerate(batches):
+        async def on_done(res: BatchResult, b: int = b) -> None:
+            acked.append(b)
+        await pipe.submit(batch, on_done)
+    await pipe.drain()
+    assert acked == [0, 1, 2, 3]
+    # Redis saw the batches in take order, one at a time...
+    applies = [t for t in trace if t.startswith("apply")]
+    assert applies == [f"apply-{w} e{10 * b}" for b in range(4) for w in ("start", "end")]
+    # ...while the next batch was classified before the previous one had been counted.
+    assert trace.index("infer 2") < trace.index("apply-end e0")
+    assert [orjson.loads(v)["id"] for _, v in sink.scored] == [f"e{10 * b + i}" for b in range(4) for i in range(b + 1)]
+
+
+async def test_pipeline_failure_stops_later_commits(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=3)
+    store.fail_ids = {"e10"}
+    acked: list[int] = []
+    for b in range(3):
+        async def on_done(res: BatchResult, b: int = b) -> None:
+            acked.append(b)
+        await pipe.submit([msg(good(10 * b), b)], on_done)
+    with pytest.raises(RuntimeError, match="e10"):
+        await pipe.drain()
+    await pipe.close(timeout=1)
+    # Batch 1 failed: neither it nor the batch after it is acked, so Kafka redelivers both.
+    assert acked == [0]
+    assert [u.event_id for u in store.updates] == ["e0"]
