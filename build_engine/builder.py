@@ -5,7 +5,7 @@ Bundle layout (read by ``engine.bundle.EngineBundle``)::
     manifest.json        heads, labels, output names, files + sha256, versions, validation figures
     tokenizer.json       the fast tokenizer the engine uses
     checkpoint/          the source checkpoint (for the torch and cuda backends)
-    model.onnx           fp32, dynamic batch and sequence axes
+    model.onnx           fp32, dynamic batch and sequence axes (with ONNX Runtime's attention fusion by default)
     model.int8.onnx      optional: dynamic INT8 (onnxruntime.quantization)
     model.plan           optional: TensorRT engine (fp16, or int8 with calibration)
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from build_engine import optimize as optimize_mod
 from build_engine import quantize as quantize_mod
 from build_engine import tensorrt_build
 from build_engine.errors import EngineBuildError
@@ -47,6 +48,7 @@ from engine.tokenize import BatchTokenizer
 log = structlog.get_logger(__name__)
 
 ONNX_FILE = "model.onnx"
+PLAIN_ONNX_FILE = "model.plain.onnx"  # build-time only when fusing: what TensorRT is built from
 # Training leftovers that never belong in a serving bundle.
 _IGNORED_CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin", "trainer_state.json")
 
@@ -56,6 +58,7 @@ class BuildOptions:
     """Everything a build can be asked for; defaults come from ``BuildSettings`` (env FINPULSE_BUILD_*)."""
 
     int8: bool = False
+    fuse: bool = True
     tensorrt: bool = False
     fp16: bool = True
     calibration_file: Path | None = None
@@ -65,7 +68,7 @@ class BuildOptions:
     max_seq_len: int = 128
     tolerance: float = 1e-4
     int8_min_agreement: float = 0.99
-    exporter: str = "dynamo"
+    exporter: str = "torchscript"
     opset: int = 18
     validation_texts: int = 256
     timing_cache: Path | None = None
@@ -78,7 +81,7 @@ class BuildOptions:
         """Options from ``BuildSettings`` with explicit overrides (``None`` overrides are ignored)."""
         s = settings or BuildSettings()
         base: dict[str, Any] = {
-            "fp16": s.fp16, "max_batch": s.max_batch, "opt_batch": s.opt_batch, "seq_buckets": tuple(s.seq_buckets),
+            "fp16": s.fp16, "fuse": s.fuse, "max_batch": s.max_batch, "opt_batch": s.opt_batch, "seq_buckets": tuple(s.seq_buckets),
             "max_seq_len": s.max_seq_len, "tolerance": s.tolerance, "int8_min_agreement": s.int8_min_agreement,
             "exporter": s.exporter, "opset": s.opset, "validation_texts": s.validation_texts,
             "timing_cache": s.timing_cache, "workspace_mib": s.workspace_mib, "calibration_batch": s.calibration_batch,
@@ -167,7 +170,10 @@ def build_bundle(
         shutil.copy2(ckpt / "tokenizer.json", tmp / "tokenizer.json")
         t0 = _stage(seconds, "load_copy", t0)
 
-        exported = export_onnx(loaded.model, tmp / ONNX_FILE, exporter=opts.exporter, opset=opts.opset)  # type: ignore[arg-type]
+        # The plain export stays outside the bundle unless it is what ONNX Runtime will run; TensorRT
+        # always builds from it (the fused graph has ONNX Runtime-only operators).
+        plain_path = tmp / (PLAIN_ONNX_FILE if opts.fuse else ONNX_FILE)
+        exported = export_onnx(loaded.model, plain_path, exporter=opts.exporter, opset=opts.opset)  # type: ignore[arg-type]
         t0 = _stage(seconds, "export", t0)
 
         batches = validation_batches(tokenizer, texts, max_batch=min(64, opts.max_batch))
@@ -176,11 +182,22 @@ def build_bundle(
             "onnx": validate_onnx(exported.path, loaded.model, exported.output_names, tokenizer, texts,
                                   precision="fp32", tolerance=opts.tolerance, reference=reference, batches=batches)
         }
-        files: dict[str, tuple[Path, str]] = {"onnx": (exported.path, "fp32")}
+        serving_path = exported.path
+        fusion_info: dict[str, Any] | None = None
         t0 = _stage(seconds, "validate_fp32", t0)
+        if opts.fuse:
+            cfg = loaded.model.config
+            fused = optimize_mod.fuse_for_onnxruntime(exported.path, tmp / ONNX_FILE, num_heads=int(cfg.num_attention_heads),
+                                                      hidden_size=int(cfg.hidden_size))
+            reports["onnx_fused"] = validate_onnx(fused.path, loaded.model, exported.output_names, tokenizer, texts,
+                                                  precision="fp32", tolerance=opts.tolerance, reference=reference, batches=batches)
+            serving_path = fused.path
+            fusion_info = {"tool": "onnxruntime.transformers.optimizer", "fused_ops": fused.fused_ops}
+            t0 = _stage(seconds, "fuse", t0)
+        files: dict[str, tuple[Path, str]] = {"onnx": (serving_path, "fp32")}
 
         if opts.int8:
-            q = quantize_mod.quantize_int8(exported.path, tmp / quantize_mod.INT8_FILE)
+            q = quantize_mod.quantize_int8(serving_path, tmp / quantize_mod.INT8_FILE)
             reports["onnx_int8"] = validate_onnx(q.path, loaded.model, exported.output_names, tokenizer, texts, precision="int8",
                                                  tolerance=None, min_agreement=opts.int8_min_agreement, reference=reference, batches=batches)
             files["onnx_int8"] = (q.path, "int8")
@@ -194,10 +211,14 @@ def build_bundle(
             reports["tensorrt"] = trt_report
             profiles = trt_result.profiles
             t0 = _stage(seconds, "tensorrt", t0)
+        if opts.fuse:
+            plain_path.unlink(missing_ok=True)
 
         validation: dict[str, Any] = {"texts_source": texts_source, **{k: r.as_dict() for k, r in reports.items()}}
         validation["exporter"] = exported.exporter
         validation["opset"] = exported.opset
+        if fusion_info is not None:
+            validation["fusion"] = fusion_info
         if opts.int8:
             validation["quantization"] = quant_info
         manifest = write_manifest(

@@ -67,7 +67,8 @@ def _log_to_stderr() -> None:
 @click.option("--max-seq-len", type=int, help="Longest sequence (tokens) the bundle is validated and built for (default 128).")
 @click.option("--tolerance", type=float, help="Max abs logit diff ONNX Runtime fp32 vs PyTorch (default 1e-4).")
 @click.option("--int8-min-agreement", type=float, help="Min argmax agreement per head for INT8/FP16 (default 0.99).")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="ONNX exporter (default dynamo).")
+@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="ONNX exporter (default torchscript, whose graph ONNX Runtime can fuse).")
+@click.option("--fuse/--no-fuse", default=None, help="ONNX Runtime attention/LayerNorm/GELU fusion of the served file (default on).")
 @click.option("--validation-texts", "validation_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Texts to validate on (.csv text column or one per line); default: the sentiment valid set.")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file (loaded if present, saved after).")
@@ -75,14 +76,14 @@ def _log_to_stderr() -> None:
 def build_engine_cmd(
     checkpoint_dir: Path, out_dir: Path, int8: bool, tensorrt: bool, fp16: bool | None, calibration: Path | None,
     max_batch: int | None, seq_buckets: str | None, max_seq_len: int | None, tolerance: float | None,
-    int8_min_agreement: float | None, exporter: str | None, validation_file: Path | None, timing_cache: Path | None, force: bool,
+    int8_min_agreement: float | None, exporter: str | None, fuse: bool | None, validation_file: Path | None, timing_cache: Path | None, force: bool,
 ) -> None:
     """Export CHECKPOINT_DIR to ONNX (and optionally INT8 / TensorRT), validate it and write a bundle."""
     _log_to_stderr()
     options = BuildOptions.from_settings(
         BuildSettings(), int8=int8, tensorrt=tensorrt, fp16=fp16, calibration_file=calibration, max_batch=max_batch,
         seq_buckets=_parse_buckets(seq_buckets), max_seq_len=max_seq_len, tolerance=tolerance,
-        int8_min_agreement=int8_min_agreement, exporter=exporter, timing_cache=timing_cache, overwrite=force,
+        int8_min_agreement=int8_min_agreement, exporter=exporter, fuse=fuse, timing_cache=timing_cache, overwrite=force,
     )
     vfile = validation_file or _default_validation_file()
     texts = _read_texts(vfile) if vfile is not None else None

@@ -17,7 +17,8 @@ class BuildSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FINPULSE_BUILD_", extra="ignore", protected_namespaces=())
 
-    exporter: str = Field(default="dynamo", description="ONNX exporter: 'dynamo' (torch.export based) or 'torchscript' (legacy).")
+    exporter: str = Field(default="torchscript", description="ONNX exporter: 'torchscript' (its BERT graph gets ONNX Runtime's attention fusion) or 'dynamo' (torch.export based).")
+    fuse: bool = Field(default=True, description="Apply ONNX Runtime's transformer fusions to the served ONNX file (validated like the export).")
     opset: int = Field(default=18, ge=14, description="ONNX opset for the export.")
     max_seq_len: int = Field(default=128, ge=8, le=512)
     tolerance: float = Field(default=1e-4, ge=0.0, description="Max abs logit diff allowed between ONNX Runtime fp32 and PyTorch.")

@@ -36,16 +36,21 @@ def resolve_model_dir(settings: StreamSettings, engine: EngineSettings) -> Path:
 
 
 def bundle_is_current(bundle: Path, checkpoint: Path) -> bool:
-    """The bundle exists and was built from exactly this checkpoint (hash of its files)."""
+    """The bundle exists, was built from exactly this checkpoint (hash of its files) and with the
+    current build recipe (a cached bundle from before ONNX Runtime fusion is rebuilt once)."""
     from build_engine.manifest import checkpoint_sha256
+    from build_engine.settings import BuildSettings
     from engine.bundle import EngineBundle
 
     if not is_bundle(bundle):
         return False
     try:
-        return EngineBundle.load(bundle).manifest.source_sha256 == checkpoint_sha256(checkpoint)
+        mf = EngineBundle.load(bundle).manifest
     except ModelFormatError:
         return False
+    if BuildSettings().fuse and "fusion" not in mf.validation:
+        return False
+    return mf.source_sha256 == checkpoint_sha256(checkpoint)
 
 
 def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, quick: bool = True) -> Path:

@@ -68,7 +68,12 @@ def test_manifest_has_heads_labels_hashes(bundle: Path, tiny_model_dir: Path) ->
     fp32 = mf.validation["onnx"]
     assert fp32["texts"] >= 128 and fp32["tolerance"] == 1e-4
     assert max(fp32["max_abs_diff"].values()) <= 1e-4
-    assert mf.validation["exporter"] == "dynamo"
+    assert mf.validation["exporter"] == "torchscript"
+    # The served file is the fused graph, checked against PyTorch with the same tolerance.
+    fused = mf.validation["onnx_fused"]
+    assert max(fused["max_abs_diff"].values()) <= 1e-4
+    assert mf.validation["fusion"]["fused_ops"].get("Attention", 0) >= 1
+    assert not (bundle / "model.plain.onnx").exists()
     # Several batch sizes and lengths were checked, including batch 1 and full padding.
     shapes = fp32["batch_shapes"]
     assert [1, 16] in shapes or any(s[0] == 1 for s in shapes)
@@ -309,12 +314,12 @@ def test_cli_builds_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
     texts.write_text("\n".join(["$AAPL beats estimates", "Oil slides as supply rises", "Fed holds rates steady"] * 3))
     out = tmp_path / "cli-bundle"
     runner = CliRunner()
-    res = runner.invoke(build_engine_cmd, [str(tiny_model_dir), "--out", str(out), "--exporter", "torchscript",
+    res = runner.invoke(build_engine_cmd, [str(tiny_model_dir), "--out", str(out), "--exporter", "dynamo", "--no-fuse",
                                            "--validation-texts", str(texts)])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["files"]["onnx"]["precision"] == "fp32"
-    assert summary["validation"]["exporter"] == "torchscript"
+    assert summary["validation"]["exporter"] == "dynamo" and "fusion" not in summary["validation"]
     assert set(summary["heads"]) == {"sentiment", "topic"}
     again = runner.invoke(build_engine_cmd, [str(tiny_model_dir), "--out", str(out)])
     assert again.exit_code == 1 and "already exists" in again.stderr
