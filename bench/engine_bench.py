@@ -3,6 +3,8 @@
 For each backend, in one run:
 
 (a) per_event       tokenize one text padded to 128 tokens, one forward pass per text (the textbook way)
+(a') per_event_unpadded  one text at its own length, one forward pass per text (what a
+                    ``transformers`` text-classification pipeline does when called per message)
 (b) fixed_padding   batches of 64 texts in arrival order, every text padded to 128
 (c) engine          TextClassifier: one tokenizer call, length-sorted batches padded to the bucket
 
@@ -167,6 +169,24 @@ def run_per_event(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[s
     )
 
 
+def run_per_event_unpadded(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape) -> ModeResult:
+    """(a') one text at its own length (no padding at all), one forward per text."""
+    timed = TimedBackend(backend)
+    lengths = tokenizer.tokenize(texts).lengths
+    outs = []
+    t0 = time.perf_counter()
+    for text in texts:
+        ids = tokenizer.tokenize([text]).ids[0]
+        arr = np.asarray([ids], dtype=np.int64)
+        outs.append(timed.infer(EncodedBatch(input_ids=arr, attention_mask=np.ones_like(arr))))
+    wall = time.perf_counter() - t0
+    return ModeResult(
+        len(texts), wall, timed.latencies, int(lengths.sum()), int(lengths.sum()),
+        float(np.sum(shape.flops_text(lengths))), float(np.sum(shape.flops_text(lengths))),
+        {"batch_size": 1, "padding": "none", "sort_by_length": False}, _merge(outs),
+    )
+
+
 def run_fixed(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, batch: int, pad_to: int) -> ModeResult:
     """(b) arrival-order batches of ``batch`` texts, all padded to ``pad_to``."""
     timed = TimedBackend(backend)
@@ -271,6 +291,7 @@ def _bench_one(
         modes: dict[str, ModeResult] = {}
         runs = {
             "per_event": lambda: run_per_event(backend, tokenizer, event_texts, shape, pad_to),
+            "per_event_unpadded": lambda: run_per_event_unpadded(backend, tokenizer, event_texts, shape),
             "fixed_padding": lambda: run_fixed(backend, tokenizer, texts, shape, fixed_batch, pad_to),
             "engine": lambda: run_engine(backend, tokenizer, texts, shape, max_batch, max_tokens),
         }
@@ -288,6 +309,7 @@ def _bench_one(
     tps = {m: r.texts / r.wall_s for m, r in modes.items()}
     out["ratios"] = {
         "engine_over_per_event": round(tps["engine"] / tps["per_event"], 2),
+        "engine_over_per_event_unpadded": round(tps["engine"] / tps["per_event_unpadded"], 2),
         "engine_over_fixed_padding": round(tps["engine"] / tps["fixed_padding"], 2),
     }
     out["_probs"] = modes["engine"].probs

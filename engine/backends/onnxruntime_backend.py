@@ -34,7 +34,8 @@ class OnnxRuntimeBackend(Backend):
     name: ClassVar[str] = "onnxruntime"
     file_kind: ClassVar[str] = "onnx"
 
-    def __init__(self, bundle: EngineBundle, max_batch_size: int, max_seq_len: int, num_threads: int | None = None) -> None:
+    def __init__(self, bundle: EngineBundle, max_batch_size: int, max_seq_len: int, num_threads: int | None = None,
+                 allow_spinning: bool = True) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -57,6 +58,10 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1  # one graph, no parallel branches worth a second pool
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Spinning keeps idle pool threads hot between ops; inside the worker they would burn the cores
+        # the event loop needs for Kafka and Redis between batches.
+        self.allow_spinning = allow_spinning
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
             self._session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises untyped errors for unreadable graphs
@@ -98,6 +103,7 @@ class OnnxRuntimeBackend(Backend):
             "providers": self._session.get_providers(),
             "threads": self.threads,
             "graph_optimization": "ORT_ENABLE_ALL",
+            "allow_spinning": self.allow_spinning,
             "model_file": self.model_path.name,
             "onnxruntime": self._ort_version,
         }
@@ -121,12 +127,12 @@ def _load_bundle(name: str, model_dir: Path) -> EngineBundle:
 
 def _fp32_factory(model_dir: Path, settings: EngineSettings) -> Backend:
     bundle = _load_bundle(OnnxRuntimeBackend.name, Path(model_dir))
-    return OnnxRuntimeBackend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads)
+    return OnnxRuntimeBackend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
 
 
 def _int8_factory(model_dir: Path, settings: EngineSettings) -> Backend:
     bundle = _load_bundle(OnnxRuntimeInt8Backend.name, Path(model_dir))
-    return OnnxRuntimeInt8Backend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads)
+    return OnnxRuntimeInt8Backend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
 
 
 def _register() -> None:
