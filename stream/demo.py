@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -85,7 +86,11 @@ async def follow_outputs(settings: StreamSettings, expected: int, progress: Prog
 
 def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: str | None, until: str | None, keep_services: bool = False) -> int:
     console = make_console()
-    settings = base.model_copy(update=DEMO_OVERRIDES)
+    # A fresh consumer group per run: the demo recreates its topics, and Kafka keeps a group's
+    # committed offsets for a deleted topic, so a reused group would start the new topic at the old
+    # run's offsets and skip this run's events (seen here with Kafka 4.1).
+    group = f"{DEMO_OVERRIDES['consumer_group']}-{uuid.uuid4().hex[:8]}"
+    settings = base.model_copy(update={**DEMO_OVERRIDES, "consumer_group": group})
     data_dir = settings.require_data_dir()
     stream_file = data_dir / "stocknet-tweets" / "stream.csv"
     services = LocalServices(settings)
