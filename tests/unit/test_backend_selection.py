@@ -34,3 +34,19 @@ def test_unknown_backend_raises(tiny_model_dir: Path) -> None:
 
 def test_null_backend_is_never_chosen_by_auto() -> None:
     assert "null" not in AUTO_ORDER
+
+
+def test_null_backend_gives_each_text_a_fixed_mixed_label(tiny_model_dir: Path, sample_texts: list[str]) -> None:
+    import numpy as np
+
+    clf = load_classifier(EngineSettings(backend="null"), tiny_model_dir)
+    texts = [f"{t} #{i}" for i, t in enumerate(sample_texts * 4)][:400]
+    out = clf.classify(texts)
+    # Same text, different batch neighbours and padding: same answer.
+    again = clf.classify(texts[::-1])
+    assert np.array_equal(out["sentiment"], again["sentiment"][::-1])
+    labels = out["sentiment"].argmax(axis=1)
+    # Not all one class (uniform probabilities made every event "negative" by argmax).
+    shares = np.bincount(labels, minlength=3) / len(texts)
+    assert 0.05 < shares[0] < 0.3 and shares[1] > shares[0] and shares[2] > 0.1
+    assert np.allclose(out["sentiment"].sum(axis=1), 1.0)
