@@ -96,7 +96,6 @@ class BatchResult:
 class PreparedBatch:
     """A batch between stages: validated events (with the messages they came from) and dead letters."""
 
-    messages: Sequence[RawMessage]
     t0: float
     events: list[NewsEvent] = field(default_factory=list)
     sources: list[RawMessage] = field(default_factory=list)
@@ -143,7 +142,7 @@ class BatchProcessor:
 
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
         """Stage 1 (on the event loop): validate every message; nothing here waits on I/O."""
-        batch = PreparedBatch(messages=messages, t0=time.perf_counter())
+        batch = PreparedBatch(t0=time.perf_counter())
         self.metrics.batches += 1
         self.metrics.received += len(messages)
         max_event, max_text = self.settings.max_event_bytes, self.settings.max_text_bytes
