@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import platform
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -102,15 +103,11 @@ class CpuSplit:
             return float("nan")
 
     def start(self) -> None:
-        import time
-
         self._t0 = time.perf_counter()
         self._start = {k: self._cpu(p) for k, p in self._procs.items()}
 
     def stop(self) -> dict[str, Any]:
         """Cores used on average during the phase, per process and in all."""
-        import time
-
         wall = time.perf_counter() - self._t0
         cores = {k: round((self._cpu(p) - self._start[k]) / wall, 2) for k, p in self._procs.items()}
         return {"wall_s": round(wall, 2), "cores_used": cores, "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
