@@ -32,7 +32,7 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
 
     from engine.bundle import EngineBundle, is_bundle
     from engine.modeling import load_model
-    from stream.replay import produce
+    from stream.cli.replay import produce
 
     ckpt = EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else model_dir
     loaded = load_model(ckpt)
@@ -88,8 +88,8 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
 def bench_baseline_cmd(n: int, model_dir: Path | None, pad_to_max: bool, out: Path | None) -> None:
     """Per-message consumer + model + Redis loop: the naive system, on the same data and machine."""
     from engine.settings import EngineSettings
-    from stream.local_services import LocalServices
-    from stream.models import resolve_model_dir
+    from stream.local import LocalServices
+    from stream.cli.models import resolve_model_dir
     from stream.settings import get_settings
 
     s = get_settings()

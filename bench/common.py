@@ -43,7 +43,7 @@ def percentiles(values: Sequence[float], ps: Sequence[float] = (50, 95, 99)) -> 
 
 def stream_texts(data_dir: Path, n: int, since: str = "2014-04-20T00:00:00Z") -> list[dict[str, Any]]:
     """``n`` real events from the StockNet stream (one per tweet), in time order."""
-    from stream.replay import read_events
+    from stream.cli.replay import read_events
 
     return [e for e in read_events(data_dir / "stocknet-tweets" / "stream.csv", since=since, limit=n) if isinstance(e, dict)]
 

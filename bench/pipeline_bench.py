@@ -26,11 +26,12 @@ import psutil
 from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, percentiles, stream_texts
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-from stream.local_services import LocalServices, delete_topics, ensure_topics
-from stream.models import resolve_model_dir
-from stream.replay import produce
+from stream.local import LocalServices
+from stream.topics import delete_topics, ensure_topics
+from stream.cli.models import resolve_model_dir
+from stream.cli.replay import produce
 from stream.settings import StreamSettings, get_settings
-from stream.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
+from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
 from stream.worker import topic_plan
 
 
@@ -198,7 +199,7 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             return await collector
 
         scored_all = asyncio.run(paced())
-        from stream.supervise import health
+        from stream.cli.supervise import health
 
         h = health(settings.worker_web_port) or {}
         stats = h.get("engine_stats", {})

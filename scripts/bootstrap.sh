@@ -32,5 +32,5 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 # Kafka jars from Maven Central (idempotent: a stamp per version).
-"$VENV/bin/python" -c "from stream.local_services import LocalKafka; LocalKafka().ensure_installed()"
+"$VENV/bin/python" -c "from stream.local import LocalKafka; LocalKafka().ensure_installed()"
 echo "[bootstrap] ready"

@@ -46,6 +46,11 @@ class StreamSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: SecretStr | None = None
     redis_prefix: str = "finpulse"
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        default="always",
+        description="AOF fsync policy of the Redis that finpulse starts (local and docker-compose): 'always' loses "
+        "nothing that Redis acknowledged; 'everysec' is faster and may lose up to about 1 s of writes on a crash.",
+    )
 
     # --- worker --------------------------------------------------------------------------
     worker_web_port: int = 6066

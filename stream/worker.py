@@ -1,16 +1,19 @@
-"""Start one worker process: load the engine, make sure topics exist, run the Faust app."""
+"""Start one worker process: load the engine, make sure topics exist, run the Faust app.
+
+The model path comes resolved from the caller (the CLI), so the worker needs no model-resolution or
+training code."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import structlog
 
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-from stream.local_services import ensure_topics
-from stream.models import resolve_model_dir
 from stream.settings import StreamSettings
+from stream.topics import ensure_topics
 
 log = structlog.get_logger(__name__)
 
@@ -25,13 +28,12 @@ def topic_plan(settings: StreamSettings) -> dict[str, int]:
     }
 
 
-def run_worker(settings: StreamSettings, engine_settings: EngineSettings, loglevel: str = "INFO") -> None:
+def run_worker(settings: StreamSettings, engine_settings: EngineSettings, model_dir: Path, loglevel: str = "INFO") -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     import faust
 
     from stream.app import create_app
 
-    model_dir = resolve_model_dir(settings, engine_settings)
     classifier = load_classifier(engine_settings, model_dir)
     classifier.backend.warmup()
     desc = classifier.describe()

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from stream.local_services import LocalServices
+from stream.local import LocalServices
 from stream.settings import StreamSettings, get_settings
 from tests.support.tiny_bert import make_keyword_model
 

@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from stream.local_services import LocalRedis, delete_topics, ensure_topics
+from stream.local import LocalRedis
+from stream.topics import delete_topics, ensure_topics
 from stream.settings import get_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(60)]

@@ -22,10 +22,10 @@ from redis.asyncio import Redis
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from stream.events import parse_event_time
-from stream.local_services import delete_topics, ensure_topics
-from stream.replay import produce, read_events
+from stream.topics import delete_topics, ensure_topics
+from stream.cli.replay import produce, read_events
 from stream.settings import StreamSettings
-from stream.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
+from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
 from stream.windows import SENTIMENT_FIELDS, bucket_start
 from stream.worker import topic_plan
 from tests.support.tiny_bert import NEGATIVE_PHRASES

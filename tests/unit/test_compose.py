@@ -71,7 +71,7 @@ def test_worker_has_gpu_reservation() -> None:
 
 @pytest.mark.parametrize("service", ["worker", "replay"])
 def test_commands_are_finpulse_cli_commands(service: str) -> None:
-    from stream.cli import cli
+    from stream.cli.main import cli
 
     cmd = _config()["services"][service]["command"]
     assert cmd[0] == "finpulse" and cmd[1] in cli.commands

@@ -33,7 +33,7 @@ def cli(log_level: str, pretty_logs: bool) -> None:
 @cli.command()
 def up() -> None:
     """Start local Kafka (KRaft) and Redis (installing them first if needed)."""
-    from stream.local_services import LocalServices
+    from stream.local import LocalServices
 
     svc = LocalServices(get_settings())
     svc.ensure_installed()
@@ -44,7 +44,7 @@ def up() -> None:
 @cli.command()
 def down() -> None:
     """Stop the local Kafka and Redis that `finpulse up` started."""
-    from stream.local_services import LocalServices
+    from stream.local import LocalServices
 
     click.echo(orjson.dumps({"stopped": LocalServices(get_settings()).stop()}).decode())
 
@@ -52,7 +52,7 @@ def down() -> None:
 @cli.command()
 def status() -> None:
     """Show whether local Kafka and Redis are running."""
-    from stream.local_services import LocalServices
+    from stream.local import LocalServices
 
     click.echo(orjson.dumps(LocalServices(get_settings()).status(), option=orjson.OPT_INDENT_2, default=str).decode())
 
@@ -64,11 +64,13 @@ def status() -> None:
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
 def worker(web_port: int | None, backend: str | None, model_dir: Path | None) -> None:
     """Run a Faust worker: consume events, classify in micro-batches, update Redis, publish scores and alerts."""
+    from stream.cli.models import resolve_model_dir
     from stream.worker import run_worker
 
     eng = EngineSettings()
     eng = eng.model_copy(update={k: v for k, v in {"backend": backend, "model_dir": model_dir}.items() if v is not None})
-    run_worker(_settings(worker_web_port=web_port), eng)
+    s = _settings(worker_web_port=web_port)
+    run_worker(s, eng, resolve_model_dir(s, eng))
 
 
 @cli.command()
@@ -80,7 +82,7 @@ def worker(web_port: int | None, backend: str | None, model_dir: Path | None) ->
 @click.option("--topic", default=None, help="Target topic (default FINPULSE_INPUT_TOPIC).")
 def replay(file: Path, limit: int | None, since: str | None, until: str | None, rate: float, topic: str | None) -> None:
     """Replay a historical stream (StockNet CSV or JSONL events) into the input topic."""
-    from stream.replay import parse_when, produce, read_events
+    from stream.cli.replay import parse_when, produce, read_events
 
     s = get_settings()
     events = read_events(file, since=parse_when(since), until=parse_when(until), limit=limit)
@@ -136,7 +138,7 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
 def trends(kind: str, window: str, top: int, min_count: int) -> None:
     """Print current windows from Redis, entities ranked by negative share."""
     from stream.app import redis_client
-    from stream.console import make_console, trends_table
+    from stream.cli.console import make_console, trends_table
     from stream.windows import WindowStore
 
     s = get_settings()
@@ -171,7 +173,7 @@ def _parse_duration(text: str) -> int:
 @click.option("--keep-services", is_flag=True, help="Leave Kafka and Redis running afterwards.")
 def demo(limit: int, since: str | None, until: str | None, keep_services: bool) -> None:
     """Everything at once: services, default model, worker, a real stream replayed, trends and alerts."""
-    from stream.demo import run_demo
+    from stream.cli.demo import run_demo
 
     try:
         code = run_demo(get_settings(), EngineSettings(), limit, since, until, keep_services)
@@ -190,7 +192,7 @@ def model() -> None:
 @click.option("--no-bundle", is_flag=True, help="Only the checkpoint, no engine bundle.")
 def model_ensure(no_bundle: bool) -> None:
     """Train the default model if it is not cached, build its engine bundle, print where it is."""
-    from stream.models import ensure_default_model
+    from stream.cli.models import ensure_default_model
 
     click.echo(str(ensure_default_model(get_settings(), build_bundle=not no_bundle)))
 

@@ -19,12 +19,13 @@ import structlog
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from engine.settings import EngineSettings
-from stream.console import alerts_table, make_console, trends_table
-from stream.local_services import LocalServices, delete_topics, ensure_topics
-from stream.models import ensure_default_model
-from stream.replay import parse_when, produce, read_events
+from stream.cli.console import alerts_table, make_console, trends_table
+from stream.local import LocalServices
+from stream.topics import delete_topics, ensure_topics
+from stream.cli.models import ensure_default_model
+from stream.cli.replay import parse_when, produce, read_events
 from stream.settings import StreamSettings
-from stream.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
+from stream.cli.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
 from stream.worker import topic_plan
 
 log = structlog.get_logger(__name__)

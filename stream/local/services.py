@@ -550,7 +550,7 @@ class LocalKafka(_LocalService):
         }
 
     def _write_config(self) -> None:
-        lines = ["# Written by stream/local_services.py; edits are overwritten on start."]
+        lines = ["# Written by stream/local/services.py; edits are overwritten on start."]
         lines += [f"{k}={v}" for k, v in self.server_properties().items()]
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("\n".join(lines) + "\n")
@@ -629,7 +629,7 @@ class LocalKafka(_LocalService):
 
 
 class LocalRedis(_LocalService):
-    """A throwaway ``redis-server`` on 127.0.0.1 (port from ``redis_url``), no persistence."""
+    """A ``redis-server`` on 127.0.0.1 (port from ``redis_url``) with an append-only file in ``redis_dir``."""
 
     name = "redis"
     cmdline_marker = "redis-server"
@@ -676,16 +676,24 @@ class LocalRedis(_LocalService):
     def _prepare(self) -> list[str]:
         self.settings.redis_dir.mkdir(parents=True, exist_ok=True)
         lines = [
-            "# Written by stream/local_services.py; edits are overwritten on start.",
+            "# Written by stream/local/services.py; edits are overwritten on start.",
             f"port {self.port}",
             "bind 127.0.0.1",
             "protected-mode yes",
             "daemonize no",  # we detach it ourselves and keep the pid
             'logfile ""',    # stdout, which start() sends to <log_dir>/redis.log
             f"dir {self.settings.redis_dir}",
-            # A cache for live aggregates: no RDB snapshots, no AOF.
+            # Redis holds the windows, the seen-ids (dedupe) and the alert cooldowns and pending
+            # buckets: losing them double-counts a replay and loses alerts. AOF makes every
+            # acknowledged write survive a crash: with ``always`` Redis fsyncs before it replies, and
+            # one batch is one Lua call, so one fsync per batch. ``everysec`` may lose the last
+            # second of writes on a crash (the inputs were committed, so that second is not re-counted).
             'save ""',
-            "appendonly no",
+            "appendonly yes",
+            f"appendfsync {self.settings.redis_appendfsync}",
+            'appendfilename "finpulse.aof"',
+            'appenddirname "appendonly"',
+            "aof-use-rdb-preamble yes",
         ]
         password = self.password
         if password:
@@ -773,164 +781,3 @@ class LocalServices:
     def status(self) -> dict[str, dict[str, Any]]:
         """``{name: status dict}`` for both."""
         return {name: svc.status() for name, svc in self.services.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# topics
-# --------------------------------------------------------------------------------------------
-
-
-async def ensure_topics(
-    bootstrap: str,
-    topics: Mapping[str, int],
-    *,
-    replication_factor: int = 1,
-    configs: Mapping[str, Mapping[str, str]] | None = None,
-    timeout: float = 30.0,
-) -> list[str]:
-    """Create the missing topics with the given partition counts; return the names created.
-
-    Existing topics are left as they are (a partition count lower than asked is logged as a
-    warning, since Faust needs source and changelog partition counts to agree). Waits until
-    every partition of the created topics has a leader, so producing right after does not
-    race the controller.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError, for_code
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    created: list[str] = []
-    try:
-        async with asyncio.timeout(timeout):
-            await admin.start()
-            existing = await _partition_counts(admin, list(topics))
-            for name, have in existing.items():
-                if have < topics[name]:
-                    log.warning("topic has fewer partitions than wanted", topic=name,
-                                partitions=have, wanted=topics[name])
-            missing = [name for name in topics if name not in existing]
-            if missing:
-                response = await admin.create_topics(
-                    [NewTopic(name, topics[name], replication_factor,
-                              topic_configs=dict((configs or {}).get(name, {})))
-                     for name in missing],
-                    timeout_ms=int(timeout * 1000),
-                )
-                for name, code, message in _topic_errors(response):
-                    if code == 0:
-                        created.append(name)
-                        continue
-                    err = for_code(code)
-                    if err is TopicAlreadyExistsError:  # created concurrently: fine
-                        continue
-                    raise err(f"creating topic {name}: {message}")
-                await _wait_for_leaders(admin, {n: topics[n] for n in created})
-    finally:
-        await admin.close()
-    if created:
-        log.info("topics created", topics={n: topics[n] for n in created})
-    return created
-
-
-async def delete_topics(bootstrap: str, topics: Iterable[str], *, timeout: float = 30.0) -> list[str]:
-    """Delete the topics that exist (unknown names are ignored); return the names deleted."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import UnknownTopicOrPartitionError, for_code
-
-    names = list(topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    deleted: list[str] = []
-    try:
-        async with asyncio.timeout(timeout):
-            await admin.start()
-            present = [n for n in names if n in set(await admin.list_topics())]
-            if present:
-                response = await admin.delete_topics(present, timeout_ms=int(timeout * 1000))
-                for name, code, *_ in _topic_errors(response):
-                    if code == 0:
-                        deleted.append(name)
-                    elif for_code(code) is not UnknownTopicOrPartitionError:
-                        raise for_code(code)(f"deleting topic {name}")
-    finally:
-        await admin.close()
-    if deleted:
-        log.info("topics deleted", topics=deleted)
-    return deleted
-
-
-def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
-    """(name, error_code, message) per topic from a Create/DeleteTopics response of any version."""
-    obj = response.to_object()
-    rows = obj.get("topic_errors") or obj.get("topic_error_codes") or obj.get("topics") or []
-    out: list[tuple[str, int, str | None]] = []
-    for row in rows:
-        name = row.get("topic") or row.get("name")
-        out.append((str(name), int(row.get("error_code", 0)), row.get("error_message")))
-    return out
-
-
-async def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
-    """``{topic: partitions}`` for those of ``names`` that exist."""
-    if not names:
-        return {}
-    present = set(await admin.list_topics())
-    wanted = [n for n in names if n in present]
-    if not wanted:
-        return {}
-    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted)
-            if t["error_code"] == 0}
-
-
-async def _wait_for_leaders(admin: Any, topics: Mapping[str, int]) -> None:
-    """Poll metadata until every partition of ``topics`` exists and has a leader."""
-    while topics:
-        meta = await admin.describe_topics(list(topics))
-        ready = {
-            t["topic"] for t in meta
-            if t["error_code"] == 0 and len(t["partitions"]) >= topics[t["topic"]]
-            and all(p["leader"] >= 0 for p in t["partitions"])
-        }
-        if ready >= set(topics):
-            return
-        await asyncio.sleep(0.1)
-
-
-# --------------------------------------------------------------------------------------------
-# python -m stream.local_services {install,start,stop,status}
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Tiny CLI for manual use; the project CLI may wrap the classes instead."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m stream.local_services")
-    parser.add_argument("action", choices=["install", "start", "stop", "status"])
-    parser.add_argument("services", nargs="*", help="kafka and/or redis (default: both)")
-    parser.add_argument("--timeout", type=float, default=90.0)
-    args = parser.parse_args(argv)
-    stack = LocalServices()
-    try:
-        picked = stack._pick(args.services or None)
-    except ValueError as exc:
-        parser.error(str(exc))
-    names = [svc.name for svc in picked]
-    result: dict[str, Any]
-    if args.action == "install":
-        for svc in picked:
-            svc.ensure_installed()
-        result = {name: "installed" for name in names}
-    elif args.action == "start":
-        result = {n: {"started": s} for n, s in stack.start(names, timeout=args.timeout).items()}
-    elif args.action == "stop":
-        result = {n: {"stopped": s} for n, s in stack.stop(names).items()}
-    else:
-        result = {svc.name: svc.status() for svc in picked}
-    json.dump(result, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
