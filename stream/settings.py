@@ -9,16 +9,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from finpulse.paths import PROJECT_ROOT
+from finpulse.paths import default_data_dir as _default_data_dir
+
 if TYPE_CHECKING:
     from stream.alerts import SurgeParams
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _default_data_dir() -> Path | None:
-    # ../shared/data is only a default where it exists; otherwise the user must say where data is.
-    candidate = PROJECT_ROOT.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
 
 
 class StreamSettings(BaseSettings):

