@@ -41,7 +41,7 @@ from engine.backends.base import Backend
 from engine.bundle import EngineBundle, is_bundle
 from engine.classifier import TextClassifier
 from engine.errors import BackendUnavailable, EngineError, ModelFormatError
-from engine.modeling import read_config
+from engine.heads import read_config
 from engine.runtime import create_backend
 from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer, EncodedBatch

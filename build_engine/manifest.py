@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.bundle import MANIFEST, FileEntry, HeadManifest, Manifest, sha256_file
-from engine.modeling import HeadSpec
+from engine.heads import HeadSpec
 
 # Distribution names to report; TensorRT ships under several names depending on the CUDA flavour.
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnxruntime", "transformers", "tokenizers")

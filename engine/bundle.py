@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from engine.errors import ModelFormatError
-from engine.modeling import HeadSpec
+from engine.heads import HeadSpec
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1

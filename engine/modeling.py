@@ -17,33 +17,20 @@ import torch
 from torch import nn
 
 from engine.errors import ModelFormatError
+from engine.heads import CONFIG_HEADS_KEY, SENTIMENT_LABELS, HeadSpec, read_config
 
-SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
-CONFIG_HEADS_KEY = "finpulse_heads"
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One classification head: its name, its labels in logit order and how it pools tokens."""
-
-    name: str
-    labels: tuple[str, ...]
-    pooling: str = "mean"  # "mean" over unmasked tokens, or "pooler" (BERT's tanh(CLS) pooler)
-
-    def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "id2label": {str(i): lab for i, lab in enumerate(self.labels)}, "pooling": self.pooling}
-
-    @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> "HeadSpec":
-        id2label = raw.get("id2label") or {}
-        try:
-            labels = tuple(id2label[str(i)] for i in range(len(id2label)))
-        except KeyError as exc:
-            raise ModelFormatError("config.json", f"head {raw.get('name')!r} has non-contiguous id2label") from exc
-        if not labels:
-            raise ModelFormatError("config.json", f"head {raw.get('name')!r} has no labels")
-        return cls(name=str(raw["name"]), labels=labels, pooling=str(raw.get("pooling", "mean")))
-
+# Re-exported: training and the tests build models from these together with the torch classes.
+__all__ = [
+    "CONFIG_HEADS_KEY",
+    "SENTIMENT_LABELS",
+    "HeadSpec",
+    "LoadedModel",
+    "MultiHeadClassifier",
+    "load_model",
+    "mean_pool",
+    "new_multihead_model",
+    "read_config",
+]
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the token vectors that the mask keeps (padding never leaks into the result)."""
@@ -113,16 +100,6 @@ class LoadedModel:
     path: Path
     model_id: str
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise ModelFormatError(path, "no config.json: not a Hugging Face checkpoint directory")
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFormatError(cfg_file, f"invalid JSON ({exc})") from exc
 
 
 def _normalise_label(label: str) -> str:

@@ -8,8 +8,9 @@ skips is logged with its reason and kept in ``TextClassifier.describe()['skipped
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
 
 import structlog
 
@@ -19,6 +20,7 @@ from engine.classifier import TextClassifier
 from engine.errors import BackendUnavailable, ModelFormatError
 from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer
+from finpulse.extras import missing_extra
 
 log = structlog.get_logger(__name__)
 
@@ -28,65 +30,74 @@ BackendFactory = Callable[[Path, EngineSettings], Backend]
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda", "onnxruntime-int8", "onnxruntime", "torch")
 
 
-def _checkpoint_dir(model_dir: Path) -> Path:
-    return EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else model_dir
+# One function per backend, each importing its module only when that backend is built: importing
+# the engine stays cheap (no onnxruntime, torch or tensorrt), and the backend modules never import
+# this one back, so the table below is the whole registry and has no import cycle.
+def _tensorrt(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.tensorrt_backend import create
+
+    return create(model_dir, settings)
 
 
-def _torch_factory(model_dir: Path, settings: EngineSettings) -> Backend:
-    from engine.backends.torch_backend import TorchCPUBackend
-    from engine.modeling import load_model
+def _cuda(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.cuda_backend import create
 
-    return TorchCPUBackend(load_model(_checkpoint_dir(model_dir)), settings.max_batch_size, settings.max_seq_len, settings.num_threads)
-
-
-def _null_factory(model_dir: Path, settings: EngineSettings) -> Backend:
-    from engine.backends.null_backend import NullBackend
-
-    if is_bundle(model_dir):
-        heads = EngineBundle.load(model_dir).heads
-    else:
-        from engine.modeling import CONFIG_HEADS_KEY, HeadSpec, read_config
-
-        cfg = read_config(model_dir)
-        if CONFIG_HEADS_KEY not in cfg:
-            raise ModelFormatError(model_dir, "null backend needs a finpulse checkpoint or bundle for its head labels")
-        heads = tuple(HeadSpec.from_config(h) for h in cfg[CONFIG_HEADS_KEY])
-    return NullBackend(heads, settings.max_batch_size, settings.max_seq_len, model_id=f"null({model_dir.name})")
+    return create(model_dir, settings)
 
 
-_FACTORIES: dict[str, BackendFactory] = {"torch": _torch_factory, "null": _null_factory}
+def _onnxruntime_int8(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.onnxruntime_backend import create_int8
+
+    return create_int8(model_dir, settings)
 
 
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make a backend selectable by name (GPU/ONNX backends register themselves on import)."""
-    _FACTORIES[name] = factory
+def _onnxruntime(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.onnxruntime_backend import create
+
+    return create(model_dir, settings)
 
 
-def _load_optional_backends() -> None:
-    # Import lazily: each module registers its factory; a missing package only matters once chosen.
-    import importlib
+def _torch(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.torch_backend import create
 
-    for mod in ("engine.backends.onnxruntime_backend", "engine.backends.cuda_backend", "engine.backends.tensorrt_backend"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name == mod:
-                continue
-            raise
+    return create(model_dir, settings)
+
+
+def _null(model_dir: Path, settings: EngineSettings) -> Backend:
+    from engine.backends.null_backend import create
+
+    return create(model_dir, settings)
+
+
+BACKENDS: Mapping[str, BackendFactory] = MappingProxyType(
+    {
+        "tensorrt": _tensorrt,
+        "cuda": _cuda,
+        "onnxruntime-int8": _onnxruntime_int8,
+        "onnxruntime": _onnxruntime,
+        "torch": _torch,
+        "null": _null,
+    }
+)
 
 
 def available_backends() -> list[str]:
-    _load_optional_backends()
-    return sorted(_FACTORIES)
+    """Every backend name ``FINPULSE_ENGINE_BACKEND`` accepts besides ``auto`` (whether or not it can run here)."""
+    return sorted(BACKENDS)
 
 
 def create_backend(name: str, model_dir: Path, settings: EngineSettings) -> Backend:
-    """Build exactly the named backend or raise ``BackendUnavailable``."""
-    _load_optional_backends()
-    factory = _FACTORIES.get(name)
+    """Build exactly the named backend or raise ``BackendUnavailable`` (with the extra to install, if a package is missing)."""
+    factory = BACKENDS.get(name)
     if factory is None:
-        raise BackendUnavailable(name, f"unknown backend; known: {sorted(_FACTORIES)}")
-    return factory(model_dir, settings)
+        raise BackendUnavailable(name, f"unknown backend; known: {available_backends()}")
+    try:
+        return factory(Path(model_dir), settings)
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc, f"backend {name!r}")
+        if missing is None:
+            raise
+        raise BackendUnavailable(name, str(missing)) from exc
 
 
 def load_classifier(settings: EngineSettings | None = None, model_dir: str | Path | None = None) -> TextClassifier:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.errors import ModelFormatError
+from finpulse.extras import missing_extra
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,11 @@ class BatchTokenizer:
         d = Path(model_dir)
         tok_file = d / "tokenizer.json"
         if not tok_file.is_file():
-            from transformers import AutoTokenizer
-
+            try:
+                from transformers import AutoTokenizer
+            except ModuleNotFoundError as exc:
+                # Bundles and finpulse checkpoints carry tokenizer.json; only a bare vocab needs transformers.
+                raise ModelFormatError(d, f"no tokenizer.json, and converting the vocab files needs {missing_extra(exc, 'it') or exc}") from exc
             try:
                 AutoTokenizer.from_pretrained(str(d), local_files_only=True, use_fast=True).save_pretrained(str(d))
             except Exception as exc:  # noqa: BLE001 - surface any loader failure as a format error

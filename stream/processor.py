@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine.classifier import TextClassifier
 from engine.errors import EngineError
-from engine.modeling import SENTIMENT_LABELS
+from engine.heads import SENTIMENT_LABELS
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
 from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ms_to_iso, parse_event
 from stream.settings import StreamSettings

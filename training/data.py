@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.modeling import SENTIMENT_LABELS
+from engine.heads import SENTIMENT_LABELS
 
 Format = Literal["csv", "jsonl", "phrasebank"]
 

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from engine.errors import InferenceInputError, InferenceOutputError
-from engine.modeling import HeadSpec
+from engine.heads import HeadSpec
 from engine.tokenize import EncodedBatch
 
 

@@ -69,7 +69,8 @@ class CudaTorchBackend(Backend):
         self._torch.cuda.empty_cache()
 
 
-def _factory(model_dir: Path, settings: EngineSettings) -> Backend:
+def create(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The fp16 torch backend on the GPU ``settings.device_id``; ``BackendUnavailable`` without one."""
     import torch
 
     if not torch.cuda.is_available():
@@ -80,12 +81,3 @@ def _factory(model_dir: Path, settings: EngineSettings) -> Backend:
 
     ckpt = EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else Path(model_dir)
     return CudaTorchBackend(load_model(ckpt), settings.max_batch_size, settings.max_seq_len, settings.device_id)
-
-
-def _register() -> None:
-    from engine.runtime import register_backend
-
-    register_backend(CudaTorchBackend.name, _factory)
-
-
-_register()

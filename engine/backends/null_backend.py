@@ -11,12 +11,17 @@ It is never chosen by ``auto``; it must be asked for by name, and it says so in 
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.modeling import HeadSpec
+from engine.bundle import EngineBundle, is_bundle
+from engine.errors import ModelFormatError
+from engine.heads import CONFIG_HEADS_KEY, HeadSpec, read_config
+from engine.settings import EngineSettings
 from engine.tokenize import EncodedBatch
 
 
@@ -46,3 +51,15 @@ class NullBackend(Backend):
             probs[np.arange(batch.size), idx] = 1.0
             out[head.name] = probs
         return out
+
+
+def create(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The null backend with the heads of a bundle or finpulse checkpoint (it needs their labels, nothing else)."""
+    if is_bundle(model_dir):
+        heads = EngineBundle.load(model_dir).heads
+    else:
+        cfg = read_config(model_dir)
+        if CONFIG_HEADS_KEY not in cfg:
+            raise ModelFormatError(model_dir, "null backend needs a finpulse checkpoint or bundle for its head labels")
+        heads = tuple(HeadSpec.from_config(h) for h in cfg[CONFIG_HEADS_KEY])
+    return NullBackend(heads, settings.max_batch_size, settings.max_seq_len, model_id=f"null({model_dir.name})")

@@ -2,12 +2,11 @@
 
 Both read an engine bundle: input/output names come from its manifest, and the ONNX file's sha256
 is checked against it before a session is created. onnxruntime itself is imported only when a
-backend is built, so importing this module (which registers the factories) stays cheap.
+backend is built, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,13 +18,9 @@ from engine.bundle import EngineBundle, is_bundle
 from engine.errors import BackendUnavailable, ModelFormatError
 from engine.settings import EngineSettings
 from engine.tokenize import EncodedBatch
+from finpulse.cpu import usable_cores
 
 log = structlog.get_logger(__name__)
-
-
-def machine_cores() -> int:
-    """CPU cores this process may run on (affinity, not the host's count inside a container)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -52,7 +47,7 @@ class OnnxRuntimeBackend(Backend):
         if max_seq_len > mf.max_seq_len:
             # ONNX has dynamic axes, so longer inputs run, but validation only covered mf.max_seq_len.
             log.warning("seq_len_beyond_validated", backend=self.name, requested=max_seq_len, validated=mf.max_seq_len)
-        self.threads = int(num_threads or machine_cores())
+        self.threads = int(num_threads or usable_cores())
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.threads
@@ -125,21 +120,13 @@ def _load_bundle(name: str, model_dir: Path) -> EngineBundle:
     return EngineBundle.load(model_dir)
 
 
-def _fp32_factory(model_dir: Path, settings: EngineSettings) -> Backend:
+def create(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The fp32 ONNX Runtime backend on an engine bundle."""
     bundle = _load_bundle(OnnxRuntimeBackend.name, Path(model_dir))
     return OnnxRuntimeBackend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
 
 
-def _int8_factory(model_dir: Path, settings: EngineSettings) -> Backend:
+def create_int8(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The INT8 ONNX Runtime backend on an engine bundle that carries a validated INT8 model."""
     bundle = _load_bundle(OnnxRuntimeInt8Backend.name, Path(model_dir))
     return OnnxRuntimeInt8Backend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
-
-
-def _register() -> None:
-    from engine.runtime import register_backend
-
-    register_backend(OnnxRuntimeBackend.name, _fp32_factory)
-    register_backend(OnnxRuntimeInt8Backend.name, _int8_factory)
-
-
-_register()

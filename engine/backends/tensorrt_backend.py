@@ -22,7 +22,7 @@ import structlog
 from engine.backends.base import Backend
 from engine.bundle import EngineBundle, is_bundle
 from engine.errors import BackendUnavailable, InferenceInputError, ModelFormatError
-from engine.modeling import HeadSpec
+from engine.heads import HeadSpec
 from engine.settings import EngineSettings
 from engine.tokenize import EncodedBatch
 
@@ -33,7 +33,7 @@ def _import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("tensorrt", "python package 'tensorrt' is not installed (pip install 'finpulse[tensorrt]')") from exc
+        raise BackendUnavailable("tensorrt", "python package 'tensorrt' is not installed (pip install 'finpulse[gpu]')") from exc
     import torch
 
     if not torch.cuda.is_available():
@@ -163,7 +163,8 @@ class TensorRTBackend(Backend):
         self._engine = None
 
 
-def _factory(model_dir: Path, settings: EngineSettings) -> Backend:
+def create(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The TensorRT backend on a bundle's serialized engine; ``BackendUnavailable`` without tensorrt or a GPU."""
     model_dir = Path(model_dir)
     if not is_bundle(model_dir):
         raise ModelFormatError(model_dir, "backend 'tensorrt' needs an engine bundle (build one with `finpulse build-engine --tensorrt`)")
@@ -181,12 +182,3 @@ def _factory(model_dir: Path, settings: EngineSettings) -> Backend:
     if built_with and built_with != backend.trt_version:
         log.warning("tensorrt_version_differs", built_with=built_with, running=backend.trt_version)
     return backend
-
-
-def _register() -> None:
-    from engine.runtime import register_backend
-
-    register_backend(TensorRTBackend.name, _factory)
-
-
-_register()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.modeling import LoadedModel
+from engine.bundle import EngineBundle, is_bundle
+from engine.modeling import LoadedModel, load_model
+from engine.settings import EngineSettings
 from engine.tokenize import EncodedBatch
+from finpulse.cpu import usable_cores
 
 
 class TorchCPUBackend(Backend):
@@ -22,7 +25,7 @@ class TorchCPUBackend(Backend):
 
         super().__init__(loaded.heads, max_batch_size, max_seq_len, loaded.model_id)
         self._torch = torch
-        threads = num_threads or os.cpu_count() or 1
+        threads = num_threads or usable_cores()
         torch.set_num_threads(threads)
         self.threads = threads
         self._model = loaded.model.eval().to("cpu")
@@ -35,3 +38,9 @@ class TorchCPUBackend(Backend):
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "threads": self.threads}
+
+
+def create(model_dir: Path, settings: EngineSettings) -> Backend:
+    """The torch backend on a checkpoint directory, or on the checkpoint inside an engine bundle."""
+    checkpoint = EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else model_dir
+    return TorchCPUBackend(load_model(checkpoint), settings.max_batch_size, settings.max_seq_len, settings.num_threads)
