@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import signal
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -20,8 +22,11 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import orjson
 import structlog
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from faust.exceptions import ProducerSendError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from engine.classifier import TextClassifier
 from engine.errors import EngineError
@@ -29,7 +34,7 @@ from engine.heads import SENTIMENT_LABELS
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
 from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ms_to_iso, parse_event
 from stream.settings import StreamSettings
-from stream.windows import ClosedBucket, WindowStore, WindowUpdate, entities_for
+from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -70,6 +75,7 @@ class ProcessorMetrics:
     dead_letters: int = 0
     alerts: int = 0
     infra_retries: int = 0
+    retries_by_op: dict[str, int] = field(default_factory=dict)
     rejections: dict[str, int] = field(default_factory=dict)
     last_batch_ms: float = 0.0
     last_infer_ms: float = 0.0
@@ -103,6 +109,20 @@ class PreparedBatch:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """An infrastructure error worth waiting out: Redis or Kafka unreachable, timing out or still loading.
+
+    Kafka errors count when aiokafka marks them retriable, or are a timeout (what a send to a dead
+    broker ends with); Faust wraps send errors in ``ProducerSendError``, so its cause decides.
+    """
+    if isinstance(exc, ProducerSendError):
+        return exc.__cause__ is not None and is_transient(exc.__cause__)
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
+    # redis-py's BusyLoadingError (a restarted Redis replaying its AOF) is a ConnectionError.
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError, asyncio.TimeoutError, OSError))
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -134,6 +154,11 @@ class BatchProcessor:
         # Every input partition: the low watermark is defined once each has delivered an event.
         self.sources = [f"{settings.input_topic}:{i}" for i in range(settings.partitions)]
         self.topic_labels: tuple[str, ...] | None = tuple(heads["topic"].labels) if "topic" in heads else None
+        # Operations now waiting on an outage, with the last error: /health reports "degraded" while any is.
+        self.degraded: dict[str, str] = {}
+        # The alert stage (judge, send, settle) runs for one caller at a time: a batch or the tick.
+        self._alert_lock = asyncio.Lock()
+        self._fault_hits = 0
 
     # --- the batch ------------------------------------------------------------------------------
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
@@ -146,27 +171,68 @@ class BatchProcessor:
         self.metrics.batches += 1
         self.metrics.received += len(messages)
         max_event, max_text = self.settings.max_event_bytes, self.settings.max_text_bytes
+        # One event from a broken clock (say 2099) would drag the watermark so far ahead that every
+        # normal event after it is late: such timestamps are refused, not counted.
+        horizon_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
         for msg in messages:
             parsed = parse_event(msg.value, max_event, max_text)
             if isinstance(parsed, Rejection):
                 batch.dead.append((msg, parsed.reason, parsed.detail))
+            elif parsed.published_at > horizon_ms:
+                batch.dead.append((msg, "future_timestamp", f"published_at {ms_to_iso(parsed.published_at)} is more than "
+                                   f"{self.settings.max_future_skew_s:g}s ahead of the wall clock"))
             else:
                 batch.events.append(parsed)
                 batch.sources.append(msg)
         return batch
 
     async def infer(self, batch: PreparedBatch) -> PreparedBatch:
-        """Stage 2 (in the inference thread): classify the valid events; an engine refusal dead-letters them."""
+        """Stage 2 (in the inference thread): classify the valid events.
+
+        A batch the engine refuses is bisected until the events it refuses are isolated: only those
+        go to the DLQ (``inference_error``), every other event is scored.
+        """
         if not batch.events:
             return batch
         try:
             batch.probs = await self._classify([e.classify_text for e in batch.events])
+            return batch
         except EngineError as exc:
-            # A batch the engine refuses must not stop the worker or vanish: dead-letter it whole.
-            log.error("inference_failed", error=str(exc), batch=len(batch.events))
-            batch.dead.extend((m, "inference_error", str(exc)[:300]) for m in batch.sources)
-            batch.events, batch.sources = [], []
+            first_error = str(exc)[:300]
+            log.warning("inference_failed_bisecting", error=first_error, batch=len(batch.events))
+        good: list[int] = []
+        parts: dict[int, dict[str, np.ndarray]] = {}
+        idx = list(range(len(batch.events)))
+        if len(idx) == 1:
+            batch.dead.append((batch.sources[0], "inference_error", first_error))
+        else:  # the whole batch already failed: go straight to its halves
+            await self._bisect(batch, idx[: len(idx) // 2], good, parts)
+            await self._bisect(batch, idx[len(idx) // 2 :], good, parts)
+        keep = sorted(good)
+        if keep:
+            heads = next(iter(parts.values())).keys()
+            order = sorted(parts)
+            batch.probs = {h: np.concatenate([parts[k][h] for k in order], axis=0) for h in heads}
+        batch.events = [batch.events[i] for i in keep]
+        batch.sources = [batch.sources[i] for i in keep]
         return batch
+
+    async def _bisect(self, batch: PreparedBatch, idx: list[int], good: list[int], parts: dict[int, dict[str, np.ndarray]]) -> None:
+        """Classify ``idx``; on refusal split it in two, down to single events that go to the DLQ."""
+        try:
+            out = await self._classify([batch.events[i].classify_text for i in idx])
+        except EngineError as exc:
+            if len(idx) == 1:
+                log.error("inference_error", error=str(exc)[:300], topic=batch.sources[idx[0]].topic,
+                          partition=batch.sources[idx[0]].partition, offset=batch.sources[idx[0]].offset)
+                batch.dead.append((batch.sources[idx[0]], "inference_error", str(exc)[:300]))
+                return
+            mid = len(idx) // 2
+            await self._bisect(batch, idx[:mid], good, parts)
+            await self._bisect(batch, idx[mid:], good, parts)
+            return
+        good.extend(idx)
+        parts[idx[0]] = out
 
     async def commit(self, batch: PreparedBatch) -> BatchResult:
         """Stage 3: count in Redis, then send scored records and judge closed buckets concurrently.
@@ -192,10 +258,11 @@ class BatchProcessor:
                     for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
                 ]
                 applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+                self.fault_point("after_redis_apply")
                 statuses = applied.statuses
                 _, alerts = await asyncio.gather(
                     self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses),
-                    self._evaluate_alerts(applied.closed),
+                    self._judge_closed(applied.closed),
                 )
                 for st in statuses:
                     setattr(self.metrics, st, getattr(self.metrics, st) + 1)
@@ -271,57 +338,112 @@ class BatchProcessor:
             records.append((e.id.encode(), orjson.dumps(doc)))
         await self._retry("kafka_scored", lambda: self.sink.send_scored(records))
 
-    async def _evaluate_alerts(self, closed: Sequence[ClosedBucket]) -> list[Alert]:
-        """Run the rule once per (entity, bucket) that event time has just closed, oldest first.
+    async def tick(self) -> list[Alert]:
+        """Close buckets without new input: by the wall clock (live mode) and for judges that died
+        (their leases ran out). Called periodically by the worker; safe alongside batch commits."""
+        applied = await self._retry("redis_tick", lambda: self.store.apply([], self.sources))
+        return await self._judge_closed(applied.closed)
 
-        Which buckets close depends only on event time, not on how events were batched, so a
-        replay evaluates the same windows with the same counts and raises the same alerts.
+    async def _judge_closed(self, closed: Sequence[ClosedBucket]) -> list[Alert]:
+        """Judge the buckets leased to us, oldest first, send their alerts, then settle them.
+
+        Which buckets close depends only on event time in replay mode, not on how events were
+        batched, so a replay evaluates the same windows with the same counts and raises the same
+        alerts. The buckets leave Redis's pending set, and cooldowns move, only after Kafka has
+        acknowledged the alerts: a crash in between re-offers them later (same alert ids).
         """
         if not closed:
             return []
         s = self.settings
-        queries = [(c.kind, c.name, c.end_s) for c in closed]
-        sums = await self._retry("redis_sums", lambda: self.store.window_sums(queries, s.alert_window_seconds, s.alert_baseline_seconds, self.params.min_count, self.params.floor))
-        alerts: list[Alert] = []
-        for c, w in zip(closed, sums):
-            if w.baseline_n < 0:  # the recent window already fails the count or floor check
-                continue
-            d = evaluate_surge(w.recent_n, w.recent_neg, w.baseline_n, w.baseline_neg, self.params)
-            if not d.fire:
-                continue
-            start_ms, end_ms = (c.end_s - s.alert_window_seconds) * 1000, c.end_s * 1000
-            claimed = await self._retry("redis_claim", lambda: self.store.claim_alert(RULE_NAME, c.kind, c.name, end_ms, s.alert_cooldown_seconds))
-            if not claimed:
-                continue
-            examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s, s.alert_window_seconds))
-            alerts.append(Alert(
-                id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms), rule=RULE_NAME, entity_kind=c.kind, entity=c.name,
-                window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),
-                observed_share=round(d.share, 4), baseline_share=round(d.baseline_share, 4), count=w.recent_n, negative=w.recent_neg,
-                baseline_count=w.baseline_n, z=round(d.z, 3), ratio=round(d.ratio, 3), severity=d.severity,
-                example_event_ids=examples[:3], model_id=self.model_id, raised_at=_now_iso(),
-            ))
-        if alerts:
-            records = [(f"{a.entity_kind}:{a.entity}".encode(), orjson.dumps(a.model_dump())) for a in alerts]
-            await self._retry("kafka_alerts", lambda: self.sink.send_alerts(records))
-            for a in alerts:
-                log.info("alert_raised", alert_id=a.id, entity_kind=a.entity_kind, entity=a.entity, share=a.observed_share,
-                         baseline=a.baseline_share, count=a.count, severity=a.severity, window_end=a.window_end_iso)
-            self.metrics.alerts += len(alerts)
+        async with self._alert_lock:
+            queries = [(c.kind, c.name, c.end_s) for c in closed]
+            sums: list[WindowSums] = await self._retry("redis_sums", lambda: self.store.window_sums(
+                queries, s.alert_window_seconds, s.alert_baseline_seconds, self.params.min_count, self.params.floor, RULE_NAME))
+            cooldown_ms = s.alert_cooldown_seconds * 1000
+            last_end: dict[tuple[str, str], int] = {}
+            alerts: list[Alert] = []
+            for c, w in zip(closed, sums):
+                ent = (c.kind, c.name)
+                last = max(last_end.get(ent, -1), w.last_alert_end_ms)
+                if w.baseline_n < 0:  # the recent window already fails the count or floor check
+                    continue
+                d = evaluate_surge(w.recent_n, w.recent_neg, w.baseline_n, w.baseline_neg, self.params)
+                if not d.fire:
+                    continue
+                start_ms, end_ms = (c.end_s - s.alert_window_seconds) * 1000, c.end_s * 1000
+                # Event-time cooldown per (rule, entity); a bucket judged again after a crash finds its
+                # own settled alert here (end_ms - last == 0) and is not repeated.
+                if last >= 0 and end_ms - last < cooldown_ms:
+                    continue
+                last_end[ent] = end_ms
+                examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s, s.alert_window_seconds))
+                alerts.append(Alert(
+                    id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms), rule=RULE_NAME, entity_kind=c.kind, entity=c.name,
+                    window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),
+                    observed_share=round(d.share, 4), baseline_share=round(d.baseline_share, 4), count=w.recent_n, negative=w.recent_neg,
+                    baseline_count=w.baseline_n, z=round(d.z, 3), ratio=round(d.ratio, 3), severity=d.severity,
+                    example_event_ids=examples[:3], model_id=self.model_id, raised_at=_now_iso(),
+                ))
+            if alerts:
+                records = [(f"{a.entity_kind}:{a.entity}".encode(), orjson.dumps(a.model_dump())) for a in alerts]
+                await self._retry("kafka_alerts", lambda: self.sink.send_alerts(records))
+                self.fault_point("after_alert_send")
+            await self._retry("redis_settle", lambda: self.store.settle(
+                closed, [(RULE_NAME, a.entity_kind, a.entity, a.window_end) for a in alerts]))
+        for a in alerts:
+            log.info("alert_raised", alert_id=a.id, entity_kind=a.entity_kind, entity=a.entity, share=a.observed_share,
+                     baseline=a.baseline_share, count=a.count, severity=a.severity, window_end=a.window_end_iso)
+        self.metrics.alerts += len(alerts)
         return alerts
 
     # --- resilience ----------------------------------------------------------------------------------
     async def _retry(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
-        """Retry transient infrastructure errors forever with capped backoff: waiting is backpressure, dropping is loss."""
-        delay = 0.2
-        while True:
-            try:
-                return await op()
-            except (RedisConnectionError, RedisTimeoutError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
-                self.metrics.infra_retries += 1
-                log.warning("infra_retry", op=what, error=type(exc).__name__, detail=str(exc)[:200], retry_in_s=round(delay, 2))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.infra_retry_max_seconds)
+        """Retry transient infrastructure errors forever, with capped exponential backoff and jitter.
+
+        Waiting is the backpressure (the pipeline stops taking batches while a commit waits);
+        dropping would be loss. While an operation waits, /health says "degraded" and why.
+        """
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.metrics.infra_retries += 1
+            self.metrics.retries_by_op[what] = self.metrics.retries_by_op.get(what, 0) + 1
+            self.degraded[what] = f"{type(exc).__name__}: {str(exc)[:160]}"
+            log.warning("infra_retry", op=what, error=type(exc).__name__, detail=str(exc)[:200], attempt=state.attempt_number,
+                        retry_in_s=round(state.next_action.sleep, 2) if state.next_action else None)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_random_exponential(multiplier=0.2, max=self.settings.infra_retry_max_seconds),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await op()
+        finally:
+            if self.degraded.pop(what, None) is not None:
+                log.info("infra_recovered", op=what)
+        return result
+
+    def health_state(self) -> tuple[str, list[str]]:
+        """("ok" | "degraded", reasons): degraded while any Redis or Kafka operation is waiting on an outage."""
+        reasons = [f"{op} retrying: {why}" for op, why in sorted(self.degraded.items())]
+        return ("degraded" if reasons else "ok"), reasons
+
+    def fault_point(self, point: str) -> None:
+        """Fault injection for the fault suite: SIGKILL this process the Nth time ``point`` is reached.
+
+        Off unless ``FINPULSE_FAULT_CRASH_POINT`` names the point; a kill -9 at an exact spot that a
+        test cannot otherwise hit reliably (say between the Redis call and the alert send).
+        """
+        if self.settings.fault_crash_point != point:
+            return
+        self._fault_hits += 1
+        if self._fault_hits >= self.settings.fault_crash_after:
+            log.warning("fault_injected_crash", point=point, hit=self._fault_hits)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class BatchPipeline:
@@ -363,6 +485,7 @@ class BatchPipeline:
             infer.cancel()
             raise
         result = await self.processor.commit(batch)
+        self.processor.fault_point("before_ack")
         await on_committed(result)
         return result
 
@@ -389,7 +512,3 @@ class BatchPipeline:
         for t in done:
             if not t.cancelled() and t.exception() is not None:
                 log.error("pipeline_batch_failed", error=repr(t.exception())[:300])
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._inflight)

@@ -44,9 +44,10 @@ class MemoryStore:
         self.seen: set[str] = set()
         self.updates: list[WindowUpdate] = []
         self.pending: set[tuple[str, str, int]] = set()
+        self.cooldown: dict[tuple[str, str], int] = {}
         self.fail_next = 0
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> ApplyResult:
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None) -> ApplyResult:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
@@ -62,9 +63,14 @@ class MemoryStore:
                     if u.sentiment == 0:
                         self.pending.add((kind, name, bucket_start(u.ts_ms, self.BUCKET) + self.BUCKET))
         wm_s = max(u.ts_ms for u in self.updates) // 1000 if self.updates else 0
+        # Closed buckets stay pending until settled (like the Redis store; no leases here).
         closed = sorted((c for c in self.pending if c[2] <= wm_s), key=lambda c: (c[2], c[0], c[1]))
-        self.pending -= set(closed)
         return ApplyResult(out, [ClosedBucket(*c) for c in closed])
+
+    async def settle(self, judged: Sequence[ClosedBucket], cooldowns: Sequence[tuple[str, str, str, int]]) -> None:
+        self.pending -= {(c.kind, c.name, c.end_s) for c in judged}
+        for rule, kind, name, end_ms in cooldowns:
+            self.cooldown[(kind, name)] = max(self.cooldown.get((kind, name), -1), end_ms)
 
     async def examples(self, kind: str, name: str, end_s: int, window_s: int) -> list[str]:
         return [u.event_id for u in self.updates if (kind, name) in u.entities and u.sentiment == 0
@@ -73,16 +79,14 @@ class MemoryStore:
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
 
-    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int, min_count: int = 0, floor: float = 0.0) -> list[WindowSums]:
+    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int, min_count: int = 0,
+                          floor: float = 0.0, rule: str = "") -> list[WindowSums]:
         out = []
         for kind, name, end_s in queries:
             ent = (kind, name)
             rec = [u for u in self.updates if ent in u.entities and end_s - recent_s <= u.ts_ms // 1000 < end_s]
-            out.append(WindowSums(len(rec), sum(1 for u in rec if u.sentiment == 0), 0, 0))
+            out.append(WindowSums(len(rec), sum(1 for u in rec if u.sentiment == 0), 0, 0, self.cooldown.get(ent, -1)))
         return out
-
-    async def claim_alert(self, *args: Any) -> bool:
-        return True
 
 
 def msg(value: bytes | None, offset: int) -> RawMessage:
@@ -139,6 +143,103 @@ async def test_engine_failure_dead_letters_the_batch(processor: tuple[BatchProce
     assert not store.updates
 
 
+async def test_poison_event_is_bisected_out(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the events the engine refuses go to the DLQ; the rest of their batch is scored."""
+    p, store, sink = processor
+    orig = p.classifier.classify
+    calls: list[int] = []
+
+    def picky(texts: list[str]) -> dict[str, np.ndarray]:
+        calls.append(len(texts))
+        if any("POISON" in t for t in texts):
+            raise InferenceOutputError("backend choked on this input")
+        return orig(texts)
+
+    monkeypatch.setattr(p.classifier, "classify", picky)
+    msgs = [msg(good(i, "$AAPL POISON" if i in (3, 11) else f"$AAPL fine {i}"), i) for i in range(16)]
+    res = await p.process(msgs)
+    assert res.scored == 14 and res.dead_letters == 2
+    dead = [orjson.loads(v) for _, v in sink.dlq]
+    assert sorted(d["offset"] for d in dead) == [3, 11] and {d["reason"] for d in dead} == {"inference_error"}
+    scored = [orjson.loads(v) for _, v in sink.scored]
+    assert [d["id"] for d in scored] == [f"e{i}" for i in range(16) if i not in (3, 11)]
+    # Each scored record carries the probabilities of its own text, in input order.
+    ref = orig([f"$AAPL fine {i}" for i in range(16) if i not in (3, 11)])["sentiment"]
+    got = np.array([[d["sentiment"]["probs"][k] for k in ("negative", "neutral", "positive")] for d in scored])
+    assert np.allclose(got, ref, atol=1e-5)
+    assert len(calls) < 16  # bisection, not one call per event
+
+
+async def test_future_timestamp_goes_to_dlq(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+    p, store, sink = processor
+    future = orjson.dumps({"id": "f1", "text": "$AAPL from a broken clock", "published_at": "2099-01-01T00:00:00Z"})
+    res = await p.process([msg(future, 0), msg(good(1), 1)])
+    assert res.scored == 1 and [orjson.loads(v)["reason"] for _, v in sink.dlq] == ["future_timestamp"]
+    assert [u.event_id for u in store.updates] == ["e1"]
+
+
+async def test_alert_stays_pending_until_kafka_acknowledges(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed alert send leaves the bucket pending and the cooldown unset: it is judged again, same id."""
+    p, store, sink = processor
+    orig = p.classifier.classify
+
+    def all_negative(texts: list[str]) -> dict[str, np.ndarray]:
+        out = orig(texts)
+        out["sentiment"] = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (len(texts), 1))
+        return out
+
+    monkeypatch.setattr(p.classifier, "classify", all_negative)
+    await p.process([msg(good(i, "$ZZQX collapses"), i) for i in range(8)])
+    real_send = sink.send_alerts
+
+    async def broken(records: Sequence[tuple[bytes, bytes]]) -> None:
+        raise RuntimeError("process died here")
+
+    sink.send_alerts = broken  # type: ignore[method-assign]
+    later = orjson.dumps({"id": "later", "text": "$OTHER flat", "published_at": 1398902400000 + 180_000})
+    with pytest.raises(RuntimeError):
+        await p.process([msg(later, 99)])
+    assert any(k == "ticker" and n == "ZZQX" for k, n, _ in store.pending)
+    assert not store.cooldown
+    sink.send_alerts = real_send  # type: ignore[method-assign]
+    first = await p.tick()
+    again = await p.tick()
+    assert [a.entity for a in first if a.entity_kind == "ticker"] == ["ZZQX"] and not again
+    assert not any(n == "ZZQX" for _, n, _ in store.pending) and store.cooldown[("ticker", "ZZQX")] > 0
+
+
+async def test_outage_marks_health_degraded_while_waiting(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+    p, store, sink = processor
+    p.settings = p.settings.model_copy(update={"infra_retry_max_seconds": 0.2})
+    store.fail_next = 10**6
+    task = asyncio.ensure_future(p.process([msg(good(1), 0)]))
+    await asyncio.sleep(0.5)
+    status, reasons = p.health_state()
+    assert status == "degraded" and any("redis_apply" in r for r in reasons)
+    assert not task.done()  # waiting (backpressure), not dropping
+    store.fail_next = 0
+    await asyncio.wait_for(task, 5)
+    assert p.health_state() == ("ok", []) and len(store.updates) == 1
+    assert p.metrics.retries_by_op["redis_apply"] == p.metrics.infra_retries > 0
+
+
+def test_transient_errors_are_told_apart() -> None:
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+    from faust.exceptions import ProducerSendError
+    from redis.exceptions import BusyLoadingError, ResponseError
+
+    from stream.processor import is_transient
+
+    assert is_transient(KafkaTimeoutError()) and is_transient(KafkaConnectionError())
+    try:
+        raise ProducerSendError("send failed") from KafkaConnectionError()
+    except ProducerSendError as exc:
+        assert is_transient(exc)
+    assert is_transient(BusyLoadingError("LOADING")) and is_transient(ConnectionRefusedError())
+    assert not is_transient(MessageSizeTooLargeError()) and not is_transient(ResponseError("WRONGTYPE"))
+    assert not is_transient(ValueError("a bug"))
+
+
 async def test_negative_burst_raises_one_alert_per_entity(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
     p, store, sink = processor
     orig = p.classifier.classify
@@ -169,7 +270,7 @@ class SlowStore(MemoryStore):
         self.trace = trace
         self.fail_ids: set[str] = set()
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = ()) -> ApplyResult:
+    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None) -> ApplyResult:
         first = updates[0].event_id
         if first in self.fail_ids:
             raise RuntimeError(f"bug while counting {first}")

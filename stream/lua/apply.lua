@@ -1,0 +1,194 @@
+-- Count one micro-batch in event-time windows, then hand out the (entity, bucket)s that are ready
+-- to be judged by the alert rule. One atomic call per batch (also called with no events by the
+-- worker's periodic tick, so buckets close and abandoned ones are re-offered without new input).
+--
+-- ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s,
+--       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms
+-- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source], ...]
+-- sources_json: every input partition ("topic:partition") of the stream.
+--
+-- Low watermark: the minimum over input partitions of the newest event time counted from each.
+-- Each partition is read in order, so an ordered replay is never late however partitions interleave.
+--   replay mode: pure event time. Until every partition has delivered, the low watermark is
+--     undefined (nothing is late; buckets close at the newest event time minus the lateness).
+--   live mode: a partition that has delivered nothing for idle_ms of wall-clock time (or never
+--     delivered) stops holding the watermark back, as Flink's withIdleness does; it rejoins when it
+--     delivers again. When every partition is idle the newest partition time is used. A bucket also
+--     closes once the wall clock has passed its end by close_delay_ms, so the last surge before a
+--     quiet spell is judged.
+--
+-- Alert hand-off (at least once): an (entity, bucket) that received a negative event is queued in
+-- the pending set. Once closed it is *leased* to the caller for lease_ms, not removed: it leaves
+-- the pending set only in settle.lua, after its alert (if any) was acknowledged by Kafka. A caller
+-- that dies leaves the lease to expire and the bucket is offered again (same deterministic alert
+-- id). Per entity, buckets are offered strictly oldest first: while an older bucket of an entity is
+-- leased, its newer buckets wait, so cooldowns are decided in the same order as without a crash.
+-- (The ordered set is sorted by bucket end, then member, so an entity's buckets come in time order.)
+--
+-- Returns {statuses (0 counted, 1 duplicate, 2 late), offered ("kind|name|bucket_end_s", oldest first)}.
+local p = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local lateness = tonumber(ARGV[3])
+local events = cjson.decode(ARGV[4])
+local sources = cjson.decode(ARGV[5])
+local bucket_s = tonumber(ARGV[6])
+local now = tonumber(ARGV[7])
+local live = ARGV[8] == 'live'
+local idle_ms = tonumber(ARGV[9])
+local close_delay = tonumber(ARGV[10])
+local lease_ms = tonumber(ARGV[11])
+local pending_key, lease_key, redo_key = p .. ':pending', p .. ':lease', p .. ':redo'
+local fields = {'neg', 'neu', 'pos'}
+local wm_key, wmp_key, wmt_key = p .. ':wm', p .. ':wmp', p .. ':wmt'
+local wm0 = tonumber(redis.call('GET', wm_key) or '-1')
+local wm = wm0
+local pw, pt = {}, {}
+local flat = redis.call('HGETALL', wmp_key)
+for i = 1, #flat, 2 do pw[flat[i]] = tonumber(flat[i + 1]) end
+if live then
+  flat = redis.call('HGETALL', wmt_key)
+  for i = 1, #flat, 2 do pt[flat[i]] = tonumber(flat[i + 1]) end
+end
+local changed = {}
+local touched = {}
+
+local function low_watermark()
+  local m, newest = nil, nil
+  for _, src in ipairs(sources) do
+    local v = pw[src]
+    if live then
+      if v ~= nil then
+        if newest == nil or v > newest then newest = v end
+        if pt[src] ~= nil and pt[src] >= now - idle_ms and (m == nil or v < m) then m = v end
+      end
+    else
+      if v == nil then return nil end
+      if m == nil or v < m then m = v end
+    end
+  end
+  if live and m == nil then return newest end
+  return m
+end
+
+-- A partition that delivers anything (even duplicates) is active: its wall-clock time is noted first.
+if live then
+  for _, e in ipairs(events) do
+    local src = e[7]
+    if pt[src] ~= now then pt[src] = now; touched[src] = true end
+  end
+end
+
+-- Writes are gathered per key and flushed once per batch (one HINCRBY per key and field, one
+-- EXPIRE per key): the same totals as event-by-event writes in a fraction of the Redis commands.
+local incr, incr_order = {}, {}
+local function add(key, f, d)
+  local h = incr[key]
+  if h == nil then h = {}; incr[key] = h; table.insert(incr_order, key) end
+  h[f] = (h[f] or 0) + d
+end
+local ent_ts, ent_order = {}, {}
+local pend, pend_order = {}, {}
+local ex, ex_order = {}, {}
+local counted, late = 0, 0
+local status = {}
+for i, e in ipairs(events) do
+  local id, ts, bucket, cls, score, ents, src = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local low = low_watermark()
+  if not redis.call('SET', p .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
+    status[i] = 1
+  elseif low ~= nil and ts < low - lateness then
+    status[i] = 2
+    late = late + 1
+  else
+    status[i] = 0
+    counted = counted + 1
+    if ts > wm then wm = ts end
+    if pw[src] == nil or ts > pw[src] then pw[src] = ts; changed[src] = true end
+    local f = fields[cls]
+    for _, ent in ipairs(ents) do
+      local kind, name = ent[1], ent[2]
+      local bk = p .. ':b:' .. kind .. ':' .. name .. ':' .. bucket
+      add(bk, f, 1); add(bk, 'n', 1); add(bk, 'ssum', score)
+      local tk = p .. ':tot:' .. kind .. ':' .. name
+      add(tk, f, 1); add(tk, 'n', 1); add(tk, 'ssum', score)
+      local ek = kind .. '\0' .. name
+      local prev = ent_ts[ek]
+      if prev == nil then table.insert(ent_order, {kind, name, ek}) end
+      if prev == nil or ts > prev then ent_ts[ek] = ts end
+      if cls == 1 then
+        -- Only a bucket that received negative events can start a surge: only those are judged.
+        local member = kind .. '|' .. name .. '|' .. string.format('%d', bucket + bucket_s)
+        if pend[member] == nil then pend[member] = bucket + bucket_s; table.insert(pend_order, member) end
+        local xk = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
+        local l = ex[xk]
+        if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
+        if #l < 3 then table.insert(l, id) end
+      end
+    end
+  end
+end
+for _, key in ipairs(incr_order) do
+  local h = incr[key]
+  for _, f in ipairs({'neg', 'neu', 'pos', 'n', 'ssum'}) do
+    if h[f] ~= nil then redis.call('HINCRBY', key, f, string.format('%d', h[f])) end
+  end
+  redis.call('EXPIRE', key, ttl)
+end
+local ent_kinds = {}
+for _, t in ipairs(ent_order) do
+  local zk = p .. ':ent:' .. t[1]
+  redis.call('ZADD', zk, 'GT', string.format('%d', ent_ts[t[3]]), t[2])
+  ent_kinds[zk] = true
+end
+for zk, _ in pairs(ent_kinds) do redis.call('EXPIRE', zk, ttl) end
+for _, member in ipairs(pend_order) do
+  -- A bucket being judged right now that receives more negatives is judged again after it settles.
+  if redis.call('ZSCORE', lease_key, member) then redis.call('SADD', redo_key, member) end
+  redis.call('ZADD', pending_key, 'NX', pend[member], member)
+end
+if #pend_order > 0 then redis.call('EXPIRE', pending_key, ttl) end
+for _, xk in ipairs(ex_order) do
+  local have = redis.call('LLEN', xk)
+  local ids = ex[xk]
+  for j = 1, math.min(#ids, 3 - have) do redis.call('RPUSH', xk, ids[j]) end
+  redis.call('EXPIRE', xk, ttl)
+end
+if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
+for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
+for src, _ in pairs(touched) do redis.call('HSET', wmt_key, src, string.format('%d', pt[src])) end
+if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
+if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
+
+-- Which buckets have closed, and which of them may be handed to this caller now.
+local close_ms = low_watermark()
+if close_ms == nil and wm >= 0 then close_ms = wm - lateness end
+if live and (close_ms == nil or now - close_delay > close_ms) then close_ms = now - close_delay end
+local offered = {}
+if close_ms ~= nil then
+  local close_s = math.floor(close_ms / 1000)
+  local ready = redis.call('ZRANGEBYSCORE', pending_key, '-inf', close_s, 'WITHSCORES')
+  local blocked = {}
+  local claims = {}
+  for i = 1, #ready, 2 do
+    local member = ready[i]
+    local entity = string.match(member, '^(.*)|[^|]*$')
+    if not blocked[entity] then
+      local until_ms = tonumber(redis.call('ZSCORE', lease_key, member) or '-1')
+      if until_ms > now then
+        blocked[entity] = true  -- an older bucket of this entity is being judged elsewhere
+      else
+        -- Every ready bucket of an entity goes to the same caller, oldest first, and is judged in
+        -- that order; another caller finds them leased and leaves the entity alone.
+        table.insert(offered, member)
+        table.insert(claims, string.format('%d', now + lease_ms))
+        table.insert(claims, member)
+      end
+    end
+  end
+  -- In chunks: unpack() of a very long table overflows Lua's C stack.
+  for c = 1, #claims, 2000 do
+    redis.call('ZADD', lease_key, unpack(claims, c, math.min(c + 1999, #claims)))
+  end
+  if #claims > 0 then redis.call('EXPIRE', lease_key, ttl) end
+end
+return {status, offered}
