@@ -39,6 +39,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "dlq_topic": "finpulse.demo.dlq",
     "consumer_group": "finpulse-demo",
     "redis_prefix": "finpulse:demo",
+    # A historical replay: pure event time (no idleness, no wall-clock closing), so the same slice
+    # raises the same alerts however the worker batches it.
+    "time_mode": "replay",
     "bucket_seconds": 3600,
     "alert_window_seconds": 6 * 3600,
     "alert_baseline_seconds": 72 * 3600,

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-from stream.events import parse_event_time
+from stream.events import parse_event_time, parse_scored
 from stream.topics import delete_topics, ensure_topics
 from stream.cli.replay import produce, read_events
 from stream.settings import StreamSettings
@@ -50,7 +50,10 @@ def _stream_file(settings: StreamSettings) -> Path:
 
 
 async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[str, list[Any]]:
-    """Read scored, DLQ and alert topics from the start until ``want`` scored+DLQ records arrived."""
+    """Read scored, DLQ and alert topics from the start until ``want`` scored+DLQ records arrived.
+
+    Scored records come back as ``ScoredEvent`` (parsed with the worker's own model), the others as dicts.
+    """
     consumer = AIOKafkaConsumer(settings.scored_topic, settings.dlq_topic, settings.alerts_topic,
                                 bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
@@ -61,25 +64,13 @@ async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[st
             batch = await consumer.getmany(timeout_ms=500)
             for tp, msgs in batch.items():
                 key = {settings.scored_topic: "scored", settings.dlq_topic: "dlq", settings.alerts_topic: "alerts"}[tp.topic]
-                out[key].extend(orjson.loads(m.value) for m in msgs)
+                parse = parse_scored if key == "scored" else orjson.loads
+                out[key].extend(parse(m.value) for m in msgs)
             if len(out["scored"]) + len(out["dlq"]) >= want and not batch:
                 break
     finally:
         await consumer.stop()
     return out
-
-
-async def _send_to_each_partition(settings: StreamSettings, events: list[dict[str, Any]]) -> None:
-    """Event i goes to partition i (so every partition's event time advances)."""
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        for i, ev in enumerate(events):
-            await producer.send_and_wait(settings.input_topic, orjson.dumps(ev), key=ev["id"].encode(), partition=i)
-    finally:
-        await producer.stop()
 
 
 async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
@@ -99,24 +90,26 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
     s = isolated_settings.model_copy(update={
         "bucket_seconds": 60, "alert_window_seconds": 900, "alert_baseline_seconds": 3 * 3600,
         "alert_min_count": 5, "allowed_lateness_seconds": 3600, "max_batch_size": 32, "max_wait_ms": 100,
+        "time_mode": "replay",
     })
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=32)
     events = read_events(_stream_file(s), since="2014-05-01T00:00:00Z", limit=SAMPLE)
     assert len(events) == SAMPLE
-    last_ms = max(parse_event_time(e["published_at"]) for e in events)
+    times = sorted(parse_event_time(e["published_at"]) for e in events)
+    # The burst sits inside the replayed span, two thirds of the way in: the real events after it
+    # move event time on, on every partition, and so close its buckets (replay mode: event time only).
+    burst_ms = times[2 * SAMPLE // 3]
     burst = [
-        {"id": f"burst-{i}", "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}", "published_at": last_ms + 60_000 + i * 5_000, "source": "news"}
+        {"id": f"burst-{i}", "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}", "published_at": burst_ms + i * 5_000, "source": "news"}
         for i in range(12)
     ]
+    assert sum(1 for t in times if t > burst_ms + 2 * 3600_000) >= 20
     # Precondition, checked rather than assumed: the test model reads the burst as negative.
     clf = load_classifier(engine, keyword_model_dir)
     assert (clf.classify([b["text"] for b in burst])["sentiment"].argmax(axis=1) == 0).all()
 
-    # Event time moves on afterwards on every partition, which closes the burst's buckets.
-    ticks = [{"id": f"tick-{p}", "text": "Markets quiet ahead of the open", "published_at": last_ms + 2 * 3600_000, "source": "news"}
-             for p in range(s.partitions)]
-    valid = events + burst + ticks
-    inputs: list[Any] = list(events + burst)
+    valid = sorted(events + burst, key=lambda e: parse_event_time(e["published_at"]))
+    inputs: list[Any] = list(valid)
     for i, (raw, _) in enumerate(BAD_INPUTS):
         inputs.insert(50 + i * 37, raw)
 
@@ -128,16 +121,15 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         health = await asyncio.to_thread(wait_worker_ready, proc, s.worker_web_port, log_path, 180)
         assert health["engine"]["backend"] == "torch"
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
-        await _send_to_each_partition(s, ticks)
-        out = await _drain(s, len(inputs) + len(ticks), timeout=240)
+        out = await _drain(s, len(inputs), timeout=240)
 
         # 1. every valid input scored exactly once, every bad one dead-lettered with reason and bytes
-        scored_ids = Counter(e["id"] for e in out["scored"])
+        scored_ids = Counter(e.id for e in out["scored"])
         assert set(scored_ids) == {str(e["id"]) for e in valid}
         assert all(c == 1 for c in scored_ids.values())
         for e in out["scored"]:
-            assert abs(sum(e["sentiment"]["probs"].values()) - 1) < 1e-4
-            assert e["score"] == pytest.approx(e["sentiment"]["probs"]["positive"] - e["sentiment"]["probs"]["negative"], abs=1e-6)
+            assert abs(sum(e.sentiment.probs.values()) - 1) < 1e-4
+            assert e.score == pytest.approx(e.sentiment.probs["positive"] - e.sentiment.probs["negative"], abs=1e-6)
         assert sorted(d["reason"] for d in out["dlq"]) == sorted(reason for _, reason in BAD_INPUTS)
         assert sorted(base64.b64decode(d["value_b64"]) for d in out["dlq"]) == sorted(raw for raw, _ in BAD_INPUTS)
         assert all(d["topic"] == s.input_topic and d["offset"] >= 0 for d in out["dlq"])
@@ -145,16 +137,17 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         # 2. Redis windows equal an independent count over the scored events
         expected: Counter[tuple[str, int, str]] = Counter()
         for e in out["scored"]:
-            if e["window_status"] != "counted":
+            if e.window_status != "counted":
                 continue
-            b = bucket_start(e["published_at"], s.bucket_seconds)
-            field = SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e["sentiment"]["label"])]
-            for t in e["tickers"]:
+            assert e.topic is not None
+            b = bucket_start(e.published_at, s.bucket_seconds)
+            field = SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e.sentiment.label)]
+            for t in e.tickers:
                 expected[(f"ticker:{t}", b, field)] += 1
                 expected[(f"ticker:{t}", b, "n")] += 1
-            expected[(f"topic:{e['topic']['label']}", b, field)] += 1
-            expected[(f"topic:{e['topic']['label']}", b, "n")] += 1
-        assert sum(1 for e in out["scored"] if e["window_status"] == "counted") >= len(valid) * 0.9
+            expected[(f"topic:{e.topic.label}", b, field)] += 1
+            expected[(f"topic:{e.topic.label}", b, "n")] += 1
+        assert sum(1 for e in out["scored"] if e.window_status == "counted") >= len(valid) * 0.9
 
         async def redis_counts() -> Counter[tuple[str, int, str]]:
             got: Counter[tuple[str, int, str]] = Counter()
@@ -178,10 +171,9 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         # 4. replaying the same events changes nothing in Redis
         before = await _snapshot(r, s.redis_prefix)
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
-        await _send_to_each_partition(s, ticks)
-        again = await _drain(s, 2 * (len(inputs) + len(ticks)), timeout=240)
+        again = await _drain(s, 2 * len(inputs), timeout=240)
         assert len(again["scored"]) == 2 * len(valid)
-        second_pass = Counter(e["window_status"] for e in again["scored"]) - Counter(e["window_status"] for e in out["scored"])
+        second_pass = Counter(e.window_status for e in again["scored"]) - Counter(e.window_status for e in out["scored"])
         assert second_pass == Counter({"duplicate": len(valid)})
         assert await _snapshot(r, s.redis_prefix) == before
         assert len([x for x in again["alerts"] if x["entity"] == BURST_TICKER]) == len(burst_alerts)
@@ -213,15 +205,15 @@ async def test_two_workers_share_one_truth(isolated_settings: StreamSettings, ke
             await asyncio.to_thread(wait_worker_ready, p, port, log_path, 180)
         await produce(s.kafka_bootstrap, s.input_topic, events)
         out = await _drain(s, len(events), timeout=240)
-        assert {e["id"] for e in out["scored"]} == {str(e["id"]) for e in events}
-        counted = [e for e in out["scored"] if e["window_status"] == "counted"]
+        assert {e.id for e in out["scored"]} == {str(e["id"]) for e in events}
+        counted = [e for e in out["scored"] if e.window_status == "counted"]
         # At least once: a rebalance may re-deliver, but an id is counted once, never twice.
-        assert sorted(e["id"] for e in counted) == sorted({e["id"] for e in counted})
+        assert sorted(e.id for e in counted) == sorted({e.id for e in counted})
         r = Redis.from_url(s.redis_url)
         try:
-            for t in {t for e in counted for t in e["tickers"]}:
+            for t in {t for e in counted for t in e.tickers}:
                 total = await r.hgetall(f"{s.redis_prefix}:tot:ticker:{t}")
-                want = Counter(SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e["sentiment"]["label"])] for e in counted if t in e["tickers"])
+                want = Counter(SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e.sentiment.label)] for e in counted if t in e.tickers)
                 assert {k.decode(): int(v) for k, v in total.items() if k != b"ssum"} == {**want, "n": sum(want.values())}
         finally:
             await r.aclose()
