@@ -21,6 +21,7 @@ import click
 import orjson
 
 from bench.common import machine_info, now_iso, stream_texts
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 
 
 async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, Any]], model_dir: Path, pad_to_max: bool = False) -> dict[str, Any]:
@@ -56,7 +57,7 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
     try:
         async for msg in consumer:
             ev = orjson.loads(msg.value)
-            enc = tok(ev["text"], padding="max_length" if pad_to_max else False, truncation=True, max_length=128, return_tensors="pt")
+            enc = tok(ev["text"], padding="max_length" if pad_to_max else False, truncation=True, max_length=DEFAULT_MAX_SEQ_LEN, return_tensors="pt")
             with torch.inference_mode():
                 logits = model(enc["input_ids"], enc["attention_mask"])[0]
             label = labels[int(torch.softmax(logits, -1).argmax())]
@@ -77,7 +78,7 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
         await admin.delete_topics([topic])
         await admin.close()
     return {"events": done, "seconds": round(elapsed, 3), "events_per_s": round(done / elapsed, 1), "model_id": loaded.model_id,
-            "backend": f"torch (per message, HF tokenizer, {'padded to 128' if pad_to_max else 'unpadded'})", "padding": "max_length 128" if pad_to_max else "none", "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}
+            "backend": f"torch (per message, HF tokenizer, {f'padded to {DEFAULT_MAX_SEQ_LEN}' if pad_to_max else 'unpadded'})", "padding": f"max_length {DEFAULT_MAX_SEQ_LEN}" if pad_to_max else "none", "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}
 
 
 @click.command("baseline")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bench.baseline import bench_baseline_cmd
+from bench.engine_bench import bench_engine_cmd
 from bench.pipeline_bench import bench_pipeline_cmd
 
 
@@ -13,11 +14,6 @@ def bench() -> None:
     """Benchmarks (print one JSON object each; see BENCHMARKS.md)."""
 
 
+bench.add_command(bench_engine_cmd, "engine")
 bench.add_command(bench_pipeline_cmd, "pipeline")
 bench.add_command(bench_baseline_cmd, "baseline")
-try:
-    from bench.engine_bench import bench_engine_cmd
-
-    bench.add_command(bench_engine_cmd, "engine")
-except ModuleNotFoundError:  # pragma: no cover - engine bench not installed in slim images
-    pass

@@ -1,16 +1,15 @@
-"""Shared benchmark plumbing: real texts, machine description, percentiles, BENCHMARKS.md rows."""
+"""Shared benchmark plumbing: real texts, machine description, BENCHMARKS.md rows."""
 
 from __future__ import annotations
 
 import csv
-import os
 import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
+from finpulse.cpu import usable_cores
 
 
 def machine_info() -> dict[str, Any]:
@@ -31,14 +30,7 @@ def machine_info() -> dict[str, Any]:
             gpu = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - a machine description never fails a benchmark
         gpu = None
-    return {"cpu": model, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(), "host": platform.node()}
-
-
-def percentiles(values: Sequence[float], ps: Sequence[float] = (50, 95, 99)) -> dict[str, float]:
-    if not values:
-        return {f"p{int(p)}": float("nan") for p in ps}
-    arr = np.asarray(values, dtype=np.float64)
-    return {f"p{int(p)}": round(float(np.percentile(arr, p)), 3) for p in ps}
+    return {"cpu": model, "cores": usable_cores(), "gpu": gpu, "python": platform.python_version(), "host": platform.node()}
 
 
 def stream_texts(data_dir: Path, n: int, since: str = "2014-04-20T00:00:00Z") -> list[dict[str, Any]]:
@@ -111,4 +103,4 @@ class CpuSplit:
         wall = time.perf_counter() - self._t0
         cores = {k: round((self._cpu(p) - self._start[k]) / wall, 2) for k, p in self._procs.items()}
         return {"wall_s": round(wall, 2), "cores_used": cores, "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
-                "machine_cores": os.cpu_count()}
+                "machine_cores": usable_cores()}

@@ -43,8 +43,11 @@ from engine.classifier import TextClassifier
 from engine.errors import BackendUnavailable, EngineError, ModelFormatError
 from engine.heads import read_config
 from engine.runtime import create_backend
-from engine.settings import EngineSettings
+from engine.settings import DEFAULT_MAX_SEQ_LEN, EngineSettings
 from engine.tokenize import BatchTokenizer, EncodedBatch
+from finpulse.cpu import usable_cores
+from finpulse.paths import default_data_dir
+from finpulse.stats import percentiles
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +141,7 @@ class ModeResult:
             "wall_s": round(self.wall_s, 3),
             "infer_s": round(infer_s, 3),
             "batches": len(self.latencies),
-            "batch_latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
+            "batch_latency_ms": percentiles(lat, (50, 99)),
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,
             "padding_overhead": round(self.padded_tokens / max(self.real_tokens, 1), 3),
@@ -235,7 +238,7 @@ def machine_info() -> dict[str, Any]:
 
     info = common_machine_info()
     info.update({
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cores(),
         "cores_physical": psutil.cpu_count(logical=False),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -279,7 +282,7 @@ def load_texts(data_dir: Path, n: int) -> tuple[list[str], Path]:
 
 def _bench_one(
     name: str, bundle: Path, settings: EngineSettings, tokenizer: BatchTokenizer, texts: list[str], event_texts: list[str],
-    shape: ModelShape, peak: float, fixed_batch: int, pad_to: int, max_batch: int, max_tokens: int, repeat: int,
+    shape: ModelShape, peak: float, fixed_batch: int, max_seq_len: int, max_batch: int, max_tokens: int, repeat: int,
 ) -> dict[str, Any]:
     try:
         backend = create_backend(name, bundle, settings)
@@ -290,9 +293,9 @@ def _bench_one(
         backend.warmup((16, 32, 64, 128))
         modes: dict[str, ModeResult] = {}
         runs = {
-            "per_event": lambda: run_per_event(backend, tokenizer, event_texts, shape, pad_to),
+            "per_event": lambda: run_per_event(backend, tokenizer, event_texts, shape, max_seq_len),
             "per_event_unpadded": lambda: run_per_event_unpadded(backend, tokenizer, event_texts, shape),
-            "fixed_padding": lambda: run_fixed(backend, tokenizer, texts, shape, fixed_batch, pad_to),
+            "fixed_padding": lambda: run_fixed(backend, tokenizer, texts, shape, fixed_batch, max_seq_len),
             "engine": lambda: run_engine(backend, tokenizer, texts, shape, max_batch, max_tokens),
         }
         for mode, fn in runs.items():
@@ -330,23 +333,17 @@ def _log_to_stderr() -> None:
         structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
 
-def _default_data_dir() -> Path | None:
-    from stream.settings import get_settings
-
-    d = get_settings().data_dir
-    return Path(d) if d else None
-
-
 @click.command("engine")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Engine bundle, or a checkpoint (a temporary bundle with INT8 is built from it first).")
 @click.option("--texts", "n_texts", default=2000, show_default=True, help="Real texts from the sentiment valid set.")
 @click.option("--per-event-texts", default=200, show_default=True, help="Texts for the slow one-by-one mode (a).")
 @click.option("--backends", default=None, help=f"Comma-separated (default {','.join(DEFAULT_BACKENDS)}; those that cannot run here are reported as skipped).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Data folder (default: FINPULSE_DATA_DIR).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="FINPULSE_DATA_DIR", default=default_data_dir,
+              help="Data folder (default: FINPULSE_DATA_DIR, else ../shared/data).")
 @click.option("--threads", type=int, default=None, help="CPU threads per backend (default: all usable cores).")
 @click.option("--fixed-batch", default=64, show_default=True)
-@click.option("--pad-to", default=128, show_default=True, help="Fixed padding length of modes (a) and (b); also max_seq_len.")
+@click.option("--max-seq-len", default=DEFAULT_MAX_SEQ_LEN, show_default=True, help="Longest sequence; modes (a) and (b) pad every text to it.")
 @click.option("--max-batch", default=64, show_default=True, help="Engine max batch size (mode c).")
 @click.option("--max-tokens", default=None, type=int, help="Engine padded-token budget per call (mode c); default: FINPULSE_ENGINE_MAX_TOKENS_PER_BATCH.")
 @click.option("--repeat", default=1, show_default=True, help="Run each mode this many times and keep the fastest.")
@@ -354,7 +351,7 @@ def _default_data_dir() -> Path | None:
 @click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
 def bench_engine_cmd(
     model_dir: Path, n_texts: int, per_event_texts: int, backends: str | None, data_dir: Path | None, threads: int | None,
-    fixed_batch: int, pad_to: int, max_batch: int, max_tokens: int | None, repeat: int, int8_min_agreement: float | None, out_file: Path | None,
+    fixed_batch: int, max_seq_len: int, max_batch: int, max_tokens: int | None, repeat: int, int8_min_agreement: float | None, out_file: Path | None,
 ) -> None:
     """Per-event vs fixed-padding vs engine batching, per backend; prints one JSON object."""
     _log_to_stderr()
@@ -362,13 +359,12 @@ def bench_engine_cmd(
         # Mode (c) measures the engine as the worker runs it: the engine's own setting.
         max_tokens = EngineSettings().max_tokens_per_batch
     t_start = time.perf_counter()
-    data = data_dir or _default_data_dir()
+    data = data_dir
     if data is None:
         raise click.UsageError("no data folder: pass --data-dir or set FINPULSE_DATA_DIR")
     texts, text_file = load_texts(data, n_texts)
     event_texts = texts[: min(per_event_texts, len(texts))]
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n_threads = threads or usable
+    n_threads = threads or usable_cores()
 
     with tempfile.TemporaryDirectory(prefix="finpulse-bench-") as tmp:
         build_summary: dict[str, Any] | None = None
@@ -378,7 +374,7 @@ def bench_engine_cmd(
 
             try:
                 report = build_bundle(model_dir, Path(tmp) / "bundle",
-                                      BuildOptions.from_settings(None, int8=True, int8_min_agreement=int8_min_agreement, max_seq_len=pad_to),
+                                      BuildOptions.from_settings(None, int8=True, int8_min_agreement=int8_min_agreement, max_seq_len=max_seq_len),
                                       validation_texts=texts)
             except EngineError as exc:
                 click.echo(f"error: building a bundle from {model_dir} failed: {exc}", err=True)
@@ -387,9 +383,9 @@ def bench_engine_cmd(
             build_summary = report.as_dict()
         eb = EngineBundle.load(bundle)
         shape = ModelShape.from_checkpoint(eb.checkpoint_path)
-        tokenizer = BatchTokenizer(eb.tokenizer_path, max_seq_len=pad_to, pad_multiple=16)
+        tokenizer = BatchTokenizer(eb.tokenizer_path, max_seq_len=max_seq_len, pad_multiple=16)
         names = [b.strip() for b in backends.split(",") if b.strip()] if backends else list(DEFAULT_BACKENDS)
-        settings = EngineSettings(max_batch_size=max(fixed_batch, max_batch), max_seq_len=pad_to, num_threads=n_threads)
+        settings = EngineSettings(max_batch_size=max(fixed_batch, max_batch), max_seq_len=max_seq_len, num_threads=n_threads)
 
         machine = machine_info()
         peak = matmul_peak(n_threads)
@@ -397,7 +393,7 @@ def bench_engine_cmd(
         for name in names:
             log.info("bench_backend_start", backend=name)
             results[name] = _bench_one(name, bundle, settings, tokenizer, texts, event_texts, shape,
-                                       peak["gflop_per_s"] * 1e9, fixed_batch, pad_to, max_batch, max_tokens, repeat)
+                                       peak["gflop_per_s"] * 1e9, fixed_batch, max_seq_len, max_batch, max_tokens, repeat)
         ref = results.get("torch", {}).get("_probs")
         for name, res in results.items():
             probs = res.pop("_probs", None)

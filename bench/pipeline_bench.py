@@ -23,9 +23,10 @@ import click
 import orjson
 import psutil
 
-from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, percentiles, stream_texts
+from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, stream_texts
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
+from finpulse.stats import percentiles
 from stream.local import LocalServices
 from stream.topics import delete_topics, ensure_topics
 from stream.cli.models import resolve_model_dir
@@ -41,6 +42,8 @@ def _isolated(base: StreamSettings, tag: str, port: int) -> StreamSettings:
         "dlq_topic": f"bench.{tag}.dlq", "consumer_group": f"bench-{tag}", "redis_prefix": f"bench:{tag}", "worker_web_port": port,
         # Each phase replays the same stretch of event time again (under fresh ids): none of it is late.
         "allowed_lateness_seconds": 10 * 365 * 86400,
+        # Historical data: event time only, as the demo does.
+        "time_mode": "replay",
     })
 
 

@@ -43,6 +43,7 @@ from build_engine.validate import (
 from engine.bundle import Manifest
 from engine.errors import ModelFormatError
 from engine.modeling import load_model
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer
 
 log = structlog.get_logger(__name__)
@@ -65,7 +66,7 @@ class BuildOptions:
     max_batch: int = 256
     opt_batch: int = 64
     seq_buckets: tuple[int, ...] = (16, 32, 64, 128)
-    max_seq_len: int = 128
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     tolerance: float = 1e-4
     int8_min_agreement: float = 0.99
     exporter: str = "torchscript"

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 import structlog
 
-from build_engine.builder import BuildOptions, build_bundle
 from build_engine.settings import BuildSettings
 from engine.errors import EngineError
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 
 log = structlog.get_logger(__name__)
 
@@ -40,11 +40,9 @@ def _read_texts(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _default_validation_file() -> Path | None:
-    # The streaming settings know where the shared data lives; validation prefers real tweets.
-    from stream.settings import get_settings
-
-    d = get_settings().data_dir
+def _default_validation_file(settings: BuildSettings) -> Path | None:
+    # Validation prefers real tweets: the sentiment validation set of the data folder.
+    d = settings.data_dir
     f = Path(d) / "twitter-financial-news-sentiment" / "valid.csv" if d else None
     return f if f is not None and f.is_file() else None
 
@@ -64,7 +62,7 @@ def _log_to_stderr() -> None:
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Build the TensorRT engine in INT8, calibrated on these texts (.csv text column or one per line); needs --tensorrt.")
 @click.option("--max-batch", type=int, help="Largest TensorRT batch (default 256).")
 @click.option("--seq-buckets", help="Sequence-length buckets, e.g. 16,32,64,128 (one TensorRT profile each).")
-@click.option("--max-seq-len", type=int, help="Longest sequence (tokens) the bundle is validated and built for (default 128).")
+@click.option("--max-seq-len", type=int, help=f"Longest sequence (tokens) the bundle is validated and built for (default {DEFAULT_MAX_SEQ_LEN}).")
 @click.option("--tolerance", type=float, help="Max abs logit diff ONNX Runtime fp32 vs PyTorch (default 1e-4).")
 @click.option("--int8-min-agreement", type=float, help="Min argmax agreement per head for INT8/FP16 (default 0.99).")
 @click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="ONNX exporter (default torchscript, whose graph ONNX Runtime can fuse).")
@@ -79,13 +77,17 @@ def build_engine_cmd(
     int8_min_agreement: float | None, exporter: str | None, fuse: bool | None, validation_file: Path | None, timing_cache: Path | None, force: bool,
 ) -> None:
     """Export CHECKPOINT_DIR to ONNX (and optionally INT8 / TensorRT), validate it and write a bundle."""
+    # Imported here: the builder needs torch and onnx (the [build] extra), listing the command does not.
+    from build_engine.builder import BuildOptions, build_bundle
+
     _log_to_stderr()
+    settings = BuildSettings()
     options = BuildOptions.from_settings(
-        BuildSettings(), int8=int8, tensorrt=tensorrt, fp16=fp16, calibration_file=calibration, max_batch=max_batch,
+        settings, int8=int8, tensorrt=tensorrt, fp16=fp16, calibration_file=calibration, max_batch=max_batch,
         seq_buckets=_parse_buckets(seq_buckets), max_seq_len=max_seq_len, tolerance=tolerance,
         int8_min_agreement=int8_min_agreement, exporter=exporter, fuse=fuse, timing_cache=timing_cache, overwrite=force,
     )
-    vfile = validation_file or _default_validation_file()
+    vfile = validation_file or _default_validation_file(settings)
     texts = _read_texts(vfile) if vfile is not None else None
     if texts is None:
         log.warning("validation_on_builtin_texts", reason="no --validation-texts and no data folder (FINPULSE_DATA_DIR)")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.settings import DEFAULT_MAX_SEQ_LEN
+from finpulse.paths import default_data_dir
 
 
 def _default_timing_cache() -> Path:
@@ -15,12 +18,18 @@ def _default_timing_cache() -> Path:
 class BuildSettings(BaseSettings):
     """Defaults for engine builds; every one can also be given on the command line."""
 
-    model_config = SettingsConfigDict(env_prefix="FINPULSE_BUILD_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix="FINPULSE_BUILD_", extra="ignore", protected_namespaces=(), populate_by_name=True)
 
     exporter: str = Field(default="torchscript", description="ONNX exporter: 'torchscript' (its BERT graph gets ONNX Runtime's attention fusion) or 'dynamo' (torch.export based).")
     fuse: bool = Field(default=True, description="Apply ONNX Runtime's transformer fusions to the served ONNX file (validated like the export).")
     opset: int = Field(default=18, ge=14, description="ONNX opset for the export.")
-    max_seq_len: int = Field(default=128, ge=8, le=512)
+    max_seq_len: int = Field(default=DEFAULT_MAX_SEQ_LEN, ge=8, le=512, description="Longest sequence (tokens) the bundle is validated and built for.")
+    # The data folder is one fact for every command: FINPULSE_DATA_DIR, as the worker and replay read it.
+    data_dir: Path | None = Field(
+        default_factory=default_data_dir,
+        validation_alias=AliasChoices("FINPULSE_BUILD_DATA_DIR", "FINPULSE_DATA_DIR"),
+        description="Folder holding the shared data sets (real validation texts come from it).",
+    )
     tolerance: float = Field(default=1e-4, ge=0.0, description="Max abs logit diff allowed between ONNX Runtime fp32 and PyTorch.")
     int8_min_agreement: float = Field(default=0.99, ge=0.0, le=1.0, description="Min argmax agreement per head for INT8.")
     validation_texts: int = Field(default=256, ge=1, description="How many real texts validation runs on.")

@@ -32,6 +32,7 @@ import structlog
 
 from build_engine.errors import EngineBuildError
 from engine.errors import BackendUnavailable
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer, EncodedBatch
 
 log = structlog.get_logger(__name__)
@@ -196,7 +197,7 @@ def build_tensorrt_engine(
     max_batch: int = 256,
     opt_batch: int = 64,
     seq_buckets: Sequence[int] = (16, 32, 64, 128),
-    max_seq_len: int = 128,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     fp16: bool = True,
     int8_batches: Sequence[EncodedBatch] | None = None,
     timing_cache: str | Path | None = None,

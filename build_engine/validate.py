@@ -11,7 +11,6 @@ short/long sequences and small/large batches are covered and padding must not ch
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from engine.backends.base import softmax
 from engine.classifier import plan_batches
 from engine.modeling import MultiHeadClassifier
 from engine.tokenize import BatchTokenizer, EncodedBatch
+from finpulse.cpu import usable_cores
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +108,7 @@ def onnxruntime_runner(model_path: str | Path, threads: int | None = None) -> Ru
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads or _cores()
+    so.intra_op_num_threads = threads or usable_cores()
     try:
         session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors
@@ -120,11 +120,6 @@ def onnxruntime_runner(model_path: str | Path, threads: int | None = None) -> Ru
         return dict(zip(names, (np.asarray(o) for o in outs)))
 
     return run
-
-
-def _cores() -> int:
-    # Affinity, not os.cpu_count(): in a container the latter counts the host's cores.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def run_all(runner: Runner, batches: Sequence[EncodedBatch]) -> list[dict[str, np.ndarray]]:

@@ -18,6 +18,7 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.errors import InferenceOutputError
 from engine.tokenize import BatchTokenizer, TokenizedTexts
+from finpulse.stats import percentiles
 
 
 def plan_batches(lengths: np.ndarray, max_batch_size: int, max_tokens: int, pad_multiple: int, max_seq_len: int) -> list[np.ndarray]:
@@ -70,10 +71,10 @@ class EngineStats:
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             pad_ratio = self.padded_tokens / self.real_tokens if self.real_tokens else None
-            recent = np.asarray(self.recent_call_seconds, dtype=np.float64) * 1000
+            call_ms = percentiles((s * 1000 for s in self.recent_call_seconds), (50, 99))
             return {
-                "call_ms_p50": round(float(np.percentile(recent, 50)), 3) if recent.size else None,
-                "call_ms_p99": round(float(np.percentile(recent, 99)), 3) if recent.size else None,
+                "call_ms_p50": call_ms["p50"],
+                "call_ms_p99": call_ms["p99"],
                 "texts": self.texts,
                 "calls": self.calls,
                 "real_tokens": self.real_tokens,

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.errors import ModelFormatError
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 from finpulse.extras import missing_extra
 
 
@@ -51,7 +52,7 @@ def round_up(n: int, multiple: int) -> int:
 class BatchTokenizer:
     """Wraps ``tokenizers.Tokenizer``: truncation at ``max_seq_len``, bucketed padding done here."""
 
-    def __init__(self, tokenizer_file: str | Path, max_seq_len: int = 128, pad_multiple: int = 16) -> None:
+    def __init__(self, tokenizer_file: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16) -> None:
         from tokenizers import Tokenizer
 
         path = Path(tokenizer_file)
@@ -66,7 +67,7 @@ class BatchTokenizer:
         self.pad_id = 0 if pad_id is None else int(pad_id)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, max_seq_len: int = 128, pad_multiple: int = 16) -> "BatchTokenizer":
+    def from_model_dir(cls, model_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16) -> BatchTokenizer:
         """Use the directory's tokenizer.json, building it from the slow vocab files once if it is missing."""
         d = Path(model_dir)
         tok_file = d / "tokenizer.json"

@@ -158,31 +158,58 @@ class DeadLetter(BaseModel):
     received_at: str
 
 
-class SentimentOut(BaseModel):
-    label: str
-    probs: dict[str, float]
+WindowStatus = Literal["counted", "duplicate", "late"]
 
 
-class TopicOut(BaseModel):
+class SentimentScore(BaseModel):
+    """The sentiment part of a scored record: the winning label and all three probabilities."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: Literal["negative", "neutral", "positive"]
+    probs: dict[Literal["negative", "neutral", "positive"], float]
+
+
+class TopicScore(BaseModel):
+    """The topic part of a scored record: the winning label and its probability."""
+
+    model_config = ConfigDict(frozen=True)
+
     label: str
     prob: float
 
 
 class ScoredEvent(BaseModel):
-    """One classified event, as written to the scored topic."""
+    """One classified event as written to the scored topic (keyed by event id): the one definition of that record.
+
+    The worker builds it and serialises it with :meth:`to_json`; consumers read it back with
+    :func:`parse_scored`. ``topic`` is ``None`` for a model without a topic head.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
     id: str
     tickers: list[str]
     source: str
-    published_at: int
+    published_at: int = Field(description="event time, epoch ms")
     published_at_iso: str
-    processed_at: str
-    sentiment: SentimentOut
-    topic: TopicOut | None
+    processed_at: str = Field(description="when the worker scored it, ISO-8601 UTC")
+    sentiment: SentimentScore
+    topic: TopicScore | None
     score: float = Field(description="P(positive) - P(negative)")
     model_id: str
     backend: str
-    window_status: Literal["counted", "duplicate", "late"]
+    window_status: WindowStatus
+
+    def to_json(self) -> bytes:
+        """The Kafka record value (JSON, fields in declaration order)."""
+        # pydantic-core serialises straight to JSON: cheaper than model_dump() plus orjson (measured).
+        return self.model_dump_json().encode()
+
+
+def parse_scored(raw: bytes | str) -> ScoredEvent:
+    """A scored-topic record value as a :class:`ScoredEvent`; ``pydantic.ValidationError`` when it is not one."""
+    return ScoredEvent.model_validate_json(raw)
 
 
 class Alert(BaseModel):

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.errors import EngineError
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 from training.data import DataError
 from training.settings import TrainSettings
 
@@ -42,7 +43,7 @@ def _d(name: str, text: str = "") -> str:
 @click.option("--lr", type=float, default=None, help=_d("lr"))
 @click.option("--head-lr", type=float, default=None)
 @click.option("--batch-size", type=int, default=None, help=_d("batch_size"))
-@click.option("--max-len", type=int, default=None, help=_d("max_len"))
+@click.option("--max-seq-len", type=int, default=None, help=_d("max_seq_len"))
 @click.option("--warmup-ratio", type=float, default=None, help=_d("warmup_ratio"))
 @click.option("--weight-decay", type=float, default=None, help=_d("weight_decay"))
 @click.option("--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_weighting"))
@@ -85,13 +86,13 @@ def train_cmd(out_dir: Path, **options: Any) -> None:
 @click.option("--task", type=click.Choice(["sentiment", "topic"]), default=None, help="Which head the labels are for (default: inferred).")
 @click.option("--json", "json_out", type=_FILE, default=None, help="Also write the metrics as JSON here.")
 @click.option("--backend", default="torch", show_default=True, help="Engine backend to evaluate (torch, onnxruntime, ...).")
-@click.option("--max-len", type=int, default=128, show_default=True)
+@click.option("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, show_default=True, help="Truncate texts to this many tokens.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-def evaluate_cmd(model: Path, data_file: Path, task: str | None, json_out: Path | None, backend: str, max_len: int, batch_size: int) -> None:
+def evaluate_cmd(model: Path, data_file: Path, task: str | None, json_out: Path | None, backend: str, max_seq_len: int, batch_size: int) -> None:
     """Per-class precision/recall/F1, macro-F1, accuracy and confusion matrix of MODEL on a labelled file."""
     from training.evaluate import evaluate
 
     try:
-        evaluate(model, data_file, task, json_out=json_out, backend=backend, max_len=max_len, batch_size=batch_size)
+        evaluate(model, data_file, task, json_out=json_out, backend=backend, max_seq_len=max_seq_len, batch_size=batch_size)
     except (DataError, EngineError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

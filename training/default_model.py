@@ -36,11 +36,11 @@ CARD_NOTE = """
 
 This model was trained by `ensure_default_model` with the **{recipe}** recipe.
 
-- quick (the demo's default): 900 steps of batch 16, max_len 64, frozen embeddings, head LR 5e-4;
+- quick (the demo's default): 900 steps of batch 16, max_seq_len 64, frozen embeddings, head LR 5e-4;
   measured 9.3 minutes end to end on 2 CPU cores (1.85 steps/s, validation 58 s); validation
   macro-F1 sentiment 0.794, topic 0.766.
 - full (`finpulse train --out DIR` with no other options): 5 epochs of batch 32 (4,150 steps),
-  max_len 96, LR 8e-5, sqrt task mix, sqrt-inverse class weights, validation twice an epoch with
+  max_seq_len 96, LR 8e-5, sqrt task mix, sqrt-inverse class weights, validation twice an epoch with
   early stopping (patience 4). Measured 0.91 steps/s on 2 lightly loaded CPU cores (0.29 under heavy
   load), so about 1.5 hours here (up to ~4 hours on a busy machine); minutes on one GPU. Expected
   to reach sentiment macro-F1 ~0.86-0.88 and topic ~0.85-0.88 (estimated, not measured here).

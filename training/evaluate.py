@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from engine.modeling import HeadSpec, MultiHeadClassifier
+from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from training.data import DataError, Format, TaskData, label_map_for, load_for_heads
 from training.metrics import classification_report
@@ -73,7 +74,7 @@ def evaluate(
     *,
     json_out: str | Path | None = None,
     backend: str = "torch",
-    max_len: int = 128,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     batch_size: int = 64,
     fmt: Format | None = None,
     console: Console | None = None,
@@ -90,10 +91,10 @@ def evaluate(
     from engine.runtime import load_classifier
     from engine.settings import EngineSettings
 
-    clf = load_classifier(EngineSettings(backend=backend, max_seq_len=max_len, max_batch_size=batch_size), model_dir)
+    clf = load_classifier(EngineSettings(backend=backend, max_seq_len=max_seq_len, max_batch_size=batch_size), model_dir)
     heads = {h.name: h for h in clf.heads}
     data = load_for_heads(data_file, list(heads), task=task, fmt=fmt)
-    result: dict[str, Any] = {"model": str(model_dir), "data": str(data_file), "backend": backend, "max_len": max_len, "heads": {}}
+    result: dict[str, Any] = {"model": str(model_dir), "data": str(data_file), "backend": backend, "max_seq_len": max_seq_len, "heads": {}}
     for name, td in data.items():
         probs = clf.classify(td.texts)[name]
         to_data = _model_to_data_index(heads[name], td)

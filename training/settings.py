@@ -50,7 +50,7 @@ class TrainSettings(BaseSettings):
 
     # --- model -------------------------------------------------------------------------------
     base_dir: Path | None = Field(default_factory=_default_base_dir, description="Base BERT encoder directory.")
-    max_len: int = Field(default=96, ge=8, le=512, description="Truncate texts to this many tokens.")
+    max_seq_len: int = Field(default=96, ge=8, le=512, description="Truncate texts to this many tokens.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     freeze_encoder: bool = Field(default=False, description="Train the heads only (the encoder stays as loaded).")
     freeze_embeddings: bool = Field(default=False, description="Keep the token/position embeddings fixed (faster steps).")
@@ -114,7 +114,7 @@ class TrainSettings(BaseSettings):
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that shape the trained weights (no paths, no progress flag): for cards and hashes."""
         keys = (
-            "limit", "valid_limit", "max_len", "dropout", "freeze_encoder", "freeze_embeddings", "freeze_layers", "epochs", "max_steps", "batch_size",
+            "limit", "valid_limit", "max_seq_len", "dropout", "freeze_encoder", "freeze_embeddings", "freeze_layers", "epochs", "max_steps", "batch_size",
             "lr", "head_lr", "weight_decay", "warmup_ratio", "grad_clip", "task_mix", "class_weighting",
             "label_smoothing", "evals_per_epoch", "patience", "selection", "seed",
         )
@@ -126,7 +126,7 @@ class TrainSettings(BaseSettings):
 # on a schedule this short; frozen embeddings halve the trainable parameters (no 30k-row embedding
 # gradient or Adam update), a large share of a CPU step.
 QUICK_OVERRIDES: dict[str, Any] = {
-    "max_len": 64,
+    "max_seq_len": 64,
     "batch_size": 16,
     "max_steps": 900,
     "lr": 1e-4,
@@ -139,8 +139,16 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 
 
+#: setting name -> the name it had when default models were first hashed (``max_len`` became ``max_seq_len``)
+_HASHED_AS: dict[str, str] = {"max_seq_len": "max_len"}
+
+
 def config_hash(settings: TrainSettings, extra: dict[str, Any] | None = None) -> str:
     """A short stable hash of the hyperparameters plus any identity (base model, data files) given in ``extra``."""
-    payload = {"hyperparameters": settings.hyperparameters(), **(extra or {})}
+    hyperparameters = settings.hyperparameters()
+    # Hashed under the names the cached models were hashed with: renaming a setting must not retrain them.
+    for old, new in _HASHED_AS.items():
+        hyperparameters[new] = hyperparameters.pop(old)
+    payload = {"hyperparameters": hyperparameters, **(extra or {})}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

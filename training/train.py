@@ -301,7 +301,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     splits = load_splits(settings)
     tasks = [sp.task for sp in splits]
-    tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_len, pad_multiple=8)
+    tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_seq_len, pad_multiple=8)
     for sp in splits:
         sp.train_tok = tokenizer.tokenize(sp.train.texts)
         sp.valid_tok = tokenizer.tokenize(sp.valid.texts) if sp.valid is not None else None
@@ -557,7 +557,7 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         "## Limits",
         "",
         "- Trained on short English finance tweets (2020s, US markets); other domains, languages and long documents are out of scope.",
-        f"- Texts are truncated to {hp['max_len']} tokens in training.",
+        f"- Texts are truncated to {hp['max_seq_len']} tokens in training.",
         (
             "- Sentiment is the market reading of the tweet (bearish/bullish), not the author's emotion; sarcasm and "
             "multi-ticker tweets with mixed signals are frequent errors."

@@ -10,9 +10,13 @@ from typing import Any
 import click
 import orjson
 
+from bench.cli import bench
+from build_engine.cli import build_engine_cmd
 from engine.settings import EngineSettings
+from finpulse.extras import missing_extra
 from stream.logs import configure_logging
 from stream.settings import StreamSettings, get_settings
+from training.cli import evaluate_cmd, train_cmd
 
 
 def _settings(**overrides: Any) -> StreamSettings:
@@ -197,30 +201,25 @@ def model_ensure(no_bundle: bool) -> None:
     click.echo(str(ensure_default_model(get_settings(), build_bundle=not no_bundle)))
 
 
-def _attach_optional_commands() -> None:
-    """Commands that live in other packages; attached here so one `finpulse` covers everything."""
-    import importlib
-
-    for mod, attr, name in (
-        ("build_engine.cli", "build_engine_cmd", "build-engine"),
-        ("training.cli", "train_cmd", "train"),
-        ("training.cli", "evaluate_cmd", "evaluate"),
-        ("bench.cli", "bench", "bench"),
-    ):
-        try:
-            cmd = getattr(importlib.import_module(mod), attr)
-        except (ModuleNotFoundError, AttributeError):
-            continue
-        cli.add_command(cmd, name)
-
-
-_attach_optional_commands()
+# Commands of the other packages, registered explicitly. Their modules import only light packages
+# at import time (heavy ones such as torch inside the command), so every command is listed even on
+# a worker-only install, and running one whose extra is missing says which extra to install.
+cli.add_command(build_engine_cmd, "build-engine")
+cli.add_command(train_cmd, "train")
+cli.add_command(evaluate_cmd, "evaluate")
+cli.add_command(bench, "bench")
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
         cli(standalone_mode=True)
+    except ModuleNotFoundError as exc:
+        missing = missing_extra(exc, f"`finpulse {' '.join(sys.argv[1:2])}`")
+        if missing is None:
+            raise  # a finpulse module that does not import is a bug: show the traceback
+        click.echo(f"error: {missing}", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last line of defence: one clear line, non-zero exit
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)

@@ -9,13 +9,8 @@ from typing import Iterable, Sequence
 import torch
 
 from engine.modeling import SENTIMENT_LABELS, HeadSpec, MultiHeadClassifier
+from training.data import TOPIC_LABELS
 
-TOPIC_LABELS: tuple[str, ...] = (
-    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
-    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
-    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
-    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
-)
 DEFAULT_HEADS: tuple[HeadSpec, ...] = (HeadSpec("sentiment", SENTIMENT_LABELS), HeadSpec("topic", TOPIC_LABELS))
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

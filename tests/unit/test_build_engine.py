@@ -24,7 +24,7 @@ from engine.modeling import load_model
 from engine.runtime import create_backend, load_classifier
 from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer
-from tests.support.tiny_bert import TOPIC_LABELS
+from training.data import TOPIC_LABELS
 
 # The tiny model has random heads: its topic logits are nearly tied, so INT8 noise flips some
 # argmaxes. The default 0.99 is for trained models; here the figure is checked and reported.

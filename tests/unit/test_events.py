@@ -5,7 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from stream.events import NewsEvent, Rejection, extract_cashtags, parse_event, parse_event_time
+from pydantic import ValidationError
+
+from stream.events import NewsEvent, Rejection, ScoredEvent, extract_cashtags, parse_event, parse_event_time, parse_scored
 
 LIMITS = dict(max_event_bytes=4096, max_text_bytes=1024)
 
@@ -89,3 +91,34 @@ def test_extract_cashtags(text: str, expected: list[str]) -> None:
 
 def test_parse_event_time_naive_is_utc() -> None:
     assert parse_event_time("2014-01-01T00:00:00") == parse_event_time("2014-01-01T00:00:00Z") == 1388534400000
+
+
+SCORED = {
+    "id": "e1",
+    "tickers": ["AAPL"],
+    "source": "tweet",
+    "published_at": 1398902640000,
+    "published_at_iso": "2014-05-01T00:04:00Z",
+    "processed_at": "2026-11-25T09:00:00.000000Z",
+    "sentiment": {"label": "negative", "probs": {"negative": 0.7, "neutral": 0.2, "positive": 0.1}},
+    "topic": {"label": "Earnings", "prob": 0.5},
+    "score": -0.6,
+    "model_id": "m",
+    "backend": "null",
+    "window_status": "counted",
+}
+
+
+def test_scored_event_round_trips_the_record_the_worker_writes() -> None:
+    event = parse_scored(orjson.dumps(SCORED))
+    assert event.sentiment.probs["negative"] == 0.7 and event.topic is not None and event.topic.label == "Earnings"
+    assert orjson.loads(event.to_json()) == SCORED
+    # Field order is the record's: consumers reading raw JSON see what they saw before the model.
+    assert list(orjson.loads(event.to_json())) == list(SCORED)
+    assert parse_scored(ScoredEvent.model_validate({**SCORED, "topic": None}).to_json()).topic is None
+
+
+@pytest.mark.parametrize("bad", [{"window_status": "maybe"}, {"sentiment": {"label": "up", "probs": {}}}, {"id": None}])
+def test_parse_scored_rejects_what_is_not_a_scored_record(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        parse_scored(orjson.dumps({**SCORED, **bad}))

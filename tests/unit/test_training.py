@@ -22,8 +22,9 @@ from engine.modeling import (
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer
-from tests.support.tiny_bert import TOPIC_LABELS, make_tiny_encoder
+from tests.support.tiny_bert import make_tiny_encoder
 from training.data import (
+    TOPIC_LABELS,
     SENTIMENT_MAP,
     TOPIC_MAP,
     DataError,
@@ -90,7 +91,7 @@ def _settings(data_dir: Path, base_dir: Path, **kw: Any) -> TrainSettings:
         "base_dir": base_dir, "data_dir": None,
         "sentiment_train": data_dir / "sentiment_train.csv", "sentiment_valid": data_dir / "sentiment_valid.csv",
         "topic_train": data_dir / "topic_train.csv", "topic_valid": data_dir / "topic_valid.csv",
-        "max_steps": 80, "batch_size": 8, "lr": 3e-3, "max_len": 32, "evals_per_epoch": 1, "patience": 50,
+        "max_steps": 80, "batch_size": 8, "lr": 3e-3, "max_seq_len": 32, "evals_per_epoch": 1, "patience": 50,
         "progress": False, "num_threads": 1,
     }
     return TrainSettings(**{**defaults, **kw})
@@ -284,11 +285,11 @@ def test_cli_evaluate_and_train(trained: Any, data_dir: Path, base_dir: Path, tm
 
     args = ["--out", str(tmp_path / "cli-model"), "--base", str(base_dir), "--sentiment-train", str(data_dir / "sentiment_train.csv"),
             "--sentiment-valid", str(data_dir / "sentiment_valid.csv"), "--topic-train", str(data_dir / "topic_train.csv"),
-            "--topic-valid", str(data_dir / "topic_valid.csv"), "--max-steps", "4", "--batch-size", "4", "--max-len", "16", "--no-progress"]
+            "--topic-valid", str(data_dir / "topic_valid.csv"), "--max-steps", "4", "--batch-size", "4", "--max-seq-len", "16", "--no-progress"]
     res = runner.invoke(train_cmd, args)
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "cli-model" / "metrics.json").read_text())
-    assert m["steps"] == 4 and m["hyperparameters"]["max_len"] == 16
+    assert m["steps"] == 4 and m["hyperparameters"]["max_seq_len"] == 16
 
 
 # --- data loading -----------------------------------------------------------------------------------
