@@ -16,16 +16,17 @@ RULE_NAME = "negative_surge"
 
 @dataclass(frozen=True)
 class SurgeParams:
-    """Thresholds of the rule; all are settings (``FINPULSE_ALERT_*``)."""
+    """Thresholds of the rule. No defaults here: they live once, in the settings
+    (``FINPULSE_ALERT_*``, ``StreamSettings.surge_params()``)."""
 
-    min_count: int = 5
-    method: Literal["z", "ratio"] = "z"
-    min_z: float = 2.0
-    min_ratio: float = 2.0
-    floor: float = 0.4
-    prior_share: float = 0.2
-    prior_weight: float = 10.0
-    critical_share: float = 0.75
+    min_count: int
+    method: Literal["z", "ratio"]
+    min_z: float
+    min_ratio: float
+    floor: float
+    prior_share: float
+    prior_weight: float
+    critical_share: float
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from engine.classifier import TextClassifier
 from engine.errors import EngineError
 from engine.heads import SENTIMENT_LABELS
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
-from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ms_to_iso, parse_event
+from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ScoredEvent, SentimentScore, TopicScore, ms_to_iso, parse_event
 from stream.settings import StreamSettings
 from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
@@ -319,23 +319,18 @@ class BatchProcessor:
         now = _now_iso()
         labels = SENTIMENT_LABELS
         records = []
+        # One typed model for the record (stream.events.ScoredEvent), the same that consumers parse.
         for i, e in enumerate(events):
             p = sent[i]
-            doc = {
-                "id": e.id,
-                "tickers": e.tickers,
-                "source": e.source,
-                "published_at": e.published_at,
-                "published_at_iso": ms_to_iso(e.published_at),
-                "processed_at": now,
-                "sentiment": {"label": labels[int(cls[i])], "probs": {labels[0]: float(p[0]), labels[1]: float(p[1]), labels[2]: float(p[2])}},
-                "topic": ({"label": topics[i], "prob": float(topic_probs[i, topic_idx[i]])} if topic_probs is not None and topic_idx is not None else None),
-                "score": float(scores[i]),
-                "model_id": self.model_id,
-                "backend": self.backend_name,
-                "window_status": statuses[i],
-            }
-            records.append((e.id.encode(), orjson.dumps(doc)))
+            rec = ScoredEvent(
+                id=e.id, tickers=e.tickers, source=e.source, published_at=e.published_at,
+                published_at_iso=ms_to_iso(e.published_at), processed_at=now,
+                sentiment=SentimentScore(label=labels[int(cls[i])], probs={labels[0]: float(p[0]), labels[1]: float(p[1]), labels[2]: float(p[2])}),
+                topic=(TopicScore(label=topics[i], prob=float(topic_probs[i, topic_idx[i]]))
+                       if topic_probs is not None and topic_idx is not None and topics[i] is not None else None),
+                score=float(scores[i]), model_id=self.model_id, backend=self.backend_name, window_status=statuses[i],
+            )
+            records.append((e.id.encode(), rec.to_json()))
         await self._retry("kafka_scored", lambda: self.sink.send_scored(records))
 
     async def tick(self) -> list[Alert]:

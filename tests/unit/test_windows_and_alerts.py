@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from stream.alerts import SurgeParams, alert_id, evaluate_surge
+from stream.alerts import alert_id, evaluate_surge
+from stream.settings import StreamSettings
 from stream.windows import bucket_start
 
-P = SurgeParams(min_count=5, method="z", min_z=2.0, floor=0.4, prior_share=0.2, prior_weight=10.0)
+P = replace(StreamSettings().surge_params(), min_count=5, method="z", min_z=2.0, floor=0.4, prior_share=0.2, prior_weight=10.0)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +52,7 @@ def test_does_not_fire_under_absolute_floor() -> None:
 
 
 def test_ratio_method() -> None:
-    p = SurgeParams(min_count=5, method="ratio", min_ratio=2.0, floor=0.4, prior_weight=0.0)
+    p = replace(P, method="ratio", min_ratio=2.0, prior_weight=0.0)
     assert evaluate_surge(*series(5, 10), *series(20, 100), p).fire  # 0.5 vs 0.2: ratio 2.5
     assert not evaluate_surge(*series(5, 10), *series(30, 100), p).fire  # ratio 1.67
 
