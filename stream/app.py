@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
@@ -89,7 +90,16 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]
 
-    @app.agent(source, name="classify")
+    async def on_agent_error(agent: Any, exc: BaseException) -> None:
+        # Transient Redis/Kafka errors never get here (they are retried forever). Anything else is a
+        # bug or a permanent misconfiguration. Faust would restart the agent in-process, past the
+        # failed batch's unacked events: their offsets could then never be committed and the worker
+        # would carry on looking healthy. Dying loudly instead lets the supervisor restart the
+        # worker and Kafka redeliver the batch (Redis dedupes what was already counted).
+        log.critical("agent_failed_exiting", error=type(exc).__name__, detail=str(exc)[:500])
+        os._exit(70)
+
+    @app.agent(source, name="classify", on_error=on_agent_error)
     async def classify(stream: faust.StreamT) -> None:
         pipeline = BatchPipeline(processor, settings.pipeline_depth)
         # noack_take hands over the events themselves and leaves acking to us: an input is acked
