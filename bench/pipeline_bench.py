@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 import orjson
-import psutil
 
 from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, stream_texts
 from engine.runtime import load_classifier
@@ -51,7 +50,11 @@ class RssSampler(threading.Thread):
     """Polls a process's resident memory; keeps the peak."""
 
     def __init__(self, pid: int) -> None:
+        # psutil comes with the [build] extra; importing it here keeps `finpulse` usable without it.
+        import psutil
+
         super().__init__(daemon=True)
+        self._psutil_error = psutil.Error
         self.proc = psutil.Process(pid)
         self.peak = 0
         self._stop = threading.Event()
@@ -60,7 +63,7 @@ class RssSampler(threading.Thread):
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, self.proc.memory_info().rss)
-            except psutil.Error:
+            except self._psutil_error:
                 return
             time.sleep(0.1)
 

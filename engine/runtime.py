@@ -28,6 +28,8 @@ BackendFactory = Callable[[Path, EngineSettings], Backend]
 # On CPU the validated INT8 model comes first: it is the fastest CPU path (see BENCHMARKS.md) and a
 # bundle only carries one that agreed with fp32 on >= 99% of labels at build time.
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda", "onnxruntime-int8", "onnxruntime", "torch")
+#: Backends whose packages come with the ``gpu`` extra.
+GPU_BACKENDS: frozenset[str] = frozenset({"tensorrt", "cuda"})
 
 
 # One function per backend, each importing its module only when that backend is built: importing
@@ -94,7 +96,7 @@ def create_backend(name: str, model_dir: Path, settings: EngineSettings) -> Back
     try:
         return factory(Path(model_dir), settings)
     except ModuleNotFoundError as exc:
-        missing = missing_extra(exc, f"backend {name!r}")
+        missing = missing_extra(exc, f"backend {name!r}", "gpu" if name in GPU_BACKENDS else None)
         if missing is None:
             raise
         raise BackendUnavailable(name, str(missing)) from exc

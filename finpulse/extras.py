@@ -21,19 +21,20 @@ EXTRA_FOR_MODULE: dict[str, str] = {
 class MissingExtra(ImportError):
     """An optional package is not installed; the message names the extra that installs it."""
 
-    def __init__(self, module: str, needed_for: str) -> None:
+    def __init__(self, module: str, needed_for: str, extra: str | None = None) -> None:
         self.module = module
-        self.extra = EXTRA_FOR_MODULE.get(module)
+        self.extra = extra or EXTRA_FOR_MODULE.get(module)
         hint = f"pip install 'finpulse[{self.extra}]'" if self.extra else f"pip install {module}"
         super().__init__(f"{needed_for} needs the Python package {module!r}, which is not installed: {hint}")
         self.name = module
 
 
-def missing_extra(exc: ModuleNotFoundError, needed_for: str) -> MissingExtra | None:
+def missing_extra(exc: ModuleNotFoundError, needed_for: str, extra: str | None = None) -> MissingExtra | None:
     """A :class:`MissingExtra` when ``exc`` is about an optional third-party package, else ``None``.
 
-    ``None`` means the import failed for another reason (a missing finpulse module is a bug, not a
-    missing extra), so the caller should re-raise ``exc``.
+    ``extra`` names the extra to install when the caller knows better than the table (torch for a
+    GPU backend comes with ``gpu``). ``None`` means the import failed for another reason (a missing
+    finpulse module is a bug, not a missing extra), so the caller should re-raise ``exc``.
     """
     top = (exc.name or "").split(".")[0]
-    return MissingExtra(top, needed_for) if top in EXTRA_FOR_MODULE else None
+    return MissingExtra(top, needed_for, extra) if top in EXTRA_FOR_MODULE else None

