@@ -24,7 +24,9 @@ from bench.common import machine_info, now_iso, stream_texts
 from engine.settings import DEFAULT_MAX_SEQ_LEN
 
 
-async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, Any]], model_dir: Path, pad_to_max: bool = False) -> dict[str, Any]:
+async def run_baseline(
+    bootstrap: str, redis_url: str, events: list[dict[str, Any]], model_dir: Path, pad_to_max: bool = False
+) -> dict[str, Any]:
     import torch
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -50,14 +52,22 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
     await produce(bootstrap, topic, events)
 
     redis = Redis.from_url(redis_url)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"baseline-{tag}", auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"baseline-{tag}", auto_offset_reset="earliest"
+    )
     await consumer.start()
     done = 0
     t0 = time.perf_counter()
     try:
         async for msg in consumer:
             ev = orjson.loads(msg.value)
-            enc = tok(ev["text"], padding="max_length" if pad_to_max else False, truncation=True, max_length=DEFAULT_MAX_SEQ_LEN, return_tensors="pt")
+            enc = tok(
+                ev["text"],
+                padding="max_length" if pad_to_max else False,
+                truncation=True,
+                max_length=DEFAULT_MAX_SEQ_LEN,
+                return_tensors="pt",
+            )
             with torch.inference_mode():
                 logits = model(enc["input_ids"], enc["attention_mask"])[0]
             label = labels[int(torch.softmax(logits, -1).argmax())]
@@ -77,20 +87,34 @@ async def run_baseline(bootstrap: str, redis_url: str, events: list[dict[str, An
         await admin.start()
         await admin.delete_topics([topic])
         await admin.close()
-    return {"events": done, "seconds": round(elapsed, 3), "events_per_s": round(done / elapsed, 1), "model_id": loaded.model_id,
-            "backend": f"torch (per message, HF tokenizer, {f'padded to {DEFAULT_MAX_SEQ_LEN}' if pad_to_max else 'unpadded'})", "padding": f"max_length {DEFAULT_MAX_SEQ_LEN}" if pad_to_max else "none", "device": "cpu", "precision": "fp32", "threads": torch.get_num_threads()}
+    return {
+        "events": done,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(done / elapsed, 1),
+        "model_id": loaded.model_id,
+        "backend": "torch (per message, HF tokenizer, "
+        f"{f'padded to {DEFAULT_MAX_SEQ_LEN}' if pad_to_max else 'unpadded'})",
+        "padding": f"max_length {DEFAULT_MAX_SEQ_LEN}" if pad_to_max else "none",
+        "device": "cpu",
+        "precision": "fp32",
+        "threads": torch.get_num_threads(),
+    }
 
 
 @click.command("baseline")
 @click.option("--events", "n", type=int, default=500, show_default=True)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
-@click.option("--pad-to-max", is_flag=True, help="Pad every message to 128 tokens (slower) instead of none, as a pipeline call does.")
+@click.option(
+    "--pad-to-max",
+    is_flag=True,
+    help="Pad every message to 128 tokens (slower) instead of none, as a pipeline call does.",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 def bench_baseline_cmd(n: int, model_dir: Path | None, pad_to_max: bool, out: Path | None) -> None:
     """Per-message consumer + model + Redis loop: the naive system, on the same data and machine."""
     from engine.settings import EngineSettings
-    from stream.local import LocalServices
     from stream.cli.models import resolve_model_dir
+    from stream.local import LocalServices
     from stream.settings import get_settings
 
     s = get_settings()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from finpulse.cpu import usable_cores
 
@@ -30,23 +31,31 @@ def machine_info() -> dict[str, Any]:
             gpu = torch.cuda.get_device_name(0)
     except Exception:  # noqa: BLE001 - a machine description never fails a benchmark
         gpu = None
-    return {"cpu": model, "cores": usable_cores(), "gpu": gpu, "python": platform.python_version(), "host": platform.node()}
+    return {
+        "cpu": model,
+        "cores": usable_cores(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "host": platform.node(),
+    }
 
 
 def stream_texts(data_dir: Path, n: int, since: str = "2014-04-20T00:00:00Z") -> list[dict[str, Any]]:
     """``n`` real events from the StockNet stream (one per tweet), in time order."""
     from stream.cli.replay import read_events
 
-    return [e for e in read_events(data_dir / "stocknet-tweets" / "stream.csv", since=since, limit=n) if isinstance(e, dict)]
+    return [
+        e for e in read_events(data_dir / "stocknet-tweets" / "stream.csv", since=since, limit=n) if isinstance(e, dict)
+    ]
 
 
 def sentiment_texts(data_dir: Path, n: int) -> list[str]:
     with open(data_dir / "twitter-financial-news-sentiment" / "valid.csv", newline="", encoding="utf-8") as f:
-        return [row["text"] for _, row in zip(range(n), csv.DictReader(f))]
+        return [row["text"] for row in itertools.islice(csv.DictReader(f), n)]
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def append_markdown_row(path: Path, section: str, row: str) -> None:
@@ -102,5 +111,9 @@ class CpuSplit:
         """Cores used on average during the phase, per process and in all."""
         wall = time.perf_counter() - self._t0
         cores = {k: round((self._cpu(p) - self._start[k]) / wall, 2) for k, p in self._procs.items()}
-        return {"wall_s": round(wall, 2), "cores_used": cores, "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
-                "machine_cores": usable_cores()}
+        return {
+            "wall_s": round(wall, 2),
+            "cores_used": cores,
+            "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
+            "machine_cores": usable_cores(),
+        }

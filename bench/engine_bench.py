@@ -23,6 +23,7 @@ layer norms are < 1% for BERT-family models):
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import sys
@@ -156,7 +157,9 @@ def _merge(results: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
 
-def run_per_event(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, pad_to: int) -> ModeResult:
+def run_per_event(
+    backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, pad_to: int
+) -> ModeResult:
     """(a) one text, padded to ``pad_to``, one forward per text."""
     timed = TimedBackend(backend)
     lengths = tokenizer.tokenize(texts).lengths
@@ -166,13 +169,21 @@ def run_per_event(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[s
         outs.append(timed.infer(tokenizer.encode_fixed([text], pad_to)))
     wall = time.perf_counter() - t0
     return ModeResult(
-        len(texts), wall, timed.latencies, int(lengths.sum()), len(texts) * pad_to,
-        float(np.sum(shape.flops_text(lengths))), float(len(texts) * shape.flops_padded(1, pad_to)),
-        {"batch_size": 1, "padding": f"fixed {pad_to}", "sort_by_length": False}, _merge(outs),
+        len(texts),
+        wall,
+        timed.latencies,
+        int(lengths.sum()),
+        len(texts) * pad_to,
+        float(np.sum(shape.flops_text(lengths))),
+        float(len(texts) * shape.flops_padded(1, pad_to)),
+        {"batch_size": 1, "padding": f"fixed {pad_to}", "sort_by_length": False},
+        _merge(outs),
     )
 
 
-def run_per_event_unpadded(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape) -> ModeResult:
+def run_per_event_unpadded(
+    backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape
+) -> ModeResult:
     """(a') one text at its own length (no padding at all), one forward per text."""
     timed = TimedBackend(backend)
     lengths = tokenizer.tokenize(texts).lengths
@@ -184,13 +195,21 @@ def run_per_event_unpadded(backend: Backend, tokenizer: BatchTokenizer, texts: S
         outs.append(timed.infer(EncodedBatch(input_ids=arr, attention_mask=np.ones_like(arr))))
     wall = time.perf_counter() - t0
     return ModeResult(
-        len(texts), wall, timed.latencies, int(lengths.sum()), int(lengths.sum()),
-        float(np.sum(shape.flops_text(lengths))), float(np.sum(shape.flops_text(lengths))),
-        {"batch_size": 1, "padding": "none", "sort_by_length": False}, _merge(outs),
+        len(texts),
+        wall,
+        timed.latencies,
+        int(lengths.sum()),
+        int(lengths.sum()),
+        float(np.sum(shape.flops_text(lengths))),
+        float(np.sum(shape.flops_text(lengths))),
+        {"batch_size": 1, "padding": "none", "sort_by_length": False},
+        _merge(outs),
     )
 
 
-def run_fixed(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, batch: int, pad_to: int) -> ModeResult:
+def run_fixed(
+    backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, batch: int, pad_to: int
+) -> ModeResult:
     """(b) arrival-order batches of ``batch`` texts, all padded to ``pad_to``."""
     timed = TimedBackend(backend)
     lengths = tokenizer.tokenize(texts).lengths
@@ -203,13 +222,26 @@ def run_fixed(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str],
         outs.append(timed.infer(enc))
     wall = time.perf_counter() - t0
     return ModeResult(
-        len(texts), wall, timed.latencies, int(lengths.sum()), len(texts) * pad_to,
-        float(np.sum(shape.flops_text(lengths))), executed,
-        {"batch_size": batch, "padding": f"fixed {pad_to}", "sort_by_length": False}, _merge(outs),
+        len(texts),
+        wall,
+        timed.latencies,
+        int(lengths.sum()),
+        len(texts) * pad_to,
+        float(np.sum(shape.flops_text(lengths))),
+        executed,
+        {"batch_size": batch, "padding": f"fixed {pad_to}", "sort_by_length": False},
+        _merge(outs),
     )
 
 
-def run_engine(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str], shape: ModelShape, max_batch: int, max_tokens: int) -> ModeResult:
+def run_engine(
+    backend: Backend,
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str],
+    shape: ModelShape,
+    max_batch: int,
+    max_tokens: int,
+) -> ModeResult:
     """(c) the engine: TextClassifier with length-sorted, bucket-padded batches."""
     timed = TimedBackend(backend)
     clf = TextClassifier(tokenizer, timed, max_batch_size=max_batch, max_tokens_per_batch=max_tokens)
@@ -223,8 +255,15 @@ def run_engine(backend: Backend, tokenizer: BatchTokenizer, texts: Sequence[str]
     stats = clf.stats.as_dict()
     policy = clf.describe()["batch_policy"]
     return ModeResult(
-        len(texts), wall, timed.latencies, int(stats["real_tokens"]), int(stats["padded_tokens"]),
-        float(np.sum(shape.flops_text(tok.lengths))), executed, policy, probs,
+        len(texts),
+        wall,
+        timed.latencies,
+        int(stats["real_tokens"]),
+        int(stats["padded_tokens"]),
+        float(np.sum(shape.flops_text(tok.lengths))),
+        executed,
+        policy,
+        probs,
     )
 
 
@@ -237,13 +276,15 @@ def machine_info() -> dict[str, Any]:
     from bench.common import machine_info as common_machine_info
 
     info = common_machine_info()
-    info.update({
-        "cores_usable": usable_cores(),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "torch": torch.__version__,
-    })
+    info.update(
+        {
+            "cores_usable": usable_cores(),
+            "cores_physical": psutil.cpu_count(logical=False),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__,
+        }
+    )
     return info
 
 
@@ -266,7 +307,13 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, Any]:
     finally:
         torch.set_num_threads(prev)
     best = min(times)
-    return {"n": n, "reps": reps, "threads": threads, "best_s": round(best, 4), "gflop_per_s": round(2 * n**3 / best / 1e9, 2)}
+    return {
+        "n": n,
+        "reps": reps,
+        "threads": threads,
+        "best_s": round(best, 4),
+        "gflop_per_s": round(2 * n**3 / best / 1e9, 2),
+    }
 
 
 # --- orchestration --------------------------------------------------------------------------------
@@ -276,13 +323,24 @@ def load_texts(data_dir: Path, n: int) -> tuple[list[str], Path]:
     if not path.is_file():
         raise click.UsageError(f"{path} not found: pass --data-dir or set FINPULSE_DATA_DIR")
     with open(path, newline="") as f:
-        texts = [row["text"] for _, row in zip(range(n), csv.DictReader(f))]
+        texts = [row["text"] for row in itertools.islice(csv.DictReader(f), n)]
     return texts, path
 
 
 def _bench_one(
-    name: str, bundle: Path, settings: EngineSettings, tokenizer: BatchTokenizer, texts: list[str], event_texts: list[str],
-    shape: ModelShape, peak: float, fixed_batch: int, max_seq_len: int, max_batch: int, max_tokens: int, repeat: int,
+    name: str,
+    bundle: Path,
+    settings: EngineSettings,
+    tokenizer: BatchTokenizer,
+    texts: list[str],
+    event_texts: list[str],
+    shape: ModelShape,
+    peak: float,
+    fixed_batch: int,
+    max_seq_len: int,
+    max_batch: int,
+    max_tokens: int,
+    repeat: int,
 ) -> dict[str, Any]:
     try:
         backend = create_backend(name, bundle, settings)
@@ -321,8 +379,10 @@ def _bench_one(
 
 def _agreement(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> dict[str, Any]:
     return {
-        h: {"argmax_agreement": round(float((ref[h].argmax(1) == got[h].argmax(1)).mean()), 4),
-            "max_abs_prob_diff": float(np.abs(ref[h] - got[h]).max())}
+        h: {
+            "argmax_agreement": round(float((ref[h].argmax(1) == got[h].argmax(1)).mean()), 4),
+            "max_abs_prob_diff": float(np.abs(ref[h] - got[h]).max()),
+        }
         for h in ref
     }
 
@@ -334,24 +394,61 @@ def _log_to_stderr() -> None:
 
 
 @click.command("engine")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Engine bundle, or a checkpoint (a temporary bundle with INT8 is built from it first).")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Engine bundle, or a checkpoint (a temporary bundle with INT8 is built from it first).",
+)
 @click.option("--texts", "n_texts", default=2000, show_default=True, help="Real texts from the sentiment valid set.")
 @click.option("--per-event-texts", default=200, show_default=True, help="Texts for the slow one-by-one mode (a).")
-@click.option("--backends", default=None, help=f"Comma-separated (default {','.join(DEFAULT_BACKENDS)}; those that cannot run here are reported as skipped).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="FINPULSE_DATA_DIR", default=default_data_dir,
-              help="Data folder (default: FINPULSE_DATA_DIR, else ../shared/data).")
+@click.option(
+    "--backends",
+    default=None,
+    help=f"Comma-separated (default {','.join(DEFAULT_BACKENDS)}; those that cannot run here are reported as skipped).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="FINPULSE_DATA_DIR",
+    default=default_data_dir,
+    help="Data folder (default: FINPULSE_DATA_DIR, else ../shared/data).",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads per backend (default: all usable cores).")
 @click.option("--fixed-batch", default=64, show_default=True)
-@click.option("--max-seq-len", default=DEFAULT_MAX_SEQ_LEN, show_default=True, help="Longest sequence; modes (a) and (b) pad every text to it.")
+@click.option(
+    "--max-seq-len",
+    default=DEFAULT_MAX_SEQ_LEN,
+    show_default=True,
+    help="Longest sequence; modes (a) and (b) pad every text to it.",
+)
 @click.option("--max-batch", default=64, show_default=True, help="Engine max batch size (mode c).")
-@click.option("--max-tokens", default=None, type=int, help="Engine padded-token budget per call (mode c); default: FINPULSE_ENGINE_MAX_TOKENS_PER_BATCH.")
+@click.option(
+    "--max-tokens",
+    default=None,
+    type=int,
+    help="Engine padded-token budget per call (mode c); default: FINPULSE_ENGINE_MAX_TOKENS_PER_BATCH.",
+)
 @click.option("--repeat", default=1, show_default=True, help="Run each mode this many times and keep the fastest.")
 @click.option("--int8-min-agreement", type=float, default=None, help="For the temporary bundle build (default 0.99).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here.")
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the JSON here."
+)
 def bench_engine_cmd(
-    model_dir: Path, n_texts: int, per_event_texts: int, backends: str | None, data_dir: Path | None, threads: int | None,
-    fixed_batch: int, max_seq_len: int, max_batch: int, max_tokens: int | None, repeat: int, int8_min_agreement: float | None, out_file: Path | None,
+    model_dir: Path,
+    n_texts: int,
+    per_event_texts: int,
+    backends: str | None,
+    data_dir: Path | None,
+    threads: int | None,
+    fixed_batch: int,
+    max_seq_len: int,
+    max_batch: int,
+    max_tokens: int | None,
+    repeat: int,
+    int8_min_agreement: float | None,
+    out_file: Path | None,
 ) -> None:
     """Per-event vs fixed-padding vs engine batching, per backend; prints one JSON object."""
     _log_to_stderr()
@@ -373,9 +470,14 @@ def bench_engine_cmd(
             from build_engine.builder import BuildOptions, build_bundle
 
             try:
-                report = build_bundle(model_dir, Path(tmp) / "bundle",
-                                      BuildOptions.from_settings(None, int8=True, int8_min_agreement=int8_min_agreement, max_seq_len=max_seq_len),
-                                      validation_texts=texts)
+                report = build_bundle(
+                    model_dir,
+                    Path(tmp) / "bundle",
+                    BuildOptions.from_settings(
+                        None, int8=True, int8_min_agreement=int8_min_agreement, max_seq_len=max_seq_len
+                    ),
+                    validation_texts=texts,
+                )
             except EngineError as exc:
                 click.echo(f"error: building a bundle from {model_dir} failed: {exc}", err=True)
                 sys.exit(1)
@@ -385,15 +487,30 @@ def bench_engine_cmd(
         shape = ModelShape.from_checkpoint(eb.checkpoint_path)
         tokenizer = BatchTokenizer(eb.tokenizer_path, max_seq_len=max_seq_len, pad_multiple=16)
         names = [b.strip() for b in backends.split(",") if b.strip()] if backends else list(DEFAULT_BACKENDS)
-        settings = EngineSettings(max_batch_size=max(fixed_batch, max_batch), max_seq_len=max_seq_len, num_threads=n_threads)
+        settings = EngineSettings(
+            max_batch_size=max(fixed_batch, max_batch), max_seq_len=max_seq_len, num_threads=n_threads
+        )
 
         machine = machine_info()
         peak = matmul_peak(n_threads)
         results: dict[str, Any] = {}
         for name in names:
             log.info("bench_backend_start", backend=name)
-            results[name] = _bench_one(name, bundle, settings, tokenizer, texts, event_texts, shape,
-                                       peak["gflop_per_s"] * 1e9, fixed_batch, max_seq_len, max_batch, max_tokens, repeat)
+            results[name] = _bench_one(
+                name,
+                bundle,
+                settings,
+                tokenizer,
+                texts,
+                event_texts,
+                shape,
+                peak["gflop_per_s"] * 1e9,
+                fixed_batch,
+                max_seq_len,
+                max_batch,
+                max_tokens,
+                repeat,
+            )
         ref = results.get("torch", {}).get("_probs")
         for name, res in results.items():
             probs = res.pop("_probs", None)
@@ -404,15 +521,26 @@ def bench_engine_cmd(
     result = {
         "bench": "engine",
         "model": {
-            "model_id": eb.manifest.model_id, "bundle": str(model_dir), "built_temp_bundle": build_summary is not None,
-            "layers": shape.layers, "hidden": shape.hidden, "intermediate": shape.intermediate,
-            "params_total": shape.params_total, "params_encoder_matmul": shape.params_encoder_matmul,
+            "model_id": eb.manifest.model_id,
+            "bundle": str(model_dir),
+            "built_temp_bundle": build_summary is not None,
+            "layers": shape.layers,
+            "hidden": shape.hidden,
+            "intermediate": shape.intermediate,
+            "params_total": shape.params_total,
+            "params_encoder_matmul": shape.params_encoder_matmul,
             "heads": {h.name: len(h.labels) for h in eb.heads},
         },
         "data": {
-            "file": str(text_file), "texts": len(texts), "per_event_texts": len(event_texts),
-            "per_event_note": (f"mode (a) runs on the first {len(event_texts)} texts only (one forward per text is slow); "
-                               "its texts/s is comparable, its totals are not") if len(event_texts) < len(texts) else None,
+            "file": str(text_file),
+            "texts": len(texts),
+            "per_event_texts": len(event_texts),
+            "per_event_note": (
+                f"mode (a) runs on the first {len(event_texts)} texts only (one forward per text is slow); "
+                "its texts/s is comparable, its totals are not"
+            )
+            if len(event_texts) < len(texts)
+            else None,
             "mean_tokens": round(float(tokenizer.tokenize(texts).lengths.mean()), 2),
         },
         "machine": machine,

@@ -26,24 +26,31 @@ from bench.common import CpuSplit, append_markdown_row, machine_info, now_iso, s
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from finpulse.stats import percentiles
-from stream.local import LocalServices
-from stream.topics import delete_topics, ensure_topics
 from stream.cli.models import resolve_model_dir
 from stream.cli.replay import produce
-from stream.settings import StreamSettings, get_settings
 from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
+from stream.local import LocalServices
+from stream.settings import StreamSettings, get_settings
+from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
 
 
 def _isolated(base: StreamSettings, tag: str, port: int) -> StreamSettings:
-    return base.model_copy(update={
-        "input_topic": f"bench.{tag}.events", "scored_topic": f"bench.{tag}.scored", "alerts_topic": f"bench.{tag}.alerts",
-        "dlq_topic": f"bench.{tag}.dlq", "consumer_group": f"bench-{tag}", "redis_prefix": f"bench:{tag}", "worker_web_port": port,
-        # Each phase replays the same stretch of event time again (under fresh ids): none of it is late.
-        "allowed_lateness_seconds": 10 * 365 * 86400,
-        # Historical data: event time only, as the demo does.
-        "time_mode": "replay",
-    })
+    return base.model_copy(
+        update={
+            "input_topic": f"bench.{tag}.events",
+            "scored_topic": f"bench.{tag}.scored",
+            "alerts_topic": f"bench.{tag}.alerts",
+            "dlq_topic": f"bench.{tag}.dlq",
+            "consumer_group": f"bench-{tag}",
+            "redis_prefix": f"bench:{tag}",
+            "worker_web_port": port,
+            # Each phase replays the same stretch of event time again (under fresh ids): none of it is late.
+            "allowed_lateness_seconds": 10 * 365 * 86400,
+            # Historical data: event time only, as the demo does.
+            "time_mode": "replay",
+        }
+    )
 
 
 class RssSampler(threading.Thread):
@@ -71,8 +78,9 @@ class RssSampler(threading.Thread):
         self._stop.set()
 
 
-async def _collect_scored(settings: StreamSettings, want: int, timeout: float, ready: asyncio.Event | None = None,
-                          prefix: str | None = None) -> list[tuple[str, int]]:
+async def _collect_scored(
+    settings: StreamSettings, want: int, timeout: float, ready: asyncio.Event | None = None, prefix: str | None = None
+) -> list[tuple[str, int]]:
     """(id, scored-record timestamp ms) for ``want`` scored records, read from the scored topic.
 
     With ``ready``, reading starts at the topic's current end (set once positioned there), so a
@@ -80,8 +88,12 @@ async def _collect_scored(settings: StreamSettings, want: int, timeout: float, r
     """
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(settings.scored_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                         auto_offset_reset="latest" if ready is not None else "earliest")
+    c = AIOKafkaConsumer(
+        settings.scored_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="latest" if ready is not None else "earliest",
+    )
     await c.start()
     if ready is not None:
         while not c.assignment():
@@ -95,7 +107,9 @@ async def _collect_scored(settings: StreamSettings, want: int, timeout: float, r
     try:
         while len(out) < want and time.monotonic() < deadline:
             for msgs in (await c.getmany(timeout_ms=200, max_records=10000)).values():
-                out.extend((k, m.timestamp) for m in msgs if (k := m.key.decode()) and (prefix is None or k.startswith(prefix)))
+                out.extend(
+                    (k, m.timestamp) for m in msgs if (k := m.key.decode()) and (prefix is None or k.startswith(prefix))
+                )
     finally:
         await c.stop()
     return out
@@ -105,7 +119,9 @@ async def _produce_times(settings: StreamSettings) -> dict[str, int]:
     """Input record CreateTime (ms) per event id, read back from the input topic."""
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(settings.input_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    c = AIOKafkaConsumer(
+        settings.input_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await c.start()
     out: dict[str, int] = {}
     try:
@@ -139,7 +155,14 @@ def _with_ids(events: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
     return [{**e, "id": f"{run}-{e['id']}"} for e in events]
 
 
-def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str, Any]], latency_events: int, load_fraction: float, log_dir: Path) -> dict[str, Any]:
+def run_one(
+    base: StreamSettings,
+    engine: EngineSettings,
+    events: list[dict[str, Any]],
+    latency_events: int,
+    load_fraction: float,
+    log_dir: Path,
+) -> dict[str, Any]:
     import socket
 
     with socket.socket() as s:
@@ -199,7 +222,9 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
 
         async def paced() -> list[tuple[str, int]]:
             at_end = asyncio.Event()
-            collector = asyncio.create_task(_collect_scored(settings, len(lat_events), 900, ready=at_end, prefix="lat-"))
+            collector = asyncio.create_task(
+                _collect_scored(settings, len(lat_events), 900, ready=at_end, prefix="lat-")
+            )
             await at_end.wait()
             await produce(settings.kafka_bootstrap, settings.input_topic, lat_events, rate=offered)
             return await collector
@@ -218,7 +243,11 @@ def run_one(base: StreamSettings, engine: EngineSettings, events: list[dict[str,
             "precision": info["engine"]["precision"],
             "model_id": info["engine"]["model_id"],
             "skipped_backends": info["engine"].get("skipped_backends"),
-            "batch_policy": {"take_max_events": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms, **info["engine"].get("batch_policy", {})},
+            "batch_policy": {
+                "take_max_events": settings.max_batch_size,
+                "max_wait_ms": settings.max_wait_ms,
+                **info["engine"].get("batch_policy", {}),
+            },
             "events": len(burst),
             "throughput_events_per_s": round(rate, 1),
             "seconds_to_last_scored": round(t_scored, 3),
@@ -251,21 +280,48 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
     for i in range(0, len(texts), max_batch_size):
         clf.classify(texts[i : i + max_batch_size])
     dt = time.perf_counter() - t0
-    return {"backend": clf.backend.name, "texts": len(texts), "texts_per_s": round(len(texts) / dt, 1), "stats": clf.stats.as_dict()}
+    return {
+        "backend": clf.backend.name,
+        "texts": len(texts),
+        "texts_per_s": round(len(texts) / dt, 1),
+        "stats": clf.stats.as_dict(),
+    }
 
 
 @click.command("pipeline")
 @click.option("--events", "n", type=int, default=3000, show_default=True, help="Events for the throughput phase.")
 @click.option("--latency-events", type=int, default=1000, show_default=True)
-@click.option("--load", "load_fraction", type=float, default=0.5, show_default=True, help="Offered load for latency, as a fraction of measured throughput.")
+@click.option(
+    "--load",
+    "load_fraction",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Offered load for latency, as a fraction of measured throughput.",
+)
 @click.option("--backend", "backends", multiple=True, default=("auto", "null"), show_default=True)
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
 @click.option("--record", type=click.Path(path_type=Path), default=None, help="Append rows to this BENCHMARKS.md.")
-@click.option("--baseline-events", type=int, default=300, show_default=True, help="Also run `bench baseline` on this many of the same events (0: skip).")
-def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backends: tuple[str, ...], model_dir: Path | None,
-                       data_dir: Path | None, out: Path | None, record: Path | None, baseline_events: int) -> None:
+@click.option(
+    "--baseline-events",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Also run `bench baseline` on this many of the same events (0: skip).",
+)
+def bench_pipeline_cmd(
+    n: int,
+    latency_events: int,
+    load_fraction: float,
+    backends: tuple[str, ...],
+    model_dir: Path | None,
+    data_dir: Path | None,
+    out: Path | None,
+    record: Path | None,
+    baseline_events: int,
+) -> None:
     """End-to-end events/s and produce-to-scored latency, against the raw engine, in one run."""
     base = get_settings()
     if data_dir:
@@ -277,13 +333,21 @@ def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backen
         eng0 = EngineSettings()
         mdir = model_dir or resolve_model_dir(base, eng0)
         events = stream_texts(base.require_data_dir(), n)
-        results: dict[str, Any] = {"benchmark": "pipeline", "date": now_iso(), "machine": machine_info(), "model_dir": str(mdir), "runs": []}
+        results: dict[str, Any] = {
+            "benchmark": "pipeline",
+            "date": now_iso(),
+            "machine": machine_info(),
+            "model_dir": str(mdir),
+            "runs": [],
+        }
         for b in backends:
             eng = eng0.model_copy(update={"backend": b, "model_dir": mdir})
             raw = raw_engine(eng, mdir, [e["text"] for e in events], base.max_batch_size)
             run = run_one(base, eng, events, latency_events, load_fraction, base.log_dir)
             run["raw_engine"] = raw
-            run["pipeline_vs_engine"] = round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
+            run["pipeline_vs_engine"] = (
+                round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
+            )
             results["runs"].append(run)
             click.echo(orjson.dumps(run).decode(), err=True)
         if baseline_events > 0:
@@ -291,7 +355,9 @@ def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backen
 
             # The per-message loop as a transformers pipeline runs it (no padding), and padded to 128.
             base_res = asyncio.run(run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir))
-            padded = asyncio.run(run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir, pad_to_max=True))
+            padded = asyncio.run(
+                run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir, pad_to_max=True)
+            )
             results["baseline"] = base_res
             results["baseline_padded"] = padded
             for run in results["runs"]:
@@ -306,9 +372,15 @@ def bench_pipeline_cmd(n: int, latency_events: int, load_fraction: float, backen
     if record:
         m = results["machine"]
         for r in results["runs"]:
-            append_markdown_row(record, "Pipeline (finpulse bench pipeline)",
-                f"| {results['date']} | {m['cpu']} ({m['cores']} cores) | {r['backend']} ({r['device']}, {r['precision']}) | {r['model_id']} "
-                f"| take {r['batch_policy']['take_max_events']} / wait {r['batch_policy']['max_wait_ms']} ms | {r['events']} "
+            append_markdown_row(
+                record,
+                "Pipeline (finpulse bench pipeline)",
+                f"| {results['date']} | {m['cpu']} ({m['cores']} cores) | {r['backend']} ({r['device']}, "
+                f"{r['precision']}) | {r['model_id']} "
+                f"| take {r['batch_policy']['take_max_events']} / wait {r['batch_policy']['max_wait_ms']} ms | "
+                f"{r['events']} "
                 f"| {r['throughput_events_per_s']} | {r['raw_engine']['texts_per_s']} | {r['pipeline_vs_engine']} "
-                f"| {r['latency_ms']['p50']} / {r['latency_ms']['p95']} / {r['latency_ms']['p99']} @ {r['latency_offered_events_per_s']}/s "
-                f"| {r['worker_peak_rss_mb']} | {r['redis_bytes_per_1000_events']} |")
+                f"| {r['latency_ms']['p50']} / {r['latency_ms']['p95']} / {r['latency_ms']['p99']} @ "
+                f"{r['latency_offered_events_per_s']}/s "
+                f"| {r['worker_peak_rss_mb']} | {r['redis_bytes_per_1000_events']} |",
+            )

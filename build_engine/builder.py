@@ -51,7 +51,13 @@ log = structlog.get_logger(__name__)
 ONNX_FILE = "model.onnx"
 PLAIN_ONNX_FILE = "model.plain.onnx"  # build-time only when fusing: what TensorRT is built from
 # Training leftovers that never belong in a serving bundle.
-_IGNORED_CHECKPOINT_FILES = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "training_args.bin", "trainer_state.json")
+_IGNORED_CHECKPOINT_FILES = (
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "training_args.bin",
+    "trainer_state.json",
+)
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,20 @@ class BuildOptions:
         """Options from ``BuildSettings`` with explicit overrides (``None`` overrides are ignored)."""
         s = settings or BuildSettings()
         base: dict[str, Any] = {
-            "fp16": s.fp16, "fuse": s.fuse, "max_batch": s.max_batch, "opt_batch": s.opt_batch, "seq_buckets": tuple(s.seq_buckets),
-            "max_seq_len": s.max_seq_len, "tolerance": s.tolerance, "int8_min_agreement": s.int8_min_agreement,
-            "exporter": s.exporter, "opset": s.opset, "validation_texts": s.validation_texts,
-            "timing_cache": s.timing_cache, "workspace_mib": s.workspace_mib, "calibration_batch": s.calibration_batch,
+            "fp16": s.fp16,
+            "fuse": s.fuse,
+            "max_batch": s.max_batch,
+            "opt_batch": s.opt_batch,
+            "seq_buckets": tuple(s.seq_buckets),
+            "max_seq_len": s.max_seq_len,
+            "tolerance": s.tolerance,
+            "int8_min_agreement": s.int8_min_agreement,
+            "exporter": s.exporter,
+            "opset": s.opset,
+            "validation_texts": s.validation_texts,
+            "timing_cache": s.timing_cache,
+            "workspace_mib": s.workspace_mib,
+            "calibration_batch": s.calibration_batch,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -101,7 +117,9 @@ class BuildReport:
 
     def as_dict(self) -> dict[str, Any]:
         mf = self.manifest
-        files = {k: getattr(mf, k).model_dump() for k in ("onnx", "onnx_int8", "tensorrt") if getattr(mf, k) is not None}
+        files = {
+            k: getattr(mf, k).model_dump() for k in ("onnx", "onnx_int8", "tensorrt") if getattr(mf, k) is not None
+        }
         return {
             "bundle": str(self.bundle),
             "model_id": mf.model_id,
@@ -180,18 +198,37 @@ def build_bundle(
         batches = validation_batches(tokenizer, texts, max_batch=min(64, opts.max_batch))
         reference = run_all(torch_runner(loaded.model, exported.output_names), batches)
         reports: dict[str, ValidationReport] = {
-            "onnx": validate_onnx(exported.path, loaded.model, exported.output_names, tokenizer, texts,
-                                  precision="fp32", tolerance=opts.tolerance, reference=reference, batches=batches)
+            "onnx": validate_onnx(
+                exported.path,
+                loaded.model,
+                exported.output_names,
+                tokenizer,
+                texts,
+                precision="fp32",
+                tolerance=opts.tolerance,
+                reference=reference,
+                batches=batches,
+            )
         }
         serving_path = exported.path
         fusion_info: dict[str, Any] | None = None
         t0 = _stage(seconds, "validate_fp32", t0)
         if opts.fuse:
             cfg = loaded.model.config
-            fused = optimize_mod.fuse_for_onnxruntime(exported.path, tmp / ONNX_FILE, num_heads=int(cfg.num_attention_heads),
-                                                      hidden_size=int(cfg.hidden_size))
-            reports["onnx_fused"] = validate_onnx(fused.path, loaded.model, exported.output_names, tokenizer, texts,
-                                                  precision="fp32", tolerance=opts.tolerance, reference=reference, batches=batches)
+            fused = optimize_mod.fuse_for_onnxruntime(
+                exported.path, tmp / ONNX_FILE, num_heads=int(cfg.num_attention_heads), hidden_size=int(cfg.hidden_size)
+            )
+            reports["onnx_fused"] = validate_onnx(
+                fused.path,
+                loaded.model,
+                exported.output_names,
+                tokenizer,
+                texts,
+                precision="fp32",
+                tolerance=opts.tolerance,
+                reference=reference,
+                batches=batches,
+            )
             serving_path = fused.path
             fusion_info = {"tool": "onnxruntime.transformers.optimizer", "fused_ops": fused.fused_ops}
             t0 = _stage(seconds, "fuse", t0)
@@ -199,15 +236,27 @@ def build_bundle(
 
         if opts.int8:
             q = quantize_mod.quantize_int8(serving_path, tmp / quantize_mod.INT8_FILE)
-            reports["onnx_int8"] = validate_onnx(q.path, loaded.model, exported.output_names, tokenizer, texts, precision="int8",
-                                                 tolerance=None, min_agreement=opts.int8_min_agreement, reference=reference, batches=batches)
+            reports["onnx_int8"] = validate_onnx(
+                q.path,
+                loaded.model,
+                exported.output_names,
+                tokenizer,
+                texts,
+                precision="int8",
+                tolerance=None,
+                min_agreement=opts.int8_min_agreement,
+                reference=reference,
+                batches=batches,
+            )
             files["onnx_int8"] = (q.path, "int8")
             quant_info = {"method": "onnxruntime dynamic", "weight_type": "QInt8", "per_channel": q.per_channel}
             t0 = _stage(seconds, "int8", t0)
 
         profiles: list[dict[str, Any]] = []
         if opts.tensorrt:
-            trt_result, trt_report = _build_tensorrt(tmp, exported.path, loaded, exported.output_names, tokenizer, texts, opts, reference, batches)
+            trt_result, trt_report = _build_tensorrt(
+                tmp, exported.path, loaded, exported.output_names, tokenizer, texts, opts, reference, batches
+            )
             files["tensorrt"] = (trt_result.path, trt_result.precision)
             reports["tensorrt"] = trt_report
             profiles = trt_result.profiles
@@ -223,9 +272,16 @@ def build_bundle(
         if opts.int8:
             validation["quantization"] = quant_info
         manifest = write_manifest(
-            tmp, model_id=loaded.model_id, heads=loaded.heads, output_names=exported.output_names,
-            max_seq_len=opts.max_seq_len, files=files, source_sha256=source_sha, validation=validation,
-            tensorrt_profiles=profiles, versions=collect_versions(),
+            tmp,
+            model_id=loaded.model_id,
+            heads=loaded.heads,
+            output_names=exported.output_names,
+            max_seq_len=opts.max_seq_len,
+            files=files,
+            source_sha256=source_sha,
+            validation=validation,
+            tensorrt_profiles=profiles,
+            versions=collect_versions(),
         )
         _move_into_place(tmp, out, opts.overwrite)
     except BaseException:
@@ -238,8 +294,15 @@ def build_bundle(
 
 
 def _build_tensorrt(
-    tmp: Path, onnx_path: Path, loaded: Any, output_names: dict[str, str], tokenizer: BatchTokenizer,
-    texts: Sequence[str], opts: BuildOptions, reference: Any, batches: Any,
+    tmp: Path,
+    onnx_path: Path,
+    loaded: Any,
+    output_names: dict[str, str],
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str],
+    opts: BuildOptions,
+    reference: Any,
+    batches: Any,
 ) -> tuple[tensorrt_build.TensorRTBuildResult, ValidationReport]:
     from build_engine.validate import compare
     from engine.backends.tensorrt_backend import TensorRTBackend
@@ -249,13 +312,27 @@ def _build_tensorrt(
         calib_texts = tensorrt_build.read_calibration_texts(opts.calibration_file)
         int8_batches = tensorrt_build.calibration_batches(tokenizer, calib_texts, opts.calibration_batch)
     result = tensorrt_build.build_tensorrt_engine(
-        onnx_path, tmp / tensorrt_build.TENSORRT_FILE, max_batch=opts.max_batch, opt_batch=opts.opt_batch,
-        seq_buckets=opts.seq_buckets, max_seq_len=opts.max_seq_len, fp16=opts.fp16, int8_batches=int8_batches,
-        timing_cache=opts.timing_cache, workspace_mib=opts.workspace_mib,
+        onnx_path,
+        tmp / tensorrt_build.TENSORRT_FILE,
+        max_batch=opts.max_batch,
+        opt_batch=opts.opt_batch,
+        seq_buckets=opts.seq_buckets,
+        max_seq_len=opts.max_seq_len,
+        fp16=opts.fp16,
+        int8_batches=int8_batches,
+        timing_cache=opts.timing_cache,
+        workspace_mib=opts.workspace_mib,
     )
     heads = loaded.heads
-    backend = TensorRTBackend(result.path, heads, [output_names[h.name] for h in heads], opts.max_batch, opts.max_seq_len,
-                              loaded.model_id, precision=result.precision)
+    backend = TensorRTBackend(
+        result.path,
+        heads,
+        [output_names[h.name] for h in heads],
+        opts.max_batch,
+        opts.max_seq_len,
+        loaded.model_id,
+        precision=result.precision,
+    )
     try:
         # Reduced precision: judged by label agreement (like INT8), logit diffs reported.
         candidate = [{output_names[k]: v for k, v in backend._infer_impl(b).items()} for b in batches]
@@ -264,7 +341,9 @@ def _build_tensorrt(
     if result.precision == "fp32":
         report = compare(reference, candidate, batches, precision="fp32", tolerance=opts.tolerance)
     else:
-        report = compare(reference, candidate, batches, precision=result.precision, min_agreement=opts.int8_min_agreement)
+        report = compare(
+            reference, candidate, batches, precision=result.precision, min_agreement=opts.int8_min_agreement
+        )
     return result, report
 
 

@@ -59,22 +59,60 @@ def _log_to_stderr() -> None:
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic INT8 for ONNX Runtime on CPU).")
 @click.option("--tensorrt", is_flag=True, help="Also build a TensorRT engine (needs tensorrt and an NVIDIA GPU).")
 @click.option("--fp16/--no-fp16", default=None, help="TensorRT FP16 kernels (default on).")
-@click.option("--calibration", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Build the TensorRT engine in INT8, calibrated on these texts (.csv text column or one per line); needs --tensorrt.")
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Build the TensorRT engine in INT8, calibrated on these texts (.csv text column or one per line); needs "
+    "--tensorrt.",
+)
 @click.option("--max-batch", type=int, help="Largest TensorRT batch (default 256).")
 @click.option("--seq-buckets", help="Sequence-length buckets, e.g. 16,32,64,128 (one TensorRT profile each).")
-@click.option("--max-seq-len", type=int, help=f"Longest sequence (tokens) the bundle is validated and built for (default {DEFAULT_MAX_SEQ_LEN}).")
+@click.option(
+    "--max-seq-len",
+    type=int,
+    help=f"Longest sequence (tokens) the bundle is validated and built for (default {DEFAULT_MAX_SEQ_LEN}).",
+)
 @click.option("--tolerance", type=float, help="Max abs logit diff ONNX Runtime fp32 vs PyTorch (default 1e-4).")
 @click.option("--int8-min-agreement", type=float, help="Min argmax agreement per head for INT8/FP16 (default 0.99).")
-@click.option("--exporter", type=click.Choice(["dynamo", "torchscript"]), help="ONNX exporter (default torchscript, whose graph ONNX Runtime can fuse).")
-@click.option("--fuse/--no-fuse", default=None, help="ONNX Runtime attention/LayerNorm/GELU fusion of the served file (default on).")
-@click.option("--validation-texts", "validation_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Texts to validate on (.csv text column or one per line); default: the sentiment valid set.")
-@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file (loaded if present, saved after).")
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    help="ONNX exporter (default torchscript, whose graph ONNX Runtime can fuse).",
+)
+@click.option(
+    "--fuse/--no-fuse",
+    default=None,
+    help="ONNX Runtime attention/LayerNorm/GELU fusion of the served file (default on).",
+)
+@click.option(
+    "--validation-texts",
+    "validation_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Texts to validate on (.csv text column or one per line); default: the sentiment valid set.",
+)
+@click.option(
+    "--timing-cache",
+    type=click.Path(path_type=Path),
+    help="TensorRT timing cache file (loaded if present, saved after).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle directory.")
 def build_engine_cmd(
-    checkpoint_dir: Path, out_dir: Path, int8: bool, tensorrt: bool, fp16: bool | None, calibration: Path | None,
-    max_batch: int | None, seq_buckets: str | None, max_seq_len: int | None, tolerance: float | None,
-    int8_min_agreement: float | None, exporter: str | None, fuse: bool | None, validation_file: Path | None, timing_cache: Path | None, force: bool,
+    checkpoint_dir: Path,
+    out_dir: Path,
+    int8: bool,
+    tensorrt: bool,
+    fp16: bool | None,
+    calibration: Path | None,
+    max_batch: int | None,
+    seq_buckets: str | None,
+    max_seq_len: int | None,
+    tolerance: float | None,
+    int8_min_agreement: float | None,
+    exporter: str | None,
+    fuse: bool | None,
+    validation_file: Path | None,
+    timing_cache: Path | None,
+    force: bool,
 ) -> None:
     """Export CHECKPOINT_DIR to ONNX (and optionally INT8 / TensorRT), validate it and write a bundle."""
     # Imported here: the builder needs torch and onnx (the [build] extra), listing the command does not.
@@ -83,14 +121,27 @@ def build_engine_cmd(
     _log_to_stderr()
     settings = BuildSettings()
     options = BuildOptions.from_settings(
-        settings, int8=int8, tensorrt=tensorrt, fp16=fp16, calibration_file=calibration, max_batch=max_batch,
-        seq_buckets=_parse_buckets(seq_buckets), max_seq_len=max_seq_len, tolerance=tolerance,
-        int8_min_agreement=int8_min_agreement, exporter=exporter, fuse=fuse, timing_cache=timing_cache, overwrite=force,
+        settings,
+        int8=int8,
+        tensorrt=tensorrt,
+        fp16=fp16,
+        calibration_file=calibration,
+        max_batch=max_batch,
+        seq_buckets=_parse_buckets(seq_buckets),
+        max_seq_len=max_seq_len,
+        tolerance=tolerance,
+        int8_min_agreement=int8_min_agreement,
+        exporter=exporter,
+        fuse=fuse,
+        timing_cache=timing_cache,
+        overwrite=force,
     )
     vfile = validation_file or _default_validation_file(settings)
     texts = _read_texts(vfile) if vfile is not None else None
     if texts is None:
-        log.warning("validation_on_builtin_texts", reason="no --validation-texts and no data folder (FINPULSE_DATA_DIR)")
+        log.warning(
+            "validation_on_builtin_texts", reason="no --validation-texts and no data folder (FINPULSE_DATA_DIR)"
+        )
     try:
         report = build_bundle(checkpoint_dir, out_dir, options, validation_texts=texts)
     except EngineError as exc:

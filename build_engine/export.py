@@ -92,24 +92,43 @@ def export_onnx(
                 batch = torch.export.Dim("batch", min=1, max=65536)
                 seq = torch.export.Dim("seq", min=1, max=max_pos)
                 torch.onnx.export(
-                    model, args, str(out), dynamo=True, input_names=list(INPUT_NAMES), output_names=out_names,
+                    model,
+                    args,
+                    str(out),
+                    dynamo=True,
+                    input_names=list(INPUT_NAMES),
+                    output_names=out_names,
                     dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                    opset_version=opset, external_data=False, verbose=False, optimize=True,
+                    opset_version=opset,
+                    external_data=False,
+                    verbose=False,
+                    optimize=True,
                 )
             else:
                 axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
                 axes.update({name: {0: "batch"} for name in out_names})
                 torch.onnx.export(
-                    model, args, str(out), dynamo=False, input_names=list(INPUT_NAMES), output_names=out_names,
-                    dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                    model,
+                    args,
+                    str(out),
+                    dynamo=False,
+                    input_names=list(INPUT_NAMES),
+                    output_names=out_names,
+                    dynamic_axes=axes,
+                    opset_version=opset,
+                    do_constant_folding=True,
                 )
     except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; one typed error out
         hint = " (try --exporter torchscript)" if exporter == "dynamo" else ""
         raise EngineBuildError(f"{exporter} export failed: {type(exc).__name__}: {exc}{hint}", stage="export") from exc
     seconds = time.perf_counter() - t0
     check_interface(out, INPUT_NAMES, tuple(out_names))
-    log.info("onnx_exported", path=str(out), exporter=exporter, opset=opset, outputs=out_names, seconds=round(seconds, 2))
-    return ExportResult(path=out, input_names=INPUT_NAMES, output_names=outputs, opset=opset, exporter=exporter, seconds=seconds)
+    log.info(
+        "onnx_exported", path=str(out), exporter=exporter, opset=opset, outputs=out_names, seconds=round(seconds, 2)
+    )
+    return ExportResult(
+        path=out, input_names=INPUT_NAMES, output_names=outputs, opset=opset, exporter=exporter, seconds=seconds
+    )
 
 
 def check_interface(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
@@ -124,7 +143,9 @@ def check_interface(path: Path, inputs: tuple[str, ...], outputs: tuple[str, ...
     got_in = tuple(i.name for i in graph.input)
     got_out = tuple(o.name for o in graph.output)
     if got_in != inputs or got_out != outputs:
-        raise EngineBuildError(f"exported graph has inputs {got_in} and outputs {got_out}; expected {inputs} and {outputs}", stage="export")
+        raise EngineBuildError(
+            f"exported graph has inputs {got_in} and outputs {got_out}; expected {inputs} and {outputs}", stage="export"
+        )
     int64 = onnx.TensorProto.INT64
     bad = [i.name for i in graph.input if i.type.tensor_type.elem_type != int64]
     if bad:

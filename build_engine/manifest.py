@@ -69,24 +69,33 @@ def write_manifest(
     tokenizer_file: str = "tokenizer.json",
     checkpoint_dir: str = "checkpoint",
 ) -> Manifest:
-    """Build, check (pydantic) and write ``manifest.json``; ``files`` maps onnx/onnx_int8/tensorrt to (path, precision)."""
+    """Build, check (pydantic) and write ``manifest.json``.
+
+    ``files`` maps ``onnx``/``onnx_int8``/``tensorrt`` to (path, precision).
+    """
     root = Path(bundle_dir)
     unknown = set(files) - {"onnx", "onnx_int8", "tensorrt"}
     if unknown:
         raise ValueError(f"unknown bundle file kinds {sorted(unknown)}")
     entries = {kind: file_entry(root, path, precision) for kind, (path, precision) in files.items()}
-    manifest = Manifest(
-        model_id=model_id,
-        heads=[HeadManifest(name=h.name, labels=list(h.labels), output=output_names[h.name], pooling=h.pooling) for h in heads],
-        max_seq_len=max_seq_len,
-        tokenizer_file=tokenizer_file,
-        checkpoint_dir=checkpoint_dir,
-        tensorrt_profiles=[dict(p) for p in tensorrt_profiles],
-        source_sha256=source_sha256,
-        versions=dict(versions if versions is not None else collect_versions()),
-        validation=json.loads(json.dumps(dict(validation))),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        **entries,
+    # Validated from a dict: the file entries are keyword fields named at run time.
+    manifest = Manifest.model_validate(
+        dict(
+            model_id=model_id,
+            heads=[
+                HeadManifest(name=h.name, labels=list(h.labels), output=output_names[h.name], pooling=h.pooling)
+                for h in heads
+            ],
+            max_seq_len=max_seq_len,
+            tokenizer_file=tokenizer_file,
+            checkpoint_dir=checkpoint_dir,
+            tensorrt_profiles=[dict(p) for p in tensorrt_profiles],
+            source_sha256=source_sha256,
+            versions=dict(versions if versions is not None else collect_versions()),
+            validation=json.loads(json.dumps(dict(validation))),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            **entries,
+        )
     )
     target = root / MANIFEST
     tmp = target.with_suffix(".json.tmp")

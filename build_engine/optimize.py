@@ -45,7 +45,9 @@ def fuse_for_onnxruntime(src: str | Path, dst: str | Path, *, num_heads: int, hi
         fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
         opt.save_model_to_file(str(dst))
     except Exception as exc:  # noqa: BLE001 - the optimizer raises many unrelated types
-        raise EngineBuildError(f"ONNX Runtime transformer fusion failed: {type(exc).__name__}: {exc}", stage="fuse") from exc
+        raise EngineBuildError(
+            f"ONNX Runtime transformer fusion failed: {type(exc).__name__}: {exc}", stage="fuse"
+        ) from exc
     result = FusionResult(Path(dst), fused, time.perf_counter() - t0)
     log.info("onnx_fused", path=str(dst), fused_ops=fused, seconds=round(result.seconds, 2))
     return result

@@ -49,12 +49,24 @@ def quantize_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True)
         scratch = Path(tmp) / "stripped.onnx"
         onnx.save(model, str(scratch))
         try:
-            quantize_dynamic(str(scratch), str(dst_p), weight_type=QuantType.QInt8, per_channel=per_channel,
-                             # Shape inference cannot see through ONNX Runtime's fused (contrib) ops;
-                             # every tensor in these models that it misses is float32.
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            quantize_dynamic(
+                str(scratch),
+                str(dst_p),
+                weight_type=QuantType.QInt8,
+                per_channel=per_channel,
+                # Shape inference cannot see through ONNX Runtime's fused (contrib) ops;
+                # every tensor in these models that it misses is float32.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
         except Exception as exc:  # noqa: BLE001 - the quantizer raises many unrelated types
-            raise EngineBuildError(f"dynamic INT8 quantization failed: {type(exc).__name__}: {exc}", stage="quantize") from exc
+            raise EngineBuildError(
+                f"dynamic INT8 quantization failed: {type(exc).__name__}: {exc}", stage="quantize"
+            ) from exc
     result = QuantizeResult(dst_p, time.perf_counter() - t0, dst_p.stat().st_size, src_p.stat().st_size, per_channel)
-    log.info("onnx_quantized", path=str(dst_p), mb=round(result.size_bytes / 1e6, 1), source_mb=round(result.source_size_bytes / 1e6, 1))
+    log.info(
+        "onnx_quantized",
+        path=str(dst_p),
+        mb=round(result.size_bytes / 1e6, 1),
+        source_mb=round(result.source_size_bytes / 1e6, 1),
+    )
     return result

@@ -47,7 +47,8 @@ def require_tensorrt() -> ModuleType:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailable(
-            "tensorrt", "python package 'tensorrt' is not installed (pip install 'finpulse[tensorrt]' on a machine with an NVIDIA GPU)"
+            "tensorrt",
+            "python package 'tensorrt' is not installed (pip install 'finpulse[gpu]' on a machine with an NVIDIA GPU)",
         ) from exc
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
@@ -105,7 +106,9 @@ def read_calibration_texts(path: str | Path) -> list[str]:
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
 
 
-def calibration_batches(tokenizer: BatchTokenizer, texts: Sequence[str], batch: int, max_batches: int = 64) -> list[EncodedBatch]:
+def calibration_batches(
+    tokenizer: BatchTokenizer, texts: Sequence[str], batch: int, max_batches: int = 64
+) -> list[EncodedBatch]:
     """Fixed-shape (batch, max_seq_len) batches: the calibration profile has a single shape."""
     if len(texts) < batch:
         raise EngineBuildError(f"INT8 calibration needs at least {batch} texts, got {len(texts)}", stage="tensorrt")
@@ -128,7 +131,7 @@ class TensorRTBuildResult:
 
 
 def _make_logger(trt: ModuleType) -> Any:
-    class _TrtLog(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _TrtLog(trt.ILogger):  # type: ignore[name-defined]  # trt is a module passed in at run time
         """Forwards TensorRT messages to structlog and keeps errors for the exception text."""
 
         def __init__(self) -> None:
@@ -152,7 +155,7 @@ def _make_calibrator(trt: ModuleType, batches: Sequence[EncodedBatch], cache_fil
 
     batch_size = batches[0].size
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]  # trt is passed in at run time
         """Feeds real token batches to TensorRT's INT8 calibration from CUDA tensors owned by torch."""
 
         def __init__(self) -> None:
@@ -270,5 +273,12 @@ def build_tensorrt_engine(
         timing_cache_reused=reused,
         warnings=list(trt_log.warnings[-20:]),
     )
-    log.info("tensorrt_built", path=str(out), precision=precision, profiles=len(profiles), seconds=round(result.seconds, 1), timing_cache_reused=reused)
+    log.info(
+        "tensorrt_built",
+        path=str(out),
+        precision=precision,
+        profiles=len(profiles),
+        seconds=round(result.seconds, 1),
+        timing_cache_reused=reused,
+    )
     return result

@@ -44,7 +44,9 @@ BUILTIN_TEXTS: tuple[str, ...] = (
     "Merger talks between the two chipmakers collapse over regulatory concerns, sources say",
     "Central bank holds rates, signals patience on cuts",
     "Dividend raised 10%",
-    " ".join(["Markets digest a long list of earnings, macro data, central bank speeches and geopolitical headlines"] * 12),
+    " ".join(
+        ["Markets digest a long list of earnings, macro data, central bank speeches and geopolitical headlines"] * 12
+    ),
     "IPO priced above range; shares open 30% higher in first day of trading",
 )
 
@@ -97,7 +99,7 @@ def torch_runner(model: MultiHeadClassifier, output_names: Mapping[str, str]) ->
     def run(batch: EncodedBatch) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             logits = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-        return {name: t.float().numpy() for name, t in zip(names, logits)}
+        return {name: t.float().numpy() for name, t in zip(names, logits, strict=True)}
 
     return run
 
@@ -117,7 +119,7 @@ def onnxruntime_runner(model_path: str | Path, threads: int | None = None) -> Ru
 
     def run(batch: EncodedBatch) -> dict[str, np.ndarray]:
         outs = session.run(names, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
-        return dict(zip(names, (np.asarray(o) for o in outs)))
+        return dict(zip(names, (np.asarray(o) for o in outs), strict=True))
 
     return run
 
@@ -173,13 +175,20 @@ def compare(
             raise EngineBuildError(
                 f"{precision} max abs logit diff {report.max_abs_diff[name]:.3g} > tolerance {tolerance:g} "
                 f"over {report.texts} rows",
-                stage="validate", output=name, max_abs_diff=report.max_abs_diff[name], agreement=report.agreement[name],
+                stage="validate",
+                output=name,
+                max_abs_diff=report.max_abs_diff[name],
+                agreement=report.agreement[name],
             )
         if min_agreement is not None and report.agreement[name] < min_agreement:
             raise EngineBuildError(
-                f"{precision} argmax agreement {report.agreement[name]:.4f} < {min_agreement:g} over {report.texts} rows "
+                f"{precision} argmax agreement {report.agreement[name]:.4f} < {min_agreement:g} over {report.texts} "
+                "rows "
                 f"(max abs prob diff {report.max_abs_prob_diff[name]:.3g})",
-                stage="validate", output=name, max_abs_diff=report.max_abs_diff[name], agreement=report.agreement[name],
+                stage="validate",
+                output=name,
+                max_abs_diff=report.max_abs_diff[name],
+                agreement=report.agreement[name],
             )
     return report
 
@@ -206,10 +215,16 @@ def validate_onnx(
     batches = list(batches) if batches is not None else validation_batches(tokenizer, texts)
     reference = reference if reference is not None else run_all(torch_runner(model, output_names), batches)
     candidate = run_all(onnxruntime_runner(model_path), batches)
-    report = compare(reference, candidate, batches, precision=precision, tolerance=tolerance, min_agreement=min_agreement)
+    report = compare(
+        reference, candidate, batches, precision=precision, tolerance=tolerance, min_agreement=min_agreement
+    )
     report.seconds = round(time.perf_counter() - t0, 3)
     log.info(
-        "engine_validated", file=Path(model_path).name, precision=precision, rows=report.texts,
-        max_abs_diff=report.max_abs_diff, agreement=report.agreement,
+        "engine_validated",
+        file=Path(model_path).name,
+        precision=precision,
+        rows=report.texts,
+        max_abs_diff=report.max_abs_diff,
+        agreement=report.agreement,
     )
     return report

@@ -75,11 +75,13 @@ class EngineBundle:
         self.manifest = manifest
 
     @classmethod
-    def load(cls, path: str | Path) -> "EngineBundle":
+    def load(cls, path: str | Path) -> EngineBundle:
         root = Path(path)
         mf = root / MANIFEST
         if not mf.is_file():
-            raise ModelFormatError(root, "no manifest.json: not an engine bundle (build one with `finpulse build-engine`)")
+            raise ModelFormatError(
+                root, "no manifest.json: not an engine bundle (build one with `finpulse build-engine`)"
+            )
         try:
             manifest = Manifest.model_validate(json.loads(mf.read_text()))
         except (json.JSONDecodeError, ValidationError) as exc:
@@ -111,5 +113,7 @@ class EngineBundle:
         if verify:
             actual = sha256_file(p)
             if actual != entry.sha256:
-                raise ModelFormatError(p, f"{kind} file is corrupted or was replaced: sha256 {actual[:12]} != manifest {entry.sha256[:12]}")
+                raise ModelFormatError(
+                    p, f"{kind} file is corrupted or was replaced: sha256 {actual[:12]} != manifest {entry.sha256[:12]}"
+                )
         return p

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,9 @@ from engine.tokenize import BatchTokenizer, TokenizedTexts
 from finpulse.stats import percentiles
 
 
-def plan_batches(lengths: np.ndarray, max_batch_size: int, max_tokens: int, pad_multiple: int, max_seq_len: int) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray, max_batch_size: int, max_tokens: int, pad_multiple: int, max_seq_len: int
+) -> list[np.ndarray]:
     """Indices of each batch: sorted by length, each within ``max_batch_size`` rows and ``max_tokens`` padded tokens.
 
     A single text longer than the budget still gets a batch of its own (it is truncated to
@@ -87,7 +90,13 @@ class EngineStats:
 class TextClassifier:
     """Classifies lists of texts with one backend; thread-safe for one caller at a time per backend."""
 
-    def __init__(self, tokenizer: BatchTokenizer, backend: Backend, max_batch_size: int | None = None, max_tokens_per_batch: int = 8192) -> None:
+    def __init__(
+        self,
+        tokenizer: BatchTokenizer,
+        backend: Backend,
+        max_batch_size: int | None = None,
+        max_tokens_per_batch: int = 8192,
+    ) -> None:
         self.tokenizer = tokenizer
         self.backend = backend
         self.max_batch_size = min(max_batch_size or backend.max_batch_size, backend.max_batch_size)
@@ -113,7 +122,13 @@ class TextClassifier:
         }
 
     def plan(self, tok: TokenizedTexts) -> list[np.ndarray]:
-        return plan_batches(tok.lengths, self.max_batch_size, self.max_tokens_per_batch, self.tokenizer.pad_multiple, self.tokenizer.max_seq_len)
+        return plan_batches(
+            tok.lengths,
+            self.max_batch_size,
+            self.max_tokens_per_batch,
+            self.tokenizer.pad_multiple,
+            self.tokenizer.max_seq_len,
+        )
 
     def classify(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Probabilities per head, shape (len(texts), n_labels), in input order. Empty in, empty out."""

@@ -29,7 +29,11 @@ class HeadSpec:
 
     def to_config(self) -> dict[str, Any]:
         """The head as stored in ``config.json`` (``id2label`` keyed by string ids, as Hugging Face does)."""
-        return {"name": self.name, "id2label": {str(i): lab for i, lab in enumerate(self.labels)}, "pooling": self.pooling}
+        return {
+            "name": self.name,
+            "id2label": {str(i): lab for i, lab in enumerate(self.labels)},
+            "pooling": self.pooling,
+        }
 
     @classmethod
     def from_config(cls, raw: dict[str, Any]) -> HeadSpec:

@@ -9,9 +9,10 @@ A finpulse checkpoint is a Hugging Face-style directory: ``config.json`` (a BERT
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ __all__ = [
     "read_config",
 ]
 
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average of the token vectors that the mask keeps (padding never leaks into the result)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -47,7 +49,9 @@ class MultiHeadClassifier(nn.Module):
             raise ValueError("at least one head is required")
         self.bert = encoder
         self.head_specs: tuple[HeadSpec, ...] = tuple(heads)
-        hidden = int(encoder.config.hidden_size)
+        # A Hugging Face encoder: its config is a plain attribute that torch's Module typing cannot see.
+        config: Any = encoder.config
+        hidden = int(config.hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.heads = nn.ModuleDict({h.name: nn.Linear(hidden, len(h.labels)) for h in heads})
         self._uses_pooler = any(h.pooling == "pooler" for h in heads)
@@ -77,7 +81,8 @@ class MultiHeadClassifier(nn.Module):
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = self.bert.config.to_dict()
+        bert_config: Any = self.bert.config
+        cfg = bert_config.to_dict()
         cfg["architectures"] = ["FinpulseMultiHeadModel"]
         cfg[CONFIG_HEADS_KEY] = [h.to_config() for h in self.head_specs]
         # HF convention: id2label of the first head, so generic tools show sensible labels.
@@ -104,7 +109,9 @@ class LoadedModel:
 
 def _normalise_label(label: str) -> str:
     low = label.strip().lower()
-    return {"bearish": "negative", "bullish": "positive", "neg": "negative", "pos": "positive", "neu": "neutral"}.get(low, low)
+    return {"bearish": "negative", "bullish": "positive", "neg": "negative", "pos": "positive", "neu": "neutral"}.get(
+        low, low
+    )
 
 
 def new_multihead_model(base_dir: str | Path, heads: Sequence[HeadSpec], dropout: float = 0.1) -> MultiHeadClassifier:
@@ -113,7 +120,9 @@ def new_multihead_model(base_dir: str | Path, heads: Sequence[HeadSpec], dropout
 
     base = Path(base_dir)
     read_config(base)
-    encoder = AutoModel.from_pretrained(str(base), local_files_only=True, add_pooling_layer=any(h.pooling == "pooler" for h in heads))
+    encoder = AutoModel.from_pretrained(
+        str(base), local_files_only=True, add_pooling_layer=any(h.pooling == "pooler" for h in heads)
+    )
     return MultiHeadClassifier(encoder, heads, dropout=dropout)
 
 

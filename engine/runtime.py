@@ -89,7 +89,10 @@ def available_backends() -> list[str]:
 
 
 def create_backend(name: str, model_dir: Path, settings: EngineSettings) -> Backend:
-    """Build exactly the named backend or raise ``BackendUnavailable`` (with the extra to install, if a package is missing)."""
+    """Build exactly the named backend or raise ``BackendUnavailable``.
+
+    When a package is missing, the reason names the extra that installs it.
+    """
     factory = BACKENDS.get(name)
     if factory is None:
         raise BackendUnavailable(name, f"unknown backend; known: {available_backends()}")

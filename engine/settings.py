@@ -24,10 +24,18 @@ class EngineSettings(BaseSettings):
     )
     max_batch_size: int = Field(default=64, ge=1)
     # Measured on 2 CPU cores (BENCHMARKS.md): ~1k padded tokens per call beats 8k by 1.7x (cache-sized activations).
-    max_tokens_per_batch: int = Field(default=1024, ge=16, description="Padded tokens (batch x length) per backend call.")
-    max_seq_len: int = Field(default=DEFAULT_MAX_SEQ_LEN, ge=8, le=512, description="Texts are truncated to this many tokens.")
+    max_tokens_per_batch: int = Field(
+        default=1024, ge=16, description="Padded tokens (batch x length) per backend call."
+    )
+    max_seq_len: int = Field(
+        default=DEFAULT_MAX_SEQ_LEN, ge=8, le=512, description="Texts are truncated to this many tokens."
+    )
     pad_multiple: int = Field(default=16, ge=1, description="Pad each batch to its longest member rounded up to this.")
     num_threads: int | None = Field(default=None, description="CPU threads for torch/onnxruntime; default: all cores.")
     # Measured in the worker (BENCHMARKS.md): spinning off gave 104.5 events/s against 100.9 with it on.
-    ort_allow_spinning: bool = Field(default=False, description="Let ONNX Runtime's pool threads spin between ops (about 7% faster for the engine alone; starves the worker's event loop).")
+    ort_allow_spinning: bool = Field(
+        default=False,
+        description="Let ONNX Runtime's pool threads spin between ops (about 7% faster for the engine alone; starves "
+        "the worker's event loop).",
+    )
     device_id: int = 0

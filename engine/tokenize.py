@@ -6,9 +6,9 @@ member rounded up to ``pad_multiple``, never to a fixed 128 or 512.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -52,7 +52,9 @@ def round_up(n: int, multiple: int) -> int:
 class BatchTokenizer:
     """Wraps ``tokenizers.Tokenizer``: truncation at ``max_seq_len``, bucketed padding done here."""
 
-    def __init__(self, tokenizer_file: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16) -> None:
+    def __init__(
+        self, tokenizer_file: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16
+    ) -> None:
         from tokenizers import Tokenizer
 
         path = Path(tokenizer_file)
@@ -67,7 +69,9 @@ class BatchTokenizer:
         self.pad_id = 0 if pad_id is None else int(pad_id)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16) -> BatchTokenizer:
+    def from_model_dir(
+        cls, model_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, pad_multiple: int = 16
+    ) -> BatchTokenizer:
         """Use the directory's tokenizer.json, building it from the slow vocab files once if it is missing."""
         d = Path(model_dir)
         tok_file = d / "tokenizer.json"
@@ -76,7 +80,9 @@ class BatchTokenizer:
                 from transformers import AutoTokenizer
             except ModuleNotFoundError as exc:
                 # Bundles and finpulse checkpoints carry tokenizer.json; only a bare vocab needs transformers.
-                raise ModelFormatError(d, f"no tokenizer.json, and converting the vocab files needs {missing_extra(exc, 'it') or exc}") from exc
+                raise ModelFormatError(
+                    d, f"no tokenizer.json, and converting the vocab files needs {missing_extra(exc, 'it') or exc}"
+                ) from exc
             try:
                 AutoTokenizer.from_pretrained(str(d), local_files_only=True, use_fast=True).save_pretrained(str(d))
             except Exception as exc:  # noqa: BLE001 - surface any loader failure as a format error

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -19,7 +19,13 @@ TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.\-][A-Z]{1,2})?$")
 MAX_TICKERS = 20
 
 RejectReason = Literal[
-    "oversized_event", "not_utf8", "not_json", "not_object", "invalid_schema", "empty_text", "oversized_text",
+    "oversized_event",
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "invalid_schema",
+    "empty_text",
+    "oversized_text",
 ]
 
 
@@ -52,13 +58,13 @@ def parse_event_time(value: Any) -> int:
         except ValueError as exc:
             raise ValueError(f"published_at {s[:40]!r} is not ISO-8601") from exc
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * 1000)
     raise ValueError("published_at must be ISO-8601 or epoch milliseconds")
 
 
 def ms_to_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class NewsEvent(BaseModel):

@@ -14,6 +14,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
+
 async def ensure_topics(
     bootstrap: str,
     topics: Mapping[str, int],
@@ -40,14 +41,18 @@ async def ensure_topics(
             existing = await _partition_counts(admin, list(topics))
             for name, have in existing.items():
                 if have < topics[name]:
-                    log.warning("topic has fewer partitions than wanted", topic=name,
-                                partitions=have, wanted=topics[name])
+                    log.warning(
+                        "topic has fewer partitions than wanted", topic=name, partitions=have, wanted=topics[name]
+                    )
             missing = [name for name in topics if name not in existing]
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(name, topics[name], replication_factor,
-                              topic_configs=dict((configs or {}).get(name, {})))
-                     for name in missing],
+                    [
+                        NewTopic(
+                            name, topics[name], replication_factor, topic_configs=dict((configs or {}).get(name, {}))
+                        )
+                        for name in missing
+                    ],
                     timeout_ms=int(timeout * 1000),
                 )
                 for name, code, message in _topic_errors(response):
@@ -111,8 +116,7 @@ async def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
     wanted = [n for n in names if n in present]
     if not wanted:
         return {}
-    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted)
-            if t["error_code"] == 0}
+    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(wanted) if t["error_code"] == 0}
 
 
 async def _wait_for_leaders(admin: Any, topics: Mapping[str, int]) -> None:
@@ -120,8 +124,10 @@ async def _wait_for_leaders(admin: Any, topics: Mapping[str, int]) -> None:
     while topics:
         meta = await admin.describe_topics(list(topics))
         ready = {
-            t["topic"] for t in meta
-            if t["error_code"] == 0 and len(t["partitions"]) >= topics[t["topic"]]
+            t["topic"]
+            for t in meta
+            if t["error_code"] == 0
+            and len(t["partitions"]) >= topics[t["topic"]]
             and all(p["leader"] >= 0 for p in t["partitions"])
         }
         if ready >= set(topics):

@@ -28,7 +28,9 @@ def topic_plan(settings: StreamSettings) -> dict[str, int]:
     }
 
 
-def run_worker(settings: StreamSettings, engine_settings: EngineSettings, model_dir: Path, loglevel: str = "INFO") -> None:
+def run_worker(
+    settings: StreamSettings, engine_settings: EngineSettings, model_dir: Path, loglevel: str = "INFO"
+) -> None:
     """Blocks until the worker is stopped (SIGINT/SIGTERM)."""
     import faust
 
@@ -37,8 +39,15 @@ def run_worker(settings: StreamSettings, engine_settings: EngineSettings, model_
     classifier = load_classifier(engine_settings, model_dir)
     classifier.backend.warmup()
     desc = classifier.describe()
-    log.info("engine_ready", model_dir=str(model_dir), backend=desc["backend"], device=desc["device"],
-             precision=desc["precision"], model_id=desc["model_id"], skipped_backends=desc.get("skipped_backends"))
+    log.info(
+        "engine_ready",
+        model_dir=str(model_dir),
+        backend=desc["backend"],
+        device=desc["device"],
+        precision=desc["precision"],
+        model_id=desc["model_id"],
+        skipped_backends=desc.get("skipped_backends"),
+    )
     asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
     app = create_app(settings, classifier)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

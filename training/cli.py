@@ -30,7 +30,9 @@ def _d(name: str, text: str = "") -> str:
 
 @click.command("train")
 @click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write the trained model to.")
-@click.option("--base", "base_dir", type=_PATH, default=None, help="Base encoder directory (default: the MiniLM package).")
+@click.option(
+    "--base", "base_dir", type=_PATH, default=None, help="Base encoder directory (default: the MiniLM package)."
+)
 @click.option("--data-dir", type=_PATH, default=None, help="Shared data folder the four data files default to.")
 @click.option("--sentiment-train", type=_FILE, default=None, help="Sentiment training file (CSV, JSONL or PhraseBank).")
 @click.option("--sentiment-valid", type=_FILE, default=None)
@@ -46,8 +48,12 @@ def _d(name: str, text: str = "") -> str:
 @click.option("--max-seq-len", type=int, default=None, help=_d("max_seq_len"))
 @click.option("--warmup-ratio", type=float, default=None, help=_d("warmup_ratio"))
 @click.option("--weight-decay", type=float, default=None, help=_d("weight_decay"))
-@click.option("--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_weighting"))
-@click.option("--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'."))
+@click.option(
+    "--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_weighting")
+)
+@click.option(
+    "--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
+)
 @click.option("--evals-per-epoch", type=int, default=None, help=_d("evals_per_epoch"))
 @click.option("--patience", type=int, default=None, help=_d("patience"))
 @click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None, help=_d("selection"))
@@ -82,17 +88,42 @@ def train_cmd(out_dir: Path, **options: Any) -> None:
 
 @click.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data", "data_file", type=_FILE, required=True, help="Labelled file: CSV/JSONL text,label or PhraseBank.")
-@click.option("--task", type=click.Choice(["sentiment", "topic"]), default=None, help="Which head the labels are for (default: inferred).")
+@click.option(
+    "--data", "data_file", type=_FILE, required=True, help="Labelled file: CSV/JSONL text,label or PhraseBank."
+)
+@click.option(
+    "--task",
+    type=click.Choice(["sentiment", "topic"]),
+    default=None,
+    help="Which head the labels are for (default: inferred).",
+)
 @click.option("--json", "json_out", type=_FILE, default=None, help="Also write the metrics as JSON here.")
-@click.option("--backend", default="torch", show_default=True, help="Engine backend to evaluate (torch, onnxruntime, ...).")
-@click.option("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN, show_default=True, help="Truncate texts to this many tokens.")
+@click.option(
+    "--backend", default="torch", show_default=True, help="Engine backend to evaluate (torch, onnxruntime, ...)."
+)
+@click.option(
+    "--max-seq-len",
+    type=int,
+    default=DEFAULT_MAX_SEQ_LEN,
+    show_default=True,
+    help="Truncate texts to this many tokens.",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-def evaluate_cmd(model: Path, data_file: Path, task: str | None, json_out: Path | None, backend: str, max_seq_len: int, batch_size: int) -> None:
+def evaluate_cmd(
+    model: Path,
+    data_file: Path,
+    task: str | None,
+    json_out: Path | None,
+    backend: str,
+    max_seq_len: int,
+    batch_size: int,
+) -> None:
     """Per-class precision/recall/F1, macro-F1, accuracy and confusion matrix of MODEL on a labelled file."""
     from training.evaluate import evaluate
 
     try:
-        evaluate(model, data_file, task, json_out=json_out, backend=backend, max_seq_len=max_seq_len, batch_size=batch_size)
+        evaluate(
+            model, data_file, task, json_out=json_out, backend=backend, max_seq_len=max_seq_len, batch_size=batch_size
+        )
     except (DataError, EngineError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -23,10 +23,26 @@ from engine.heads import SENTIMENT_LABELS
 Format = Literal["csv", "jsonl", "phrasebank"]
 
 TOPIC_LABELS: tuple[str, ...] = (
-    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
-    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
-    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
-    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed / Central Banks",
+    "Company / Product News",
+    "Treasuries / Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy / Oil",
+    "Financials",
+    "Currencies",
+    "General News / Opinion",
+    "Gold / Metals / Materials",
+    "IPO",
+    "Legal / Regulation",
+    "M&A / Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 )
 TASKS: tuple[str, ...] = ("sentiment", "topic")
 
@@ -67,7 +83,9 @@ class LabelMap:
         return ", ".join(self.labels)
 
 
-def _label_map(task: str, labels: Sequence[str], ids: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> LabelMap:
+def _label_map(
+    task: str, labels: Sequence[str], ids: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None
+) -> LabelMap:
     index = {lab: i for i, lab in enumerate(labels)}
     aliases: dict[str, int] = {_norm(lab): i for i, lab in enumerate(labels)}
     for spelling, name in {**(ids or {}), **(extra or {})}.items():
@@ -128,8 +146,12 @@ class TaskData:
             return self
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
         return TaskData(
-            task=self.task, labels=self.labels, texts=[self.texts[i] for i in idx], label_ids=self.label_ids[idx],
-            lines=[self.lines[i] for i in idx], source=self.source,
+            task=self.task,
+            labels=self.labels,
+            texts=[self.texts[i] for i in idx],
+            label_ids=self.label_ids[idx],
+            lines=[self.lines[i] for i in idx],
+            source=self.source,
         )
 
 
@@ -197,7 +219,7 @@ def _read_csv(path: Path) -> list[Record]:
             continue  # blank line
         if len(row) != len(names):
             raise DataError(path, start, f"expected {len(names)} fields ({','.join(names)}), found {len(row)}")
-        cells = dict(zip(names, row))
+        cells = dict(zip(names, row, strict=True))
         records.append(Record(text=cells["text"], labels={k: cells[k] for k in label_cols}, line=start))
     return records
 
@@ -262,7 +284,9 @@ def _label_column(path: Path, records: Sequence[Record], task: str) -> str:
     raise DataError(path, 1, f"no 'label' or '{task}' column (label columns: {sorted(cols)})")
 
 
-def encode_records(path: str | Path, records: Sequence[Record], task: str, column: str | None = None, skip_missing: bool = False) -> TaskData:
+def encode_records(
+    path: str | Path, records: Sequence[Record], task: str, column: str | None = None, skip_missing: bool = False
+) -> TaskData:
     """Label ids for ``task`` from ``column``; empty texts and unknown labels fail with their line.
 
     ``skip_missing`` drops rows whose label cell is empty (multi-column files label some rows for
@@ -283,13 +307,17 @@ def encode_records(path: str | Path, records: Sequence[Record], task: str, colum
             raise DataError(p, rec.line, "empty text")
         label = lmap.encode(raw)
         if label is None:
-            raise DataError(p, rec.line, f"unknown {task} label {raw!r} (known: ids 0..{len(lmap.labels) - 1} or {lmap.describe()})")
+            raise DataError(
+                p, rec.line, f"unknown {task} label {raw!r} (known: ids 0..{len(lmap.labels) - 1} or {lmap.describe()})"
+            )
         texts.append(text)
         ids.append(label)
         lines.append(rec.line)
     if not texts:
         raise DataError(p, None, f"no rows labelled for {task}")
-    return TaskData(task=task, labels=lmap.labels, texts=texts, label_ids=np.asarray(ids, dtype=np.int64), lines=lines, source=p)
+    return TaskData(
+        task=task, labels=lmap.labels, texts=texts, label_ids=np.asarray(ids, dtype=np.int64), lines=lines, source=p
+    )
 
 
 def load_task_data(path: str | Path, task: str, fmt: Format | None = None) -> TaskData:
@@ -318,7 +346,9 @@ def infer_task(path: str | Path, records: Sequence[Record]) -> str:
     raise DataError(p, None, f"cannot tell the task from labels {sorted(map(str, values))[:10]}; pass task=")
 
 
-def load_for_heads(path: str | Path, heads: Sequence[str], task: str | None = None, fmt: Format | None = None) -> dict[str, TaskData]:
+def load_for_heads(
+    path: str | Path, heads: Sequence[str], task: str | None = None, fmt: Format | None = None
+) -> dict[str, TaskData]:
     """Per-head data in a file: a ``text,label`` file gives one task (``task`` or inferred); columns
     named after heads (``text,sentiment,topic``) give one entry per such column."""
     p = Path(path)

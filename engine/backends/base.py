@@ -8,8 +8,9 @@ output per head. Subclasses only write ``_infer_impl`` (and optionally ``_warmup
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -65,13 +66,15 @@ class Backend(abc.ABC):
             "max_batch_size": self.max_batch_size,
         }
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op default on purpose: most backends hold nothing to release
         """Release runtime resources (sessions, CUDA contexts)."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     # --- backend-specific ---------------------------------------------------------------------

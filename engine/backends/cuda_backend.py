@@ -53,7 +53,8 @@ class CudaTorchBackend(Backend):
             logits = self._model(ids, mask)
             host = [t.float().to("cpu", non_blocking=False) for t in logits]
         self._stream.synchronize()
-        return {h.name: t.numpy() for h, t in zip(self.heads, host)}
+        # Not strict: a missing head is reported by Backend._check_outputs as an InferenceOutputError.
+        return {h.name: t.numpy() for h, t in zip(self.heads, host, strict=False)}
 
     def describe(self) -> dict[str, Any]:
         torch = self._torch
@@ -74,9 +75,13 @@ def create(model_dir: Path, settings: EngineSettings) -> Backend:
     import torch
 
     if not torch.cuda.is_available():
-        raise BackendUnavailable(CudaTorchBackend.name, "torch.cuda.is_available() is False: no NVIDIA GPU/driver visible to this process")
+        raise BackendUnavailable(
+            CudaTorchBackend.name, "torch.cuda.is_available() is False: no NVIDIA GPU/driver visible to this process"
+        )
     if settings.device_id >= torch.cuda.device_count():
-        raise BackendUnavailable(CudaTorchBackend.name, f"device_id {settings.device_id} but only {torch.cuda.device_count()} GPU(s)")
+        raise BackendUnavailable(
+            CudaTorchBackend.name, f"device_id {settings.device_id} but only {torch.cuda.device_count()} GPU(s)"
+        )
     from engine.modeling import load_model
 
     ckpt = EngineBundle.load(model_dir).checkpoint_path if is_bundle(model_dir) else Path(model_dir)

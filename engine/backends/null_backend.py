@@ -31,7 +31,9 @@ class NullBackend(Backend):
     name: ClassVar[str] = "null"
     _returns_probabilities: ClassVar[bool] = True
 
-    def __init__(self, heads: Sequence[HeadSpec], max_batch_size: int, max_seq_len: int, model_id: str = "null") -> None:
+    def __init__(
+        self, heads: Sequence[HeadSpec], max_batch_size: int, max_seq_len: int, model_id: str = "null"
+    ) -> None:
         super().__init__(heads, max_batch_size, max_seq_len, model_id)
         self.precision = "none"
 

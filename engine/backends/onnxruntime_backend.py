@@ -29,8 +29,14 @@ class OnnxRuntimeBackend(Backend):
     name: ClassVar[str] = "onnxruntime"
     file_kind: ClassVar[str] = "onnx"
 
-    def __init__(self, bundle: EngineBundle, max_batch_size: int, max_seq_len: int, num_threads: int | None = None,
-                 allow_spinning: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: EngineBundle,
+        max_batch_size: int,
+        max_seq_len: int,
+        num_threads: int | None = None,
+        allow_spinning: bool = True,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -39,8 +45,11 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(bundle.heads, max_batch_size, max_seq_len, mf.model_id)
         entry = getattr(mf, self.file_kind)
         if entry is None:
-            raise ModelFormatError(bundle.root, f"bundle has no {self.file_kind} file (rebuild it with `finpulse build-engine`"
-                                   + (" --int8)" if self.file_kind == "onnx_int8" else ")"))
+            raise ModelFormatError(
+                bundle.root,
+                f"bundle has no {self.file_kind} file (rebuild it with `finpulse build-engine`"
+                + (" --int8)" if self.file_kind == "onnx_int8" else ")"),
+            )
         path = bundle.file(self.file_kind)  # verifies sha256: a corrupted file never reaches ORT
         self.precision = entry.precision
         self.model_path = path
@@ -70,27 +79,33 @@ class OnnxRuntimeBackend(Backend):
         sess_in = {i.name: i for i in self._session.get_inputs()}
         sess_out = {o.name: o for o in self._session.get_outputs()}
         if set(sess_in) != set(self._input_names):
-            raise ModelFormatError(path, f"manifest inputs {self._input_names} do not match ONNX inputs {sorted(sess_in)}")
+            raise ModelFormatError(
+                path, f"manifest inputs {self._input_names} do not match ONNX inputs {sorted(sess_in)}"
+            )
         for name in self._input_names:
             if sess_in[name].type != "tensor(int64)":
                 raise ModelFormatError(path, f"ONNX input {name!r} is {sess_in[name].type}, expected tensor(int64)")
         missing = [o for o in self._output_names if o not in sess_out]
         if missing:
             raise ModelFormatError(
-                path, f"manifest heads do not match the ONNX outputs: {missing} not among ONNX outputs {sorted(sess_out)}"
+                path,
+                f"manifest heads do not match the ONNX outputs: {missing} not among ONNX outputs {sorted(sess_out)}",
             )
-        for head, out_name in zip(self.heads, self._output_names):
+        for head, out_name in zip(self.heads, self._output_names, strict=True):
             out = sess_out[out_name]
             width = out.shape[-1] if out.shape else None
             if isinstance(width, int) and width != len(head.labels):
                 raise ModelFormatError(
-                    path, f"manifest head {head.name!r} has {len(head.labels)} labels but ONNX output {out.name!r} has width {width}"
+                    path,
+                    f"manifest head {head.name!r} has {len(head.labels)} labels but ONNX output {out.name!r} has "
+                    f"width {width}",
                 )
 
     def _infer_impl(self, batch: EncodedBatch) -> dict[str, np.ndarray]:
         feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         outs = self._session.run(self._output_names, {k: feed[k] for k in self._input_names})
-        return {h.name: np.asarray(o) for h, o in zip(self.heads, outs)}
+        # Not strict: a missing head is reported by Backend._check_outputs as an InferenceOutputError.
+        return {h.name: np.asarray(o) for h, o in zip(self.heads, outs, strict=False)}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -104,7 +119,7 @@ class OnnxRuntimeBackend(Backend):
         }
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None
 
 
 class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
@@ -116,17 +131,24 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
 
 def _load_bundle(name: str, model_dir: Path) -> EngineBundle:
     if not is_bundle(model_dir):
-        raise ModelFormatError(model_dir, f"backend {name!r} needs an engine bundle with manifest.json (build one with `finpulse build-engine`)")
+        raise ModelFormatError(
+            model_dir,
+            f"backend {name!r} needs an engine bundle with manifest.json (build one with `finpulse build-engine`)",
+        )
     return EngineBundle.load(model_dir)
 
 
 def create(model_dir: Path, settings: EngineSettings) -> Backend:
     """The fp32 ONNX Runtime backend on an engine bundle."""
     bundle = _load_bundle(OnnxRuntimeBackend.name, Path(model_dir))
-    return OnnxRuntimeBackend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
+    return OnnxRuntimeBackend(
+        bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning
+    )
 
 
 def create_int8(model_dir: Path, settings: EngineSettings) -> Backend:
     """The INT8 ONNX Runtime backend on an engine bundle that carries a validated INT8 model."""
     bundle = _load_bundle(OnnxRuntimeInt8Backend.name, Path(model_dir))
-    return OnnxRuntimeInt8Backend(bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning)
+    return OnnxRuntimeInt8Backend(
+        bundle, settings.max_batch_size, settings.max_seq_len, settings.num_threads, settings.ort_allow_spinning
+    )

@@ -33,7 +33,9 @@ def _import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("tensorrt", "python package 'tensorrt' is not installed (pip install 'finpulse[gpu]')") from exc
+        raise BackendUnavailable(
+            "tensorrt", "python package 'tensorrt' is not installed (pip install 'finpulse[gpu]')"
+        ) from exc
     import torch
 
     if not torch.cuda.is_available():
@@ -69,7 +71,11 @@ class TensorRTBackend(Backend):
         path = Path(engine_path)
         self._engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise ModelFormatError(path, f"TensorRT {trt.__version__} cannot deserialize this engine (built by another TensorRT version or for another GPU?)")
+            raise ModelFormatError(
+                path,
+                f"TensorRT {trt.__version__} cannot deserialize this engine (built by another TensorRT version or for "
+                "another GPU?)",
+            )
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream(device=self._device)
         self.engine_path = path
@@ -82,7 +88,9 @@ class TensorRTBackend(Backend):
             raise ModelFormatError(path, f"engine inputs {self._inputs} are not input_ids/attention_mask")
         missing = [o for o in output_names if o not in engine_outputs]
         if missing:
-            raise ModelFormatError(path, f"manifest heads do not match the engine outputs: {missing} not among {engine_outputs}")
+            raise ModelFormatError(
+                path, f"manifest heads do not match the engine outputs: {missing} not among {engine_outputs}"
+            )
         self._outputs = list(output_names)
         self._dtypes = {n: self._torch_dtype(self._engine.get_tensor_dtype(n)) for n in self._inputs + self._outputs}
 
@@ -90,12 +98,14 @@ class TensorRTBackend(Backend):
         self._profiles: list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = []
         for p in range(self._engine.num_optimization_profiles):
             mn, opt, mx = self._engine.get_tensor_profile_shape(self._inputs[0], p)
-            self._profiles.append((tuple(mn), tuple(opt), tuple(mx)))  # type: ignore[arg-type]
+            self._profiles.append((tuple(mn), tuple(opt), tuple(mx)))
         engine_batch = max(p[2][0] for p in self._profiles)
         engine_seq = max(p[2][1] for p in self._profiles)
         if max_seq_len > engine_seq:
             raise BackendUnavailable(
-                self.name, f"engine profiles cover sequences up to {engine_seq} but max_seq_len is {max_seq_len}; rebuild with longer --seq-buckets"
+                self.name,
+                f"engine profiles cover sequences up to {engine_seq} but max_seq_len is {max_seq_len}; rebuild with "
+                "longer --seq-buckets",
             )
         if max_batch_size > engine_batch:
             log.warning("tensorrt_batch_capped", requested=max_batch_size, engine_max=engine_batch)
@@ -137,7 +147,9 @@ class TensorRTBackend(Backend):
                 t = torch.from_numpy(host[name]).pin_memory().to(self._device, non_blocking=True).to(self._dtypes[name])
                 buffers[name] = t.contiguous()
                 if not ctx.set_input_shape(name, (b, s)):
-                    raise InferenceInputError(f"TensorRT refused input shape {(b, s)} for {name!r} on profile {profile}")
+                    raise InferenceInputError(
+                        f"TensorRT refused input shape {(b, s)} for {name!r} on profile {profile}"
+                    )
                 ctx.set_tensor_address(name, buffers[name].data_ptr())
             for name in self._outputs:
                 shape = tuple(ctx.get_tensor_shape(name))
@@ -147,7 +159,8 @@ class TensorRTBackend(Backend):
                 raise RuntimeError(f"TensorRT execute_async_v3 failed for batch {(b, s)}")
             outs = [buffers[n].float().to("cpu") for n in self._outputs]
         self._stream.synchronize()
-        return {h.name: o.numpy() for h, o in zip(self.heads, outs)}
+        # Not strict: a missing head is reported by Backend._check_outputs as an InferenceOutputError.
+        return {h.name: o.numpy() for h, o in zip(self.heads, outs, strict=False)}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -167,17 +180,27 @@ def create(model_dir: Path, settings: EngineSettings) -> Backend:
     """The TensorRT backend on a bundle's serialized engine; ``BackendUnavailable`` without tensorrt or a GPU."""
     model_dir = Path(model_dir)
     if not is_bundle(model_dir):
-        raise ModelFormatError(model_dir, "backend 'tensorrt' needs an engine bundle (build one with `finpulse build-engine --tensorrt`)")
+        raise ModelFormatError(
+            model_dir, "backend 'tensorrt' needs an engine bundle (build one with `finpulse build-engine --tensorrt`)"
+        )
     bundle = EngineBundle.load(model_dir)
     entry = bundle.manifest.tensorrt
     if entry is None:
-        raise BackendUnavailable("tensorrt", f"bundle {model_dir} has no TensorRT engine (rebuild with --tensorrt on a GPU machine)")
+        raise BackendUnavailable(
+            "tensorrt", f"bundle {model_dir} has no TensorRT engine (rebuild with --tensorrt on a GPU machine)"
+        )
     _import_tensorrt()  # fail on a missing package/GPU before hashing a large engine file
     path = bundle.file("tensorrt")
     built_with = bundle.manifest.versions.get("tensorrt")
     backend = TensorRTBackend(
-        path, bundle.heads, [h.output for h in bundle.manifest.heads], settings.max_batch_size, settings.max_seq_len,
-        bundle.manifest.model_id, precision=entry.precision, device_id=settings.device_id,
+        path,
+        bundle.heads,
+        [h.output for h in bundle.manifest.heads],
+        settings.max_batch_size,
+        settings.max_seq_len,
+        bundle.manifest.model_id,
+        precision=entry.precision,
+        device_id=settings.device_id,
     )
     if built_with and built_with != backend.trt_version:
         log.warning("tensorrt_version_differs", built_with=built_with, running=backend.trt_version)

@@ -20,7 +20,9 @@ class TorchCPUBackend(Backend):
 
     name: ClassVar[str] = "torch"
 
-    def __init__(self, loaded: LoadedModel, max_batch_size: int, max_seq_len: int, num_threads: int | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, max_batch_size: int, max_seq_len: int, num_threads: int | None = None
+    ) -> None:
         import torch
 
         super().__init__(loaded.heads, max_batch_size, max_seq_len, loaded.model_id)
@@ -34,7 +36,8 @@ class TorchCPUBackend(Backend):
         torch = self._torch
         with torch.inference_mode():
             logits = self._model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-        return {h.name: t.float().numpy() for h, t in zip(self.heads, logits)}
+        # Not strict: a missing head is reported by Backend._check_outputs as an InferenceOutputError.
+        return {h.name: t.float().numpy() for h, t in zip(self.heads, logits, strict=False)}
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "threads": self.threads}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -14,10 +15,20 @@ def trends_table(title: str, rows: Iterable[EntityTrend], top: int, min_count: i
     """Entities ranked by negative share (ties by count), those under ``min_count`` left out."""
     ranked = sorted((r for r in rows if r.n >= min_count), key=lambda r: (-r.negative_share, -r.n, r.name))[:top]
     t = Table(title=title, title_justify="left")
-    for col, just in (("entity", "left"), ("events", "right"), ("neg", "right"), ("neu", "right"), ("pos", "right"), ("neg share", "right"), ("mean score", "right")):
+    for col, just in (
+        ("entity", "left"),
+        ("events", "right"),
+        ("neg", "right"),
+        ("neu", "right"),
+        ("pos", "right"),
+        ("neg share", "right"),
+        ("mean score", "right"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in ranked:
-        t.add_row(r.name, str(r.n), str(r.neg), str(r.neu), str(r.pos), f"{r.negative_share:.1%}", f"{r.mean_score:+.3f}")
+        t.add_row(
+            r.name, str(r.n), str(r.neg), str(r.neu), str(r.pos), f"{r.negative_share:.1%}", f"{r.mean_score:+.3f}"
+        )
     return t
 
 
@@ -27,8 +38,14 @@ def alerts_table(alerts: list[dict[str, Any]]) -> Table:
         t.add_column(col, overflow="fold")
     for a in sorted(alerts, key=lambda a: (a["window_end"], a["entity_kind"], a["entity"])):
         t.add_row(
-            a["window_end_iso"][:16].replace("T", " "), f"{a['entity_kind']}:{a['entity']}", a["severity"], f"{a['observed_share']:.0%}",
-            f"{a['baseline_share']:.0%}", str(a["count"]), f"{a['z']:.1f}", " ".join(a["example_event_ids"][:3]),
+            a["window_end_iso"][:16].replace("T", " "),
+            f"{a['entity_kind']}:{a['entity']}",
+            a["severity"],
+            f"{a['observed_share']:.0%}",
+            f"{a['baseline_share']:.0%}",
+            str(a["count"]),
+            f"{a['z']:.1f}",
+            " ".join(a["example_event_ids"][:3]),
         )
     return t
 

@@ -20,12 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine.settings import EngineSettings
 from stream.cli.console import alerts_table, make_console, trends_table
-from stream.local import LocalServices
-from stream.topics import delete_topics, ensure_topics
 from stream.cli.models import ensure_default_model
 from stream.cli.replay import parse_when, produce, read_events
-from stream.settings import StreamSettings
 from stream.cli.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
+from stream.local import LocalServices
+from stream.settings import StreamSettings
+from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
 
 log = structlog.get_logger(__name__)
@@ -52,17 +52,25 @@ DEMO_OVERRIDES: dict[str, Any] = {
 }
 
 
-async def follow_outputs(settings: StreamSettings, expected: int, progress: Progress, task: Any, idle_timeout: float) -> tuple[int, list[dict[str, Any]], int]:
+async def follow_outputs(
+    settings: StreamSettings, expected: int, progress: Progress, task: Any, idle_timeout: float
+) -> tuple[int, list[dict[str, Any]], int]:
     """Count scored + dead-lettered events until ``expected`` are accounted for; collect alerts."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        settings.scored_topic, settings.alerts_topic, settings.dlq_topic,
-        bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, fetch_max_wait_ms=200,
+        settings.scored_topic,
+        settings.alerts_topic,
+        settings.dlq_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=200,
     )
     await consumer.start()
-    scored, dead, alerts = 0, 0, []
+    scored, dead = 0, 0
+    alerts: list[dict[str, Any]] = []
     last = time.monotonic()
     try:
         while scored + dead < expected and time.monotonic() - last < idle_timeout:
@@ -88,7 +96,14 @@ async def follow_outputs(settings: StreamSettings, expected: int, progress: Prog
     return scored, alerts, dead
 
 
-def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: str | None, until: str | None, keep_services: bool = False) -> int:
+def run_demo(
+    base: StreamSettings,
+    engine: EngineSettings,
+    limit: int,
+    since: str | None,
+    until: str | None,
+    keep_services: bool = False,
+) -> int:
     console = make_console()
     # A fresh consumer group per run: the demo recreates its topics, and Kafka keeps a group's
     # committed offsets for a deleted topic, so a reused group would start the new topic at the old
@@ -122,17 +137,26 @@ def run_demo(base: StreamSettings, engine: EngineSettings, limit: int, since: st
             info = wait_worker_ready(worker, settings.worker_web_port, worker_log)
         eng = info["engine"]
         console.print(
-            f"model [bold]{eng['model_id']}[/] on backend [bold]{eng['backend']}[/] ({eng['device']}, {eng['precision']})"
-            + (f"; skipped: {eng['skipped_backends']}" if eng.get("skipped_backends") else "")
+            f"model [bold]{eng['model_id']}[/] on backend [bold]{eng['backend']}[/] ({eng['device']}, "
+            f"{eng['precision']})" + (f"; skipped: {eng['skipped_backends']}" if eng.get("skipped_backends") else "")
         )
         t0 = time.perf_counter()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
             sent_task = progress.add_task("replayed", total=len(events))
             done_task = progress.add_task("scored  ", total=len(events))
 
             async def both() -> tuple[int, list[dict[str, Any]], int]:
-                follower = asyncio.create_task(follow_outputs(settings, len(events), progress, done_task, idle_timeout=90))
-                await produce(settings.kafka_bootstrap, settings.input_topic, events, progress=lambda n: progress.advance(sent_task, n))
+                follower = asyncio.create_task(
+                    follow_outputs(settings, len(events), progress, done_task, idle_timeout=90)
+                )
+                await produce(
+                    settings.kafka_bootstrap,
+                    settings.input_topic,
+                    events,
+                    progress=lambda n: progress.advance(sent_task, n),
+                )
                 return await follower
 
             scored, alerts, dead = asyncio.run(both())
@@ -159,8 +183,18 @@ async def _print_trends(console: Any, settings: StreamSettings) -> None:
 
     r = redis_client(settings)
     try:
-        store = WindowStore(r, settings.redis_prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds)
-        console.print(trends_table("Top tickers by negative share (whole replay, at least 20 events)", await store.trends("ticker"), 15, 20))
+        store = WindowStore(
+            r,
+            settings.redis_prefix,
+            settings.bucket_seconds,
+            settings.retention_seconds,
+            settings.allowed_lateness_seconds,
+        )
+        console.print(
+            trends_table(
+                "Top tickers by negative share (whole replay, at least 20 events)", await store.trends("ticker"), 15, 20
+            )
+        )
         console.print(trends_table("Topics by negative share (whole replay)", await store.trends("topic"), 20, 1))
     finally:
         await r.aclose()

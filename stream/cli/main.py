@@ -72,7 +72,9 @@ def worker(web_port: int | None, backend: str | None, model_dir: Path | None) ->
     from stream.worker import run_worker
 
     eng = EngineSettings()
-    eng = eng.model_copy(update={k: v for k, v in {"backend": backend, "model_dir": model_dir}.items() if v is not None})
+    eng = eng.model_copy(
+        update={k: v for k, v in {"backend": backend, "model_dir": model_dir}.items() if v is not None}
+    )
     s = _settings(worker_web_port=web_port)
     run_worker(s, eng, resolve_model_dir(s, eng))
 
@@ -91,12 +93,23 @@ def replay(file: Path, limit: int | None, since: str | None, until: str | None, 
     s = get_settings()
     events = read_events(file, since=parse_when(since), until=parse_when(until), limit=limit)
     stats = asyncio.run(produce(s.kafka_bootstrap, topic or s.input_topic, events, rate=rate))
-    click.echo(orjson.dumps({"sent": stats.sent, "seconds": round(stats.seconds, 3), "rate": round(stats.rate, 1), "topic": topic or s.input_topic}).decode())
+    click.echo(
+        orjson.dumps(
+            {
+                "sent": stats.sent,
+                "seconds": round(stats.seconds, 3),
+                "rate": round(stats.rate, 1),
+                "topic": topic or s.input_topic,
+            }
+        ).decode()
+    )
 
 
 @cli.command()
 @click.option("--from-beginning", is_flag=True, help="Print past alerts too.")
-@click.option("--timeout", type=float, default=None, help="Stop after this many idle seconds (default: follow forever).")
+@click.option(
+    "--timeout", type=float, default=None, help="Stop after this many idle seconds (default: follow forever)."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON alert per line.")
 def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
     """Follow the alert topic and print alerts as they come."""
@@ -105,8 +118,12 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
     s = get_settings()
 
     async def follow() -> None:
-        consumer = AIOKafkaConsumer(s.alerts_topic, bootstrap_servers=s.kafka_bootstrap, group_id=None,
-                                    auto_offset_reset="earliest" if from_beginning else "latest")
+        consumer = AIOKafkaConsumer(
+            s.alerts_topic,
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+        )
         await consumer.start()
         try:
             idle = 0.0
@@ -122,9 +139,11 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
                         if as_json:
                             click.echo(m.value.decode())
                         else:
-                            click.echo(f"[{a['severity'].upper()}] {a['window_end_iso']} {a['entity_kind']}:{a['entity']} "
-                                       f"negative {a['observed_share']:.0%} vs baseline {a['baseline_share']:.0%} "
-                                       f"over {a['count']} events (z={a['z']:.1f}) e.g. {', '.join(a['example_event_ids'])}")
+                            click.echo(
+                                f"[{a['severity'].upper()}] {a['window_end_iso']} {a['entity_kind']}:{a['entity']} "
+                                f"negative {a['observed_share']:.0%} vs baseline {a['baseline_share']:.0%} "
+                                f"over {a['count']} events (z={a['z']:.1f}) e.g. {', '.join(a['example_event_ids'])}"
+                            )
         finally:
             await consumer.stop()
 
@@ -136,7 +155,12 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--kind", type=click.Choice(["ticker", "topic", "both"]), default="both")
-@click.option("--window", default="1h", show_default=True, help="Window ending at the newest event time: 5m, 15m, 1h, 24h... or 'all'.")
+@click.option(
+    "--window",
+    default="1h",
+    show_default=True,
+    help="Window ending at the newest event time: 5m, 15m, 1h, 24h... or 'all'.",
+)
 @click.option("--top", type=int, default=15)
 @click.option("--min-count", type=int, default=1)
 def trends(kind: str, window: str, top: int, min_count: int) -> None:
@@ -153,7 +177,7 @@ def trends(kind: str, window: str, top: int, min_count: int) -> None:
         r = redis_client(s)
         try:
             store = WindowStore(r, s.redis_prefix, s.bucket_seconds, s.retention_seconds, s.allowed_lateness_seconds)
-            for k in (["ticker", "topic"] if kind == "both" else [kind]):
+            for k in ["ticker", "topic"] if kind == "both" else [kind]:
                 console.print(trends_table(f"{k}s, window {window}", await store.trends(k, window_s), top, min_count))
             console.print(f"watermark: {await store.watermark_ms()}  metrics: {await store.metrics()}")
         finally:

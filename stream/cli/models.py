@@ -31,7 +31,8 @@ def resolve_model_dir(settings: StreamSettings, engine: EngineSettings) -> Path:
             return cand
     raise ModelFormatError(
         settings.default_model_dir,
-        "no model: set FINPULSE_ENGINE_MODEL_DIR, or run `make demo` / `finpulse model ensure` to train the default model",
+        "no model: set FINPULSE_ENGINE_MODEL_DIR, or run `make demo` / `finpulse model ensure` to train the default "
+        "model",
     )
 
 
@@ -62,7 +63,8 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
         return ckpt
     bundle = default_bundle_dir(settings)
     if not bundle_is_current(bundle, ckpt):
-        from build_engine.builder import BuildOptions, build_bundle as build
+        from build_engine.builder import BuildOptions
+        from build_engine.builder import build_bundle as build
         from build_engine.errors import EngineBuildError
 
         texts = _validation_texts(settings)
@@ -81,6 +83,7 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
 def _validation_texts(settings: StreamSettings, n: int = 256) -> list[str]:
     """Real texts for export validation (the sentiment validation set), when the data folder is there."""
     import csv
+    import itertools
 
     if settings.data_dir is None:
         return []
@@ -88,4 +91,4 @@ def _validation_texts(settings: StreamSettings, n: int = 256) -> list[str]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [row["text"] for _, row in zip(range(n), csv.DictReader(f))]
+        return [row["text"] for row in itertools.islice(csv.DictReader(f), n)]

@@ -11,10 +11,11 @@ import asyncio
 import csv
 import hashlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 import structlog
@@ -49,8 +50,13 @@ def _stocknet_events(path: Path, since: str | None, until: str | None) -> Iterat
             ev = group.get(row["tweet_id"])
             if ev is None:
                 group[row["tweet_id"]] = {
-                    "id": row["tweet_id"], "text": row["text"], "published_at": ts, "source": "tweet",
-                    "tickers": [row["ticker"]], "author": pseudonymise(row["user_id"]), "lang": row.get("lang") or None,
+                    "id": row["tweet_id"],
+                    "text": row["text"],
+                    "published_at": ts,
+                    "source": "tweet",
+                    "tickers": [row["ticker"]],
+                    "author": pseudonymise(row["user_id"]),
+                    "lang": row.get("lang") or None,
                 }
             elif row["ticker"] not in ev["tickers"]:
                 ev["tickers"].append(row["ticker"])
@@ -65,7 +71,9 @@ def _jsonl_events(path: Path) -> Iterator[dict[str, Any] | bytes]:
                 yield line  # sent as-is: validation is the worker's job (bad lines must reach the DLQ)
 
 
-def read_events(path: Path, since: str | None = None, until: str | None = None, limit: int | None = None) -> list[dict[str, Any] | bytes]:
+def read_events(
+    path: Path, since: str | None = None, until: str | None = None, limit: int | None = None
+) -> list[dict[str, Any] | bytes]:
     """Events from a CSV (StockNet layout) or JSONL file, in file order."""
     it: Iterator[Any]
     if path.suffix in (".jsonl", ".json", ".ndjson"):
@@ -93,12 +101,19 @@ class ReplayStats:
 async def produce(
     bootstrap: str,
     topic: str,
-    events: list[dict[str, Any] | bytes],
+    events: Sequence[dict[str, Any] | bytes],
     rate: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> ReplayStats:
     """Send events keyed by id (so one event always lands on one partition); ``rate`` 0 means as fast as possible."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024, acks="all", enable_idempotence=True, compression_type=None)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=None,
+    )
     await producer.start()
     t0 = time.perf_counter()
     try:

@@ -58,10 +58,18 @@ def start_worker_process(settings: StreamSettings, engine: EngineSettings, log_p
     env = {**os.environ, **settings_env(settings, engine)}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "worker"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
-def wait_worker_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 180.0) -> dict[str, Any]:
+def wait_worker_ready(
+    proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout: float = 180.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

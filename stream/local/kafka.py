@@ -107,8 +107,17 @@ class LocalKafka(LocalService):
         try:
             run_checked(
                 self.name,
-                [mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-                 f"-Dkafka.version={self.version}", f"-Dkafka.libs={staging}"],
+                [
+                    mvn,
+                    "-q",
+                    "-B",
+                    "-Dstyle.color=never",
+                    "-f",
+                    str(KAFKA_POM),
+                    "dependency:copy-dependencies",
+                    f"-Dkafka.version={self.version}",
+                    f"-Dkafka.libs={staging}",
+                ],
                 log_path=self.settings.log_dir / "kafka-install.log",
                 what=f"maven resolution of kafka_2.13:{self.version}",
             )
@@ -119,8 +128,13 @@ class LocalKafka(LocalService):
             staging.replace(self.libs_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        log.info("kafka jars installed", version=self.version, libs=str(self.libs_dir),
-                 jars=len(list(self.libs_dir.glob("*.jar"))), took_s=round(time.monotonic() - t0, 1))
+        log.info(
+            "kafka jars installed",
+            version=self.version,
+            libs=str(self.libs_dir),
+            jars=len(list(self.libs_dir.glob("*.jar"))),
+            took_s=round(time.monotonic() - t0, 1),
+        )
 
     # --- configure -----------------------------------------------------------------------
     def server_properties(self) -> dict[str, str]:
@@ -182,8 +196,7 @@ class LocalKafka(LocalService):
         argv = [java]
         if heap:
             # Without -Xmx the JVM takes a quarter of RAM.
-            argv += [f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                     "-XX:+ExplicitGCInvokesConcurrent"]
+            argv += [f"-Xmx{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExplicitGCInvokesConcurrent"]
         else:
             # One-shot tools: small heap, no JIT warm-up cost worth paying.
             argv += ["-Xmx256m", "-XX:TieredStopAtLevel=1"]
@@ -191,8 +204,10 @@ class LocalKafka(LocalService):
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_LOG4J2}",
             f"-Dkafka.logs.dir={self.settings.log_dir}",
-            "-cp", f"{self.libs_dir}/*",
-            main_class, *args,
+            "-cp",
+            f"{self.libs_dir}/*",
+            main_class,
+            *args,
         ]
         return argv
 
@@ -201,16 +216,27 @@ class LocalKafka(LocalService):
         if (self.data_dir / "meta.properties").exists():
             return False
         install_log = self.settings.log_dir / "kafka-install.log"
-        cluster_id = run_checked(
-            self.name, self._java("kafka.tools.StorageTool", "random-uuid"),
-            log_path=install_log, what="StorageTool random-uuid", timeout=120,
-        ).strip().splitlines()[-1].strip()
+        cluster_id = (
+            run_checked(
+                self.name,
+                self._java("kafka.tools.StorageTool", "random-uuid"),
+                log_path=install_log,
+                what="StorageTool random-uuid",
+                timeout=120,
+            )
+            .strip()
+            .splitlines()[-1]
+            .strip()
+        )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         run_checked(
             self.name,
-            self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                       "-c", str(self.config_path)),
-            log_path=install_log, what="StorageTool format", timeout=120,
+            self._java(
+                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(self.config_path)
+            ),
+            log_path=install_log,
+            what="StorageTool format",
+            timeout=120,
         )
         log.info("kafka storage formatted", cluster_id=cluster_id, data=str(self.data_dir))
         return True
@@ -224,8 +250,9 @@ class LocalKafka(LocalService):
         """A metadata request through aiokafka's admin client (proves the broker serves)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap,
-                                    request_timeout_ms=int(timeout * 1000))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+        )
         try:
             async with asyncio.timeout(timeout):
                 await admin.start()
@@ -241,5 +268,10 @@ class LocalKafka(LocalService):
 
     def status(self) -> dict[str, Any]:
         """Like the base status, plus version, controller port and install state."""
-        return {**super().status(), "version": self.version, "controller_port": self.controller_port,
-                "installed": self.installed(), "data": str(self.data_dir)}
+        return {
+            **super().status(),
+            "version": self.version,
+            "controller_port": self.controller_port,
+            "installed": self.installed(),
+            "data": str(self.data_dir),
+        }

@@ -81,10 +81,10 @@ def first_error(path: Path, context: int = 1) -> str:
     except OSError:
         return ""
     starts = [i for i, line in enumerate(lines) if line.startswith(_START_MARKER)]
-    run = lines[starts[-1] + 1:] if starts else lines
+    run = lines[starts[-1] + 1 :] if starts else lines
     for i, line in enumerate(run):
         if " ERROR " in line or " FATAL " in line or line.startswith("Error"):
-            return "\n".join(run[i:i + 1 + context])
+            return "\n".join(run[i : i + 1 + context])
     return ""
 
 
@@ -150,14 +150,16 @@ def run_blocking(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, _main()).result()
 
 
-def run_checked(service: str, argv: list[str], *, log_path: Path, cwd: Path | None = None,
-                 timeout: float = 600.0, what: str) -> str:
+def run_checked(
+    service: str, argv: list[str], *, log_path: Path, cwd: Path | None = None, timeout: float = 600.0, what: str
+) -> str:
     """Run a short command to completion, appending its output to ``log_path``; stdout returned."""
     log.info("run", service=service, what=what, argv=" ".join(argv))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
     except FileNotFoundError as exc:
         raise ServiceError(service, f"{what}: {argv[0]} not found") from exc
     except subprocess.TimeoutExpired as exc:
@@ -286,8 +288,13 @@ class LocalService:
             # Own session: the service survives the launching process and its Ctrl-C, and
             # stop() can signal the whole process group.
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self._workdir(), close_fds=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self._workdir(),
+                close_fds=True,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
         log.info("started", service=self.name, pid=self._proc.pid, port=self.port, log=str(self.log_path))
@@ -317,10 +324,9 @@ class LocalService:
             if self.answering():
                 try:
                     await self.ping(timeout=max(1.0, min(10.0, deadline - time.monotonic())))
-                    log.info("ready", service=self.name, port=self.port,
-                             waited_s=round(time.monotonic() - t0, 2))
+                    log.info("ready", service=self.name, port=self.port, waited_s=round(time.monotonic() - t0, 2))
                     return
-                except Exception as exc:  # any failure means "not ready yet"
+                except Exception as exc:  # noqa: BLE001 - any failure of the probe means "not ready yet"
                     last_error = exc
             if time.monotonic() >= deadline:
                 ours = self.managed_pid() is not None

@@ -50,8 +50,12 @@ class LocalRedis(LocalService):
         prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else [])
         env_argv = ["env", "DEBIAN_FRONTEND=noninteractive"]
         run_checked(self.name, [*prefix, apt, "update"], log_path=install_log, what="apt-get update")
-        run_checked(self.name, [*prefix, *env_argv, apt, "install", "-y", "--no-install-recommends",
-                                 "redis-server"], log_path=install_log, what="apt-get install redis-server")
+        run_checked(
+            self.name,
+            [*prefix, *env_argv, apt, "install", "-y", "--no-install-recommends", "redis-server"],
+            log_path=install_log,
+            what="apt-get install redis-server",
+        )
         if not shutil.which("redis-server"):
             raise ServiceError(self.name, "redis-server still not on PATH after apt-get install", install_log)
 
@@ -63,7 +67,7 @@ class LocalRedis(LocalService):
             "bind 127.0.0.1",
             "protected-mode yes",
             "daemonize no",  # we detach it ourselves and keep the pid
-            'logfile ""',    # stdout, which start() sends to <log_dir>/redis.log
+            'logfile ""',  # stdout, which start() sends to <log_dir>/redis.log
             f"dir {self.settings.redis_dir}",
             # Redis holds the windows, the seen-ids (dedupe) and the alert cooldowns and pending
             # buckets: losing them double-counts a replay and loses alerts. AOF makes every
@@ -91,8 +95,13 @@ class LocalRedis(LocalService):
         """PING through redis-py (with the configured password)."""
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis(host=self.host, port=self.port, password=self.password,
-                                socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = aioredis.Redis(
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
         try:
             if not await client.ping():
                 raise ConnectionError("PING returned false")

@@ -1,9 +1,9 @@
 """Local Kafka and Redis together, for the CLI and test fixtures::
 
-    services = LocalServices()
-    started = services.start()            # {"kafka": True, "redis": False}
-    ...
-    services.stop([n for n, s in started.items() if s])
+services = LocalServices()
+started = services.start()            # {"kafka": True, "redis": False}
+...
+services.stop([n for n, s in started.items() if s])
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ class LocalServices:
         for svc in self.services.values():
             svc.ensure_installed()
 
-    def start(self, names: Iterable[str] | None = None, *, wait: bool = True,
-              timeout: float = 90.0) -> dict[str, bool]:
+    def start(self, names: Iterable[str] | None = None, *, wait: bool = True, timeout: float = 90.0) -> dict[str, bool]:
         """Start the named services (default both); returns ``{name: started_by_this_call}``.
 
         If one fails, those this call started are stopped again before the error propagates.

@@ -7,8 +7,8 @@ Only what this session started is stopped at the end.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -38,11 +38,19 @@ def isolated_settings(services: LocalServices, tmp_path: Path) -> StreamSettings
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return get_settings().model_copy(update={
-        "input_topic": f"t.{tag}.events", "scored_topic": f"t.{tag}.scored", "alerts_topic": f"t.{tag}.alerts",
-        "dlq_topic": f"t.{tag}.dlq", "consumer_group": f"g-{tag}", "redis_prefix": f"test:{tag}",
-        "worker_web_port": port, "partitions": 3, "local_dir": get_settings().local_dir,
-    })
+    return get_settings().model_copy(
+        update={
+            "input_topic": f"t.{tag}.events",
+            "scored_topic": f"t.{tag}.scored",
+            "alerts_topic": f"t.{tag}.alerts",
+            "dlq_topic": f"t.{tag}.dlq",
+            "consumer_group": f"g-{tag}",
+            "redis_prefix": f"test:{tag}",
+            "worker_web_port": port,
+            "partitions": 3,
+            "local_dir": get_settings().local_dir,
+        }
+    )
 
 
 @pytest.fixture(scope="session")

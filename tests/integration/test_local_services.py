@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from stream.local import LocalRedis
-from stream.topics import delete_topics, ensure_topics
 from stream.settings import get_settings
+from stream.topics import delete_topics, ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(60)]
 

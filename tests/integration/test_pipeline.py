@@ -21,11 +21,11 @@ from redis.asyncio import Redis
 
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-from stream.events import parse_event_time, parse_scored
-from stream.topics import delete_topics, ensure_topics
 from stream.cli.replay import produce, read_events
-from stream.settings import StreamSettings
 from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
+from stream.events import parse_event_time, parse_scored
+from stream.settings import StreamSettings
+from stream.topics import delete_topics, ensure_topics
 from stream.windows import SENTIMENT_FIELDS, bucket_start
 from stream.worker import topic_plan
 from tests.support.tiny_bert import NEGATIVE_PHRASES
@@ -40,7 +40,10 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (orjson.dumps({"id": "bad-missing-text", "published_at": "2014-05-01T00:00:00Z"}), "invalid_schema"),
     (orjson.dumps({"id": 12345, "text": "id is a number", "published_at": "2014-05-01T00:00:00Z"}), "invalid_schema"),
     (orjson.dumps({"id": "bad-empty", "text": "  ", "published_at": "2014-05-01T00:00:00Z"}), "empty_text"),
-    (orjson.dumps({"id": "bad-big", "text": "x" * (40 * 1024), "published_at": "2014-05-01T00:00:00Z"}), "oversized_text"),
+    (
+        orjson.dumps({"id": "bad-big", "text": "x" * (40 * 1024), "published_at": "2014-05-01T00:00:00Z"}),
+        "oversized_text",
+    ),
     (orjson.dumps({"id": "bad-time", "text": "when?", "published_at": "last tuesday"}), "invalid_schema"),
 ]
 
@@ -54,8 +57,14 @@ async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[st
 
     Scored records come back as ``ScoredEvent`` (parsed with the worker's own model), the others as dicts.
     """
-    consumer = AIOKafkaConsumer(settings.scored_topic, settings.dlq_topic, settings.alerts_topic,
-                                bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        settings.scored_topic,
+        settings.dlq_topic,
+        settings.alerts_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     out: dict[str, list[Any]] = {"scored": [], "dlq": [], "alerts": []}
     deadline = time.monotonic() + timeout
@@ -63,7 +72,9 @@ async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[st
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for tp, msgs in batch.items():
-                key = {settings.scored_topic: "scored", settings.dlq_topic: "dlq", settings.alerts_topic: "alerts"}[tp.topic]
+                key = {settings.scored_topic: "scored", settings.dlq_topic: "dlq", settings.alerts_topic: "alerts"}[
+                    tp.topic
+                ]
                 parse = parse_scored if key == "scored" else orjson.loads
                 out[key].extend(parse(m.value) for m in msgs)
             if len(out["scored"]) + len(out["dlq"]) >= want and not batch:
@@ -87,11 +98,18 @@ async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
 
 
 async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path) -> None:
-    s = isolated_settings.model_copy(update={
-        "bucket_seconds": 60, "alert_window_seconds": 900, "alert_baseline_seconds": 3 * 3600,
-        "alert_min_count": 5, "allowed_lateness_seconds": 3600, "max_batch_size": 32, "max_wait_ms": 100,
-        "time_mode": "replay",
-    })
+    s = isolated_settings.model_copy(
+        update={
+            "bucket_seconds": 60,
+            "alert_window_seconds": 900,
+            "alert_baseline_seconds": 3 * 3600,
+            "alert_min_count": 5,
+            "allowed_lateness_seconds": 3600,
+            "max_batch_size": 32,
+            "max_wait_ms": 100,
+            "time_mode": "replay",
+        }
+    )
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=32)
     events = read_events(_stream_file(s), since="2014-05-01T00:00:00Z", limit=SAMPLE)
     assert len(events) == SAMPLE
@@ -100,7 +118,12 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
     # move event time on, on every partition, and so close its buckets (replay mode: event time only).
     burst_ms = times[2 * SAMPLE // 3]
     burst = [
-        {"id": f"burst-{i}", "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}", "published_at": burst_ms + i * 5_000, "source": "news"}
+        {
+            "id": f"burst-{i}",
+            "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}",
+            "published_at": burst_ms + i * 5_000,
+            "source": "news",
+        }
         for i in range(12)
     ]
     assert sum(1 for t in times if t > burst_ms + 2 * 3600_000) >= 20
@@ -152,7 +175,7 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         async def redis_counts() -> Counter[tuple[str, int, str]]:
             got: Counter[tuple[str, int, str]] = Counter()
             async for key in r.scan_iter(match=f"{s.redis_prefix}:b:*", count=1000):
-                kind, rest = key.decode()[len(f"{s.redis_prefix}:b:"):].split(":", 1)
+                kind, rest = key.decode()[len(f"{s.redis_prefix}:b:") :].split(":", 1)
                 name, b = rest.rsplit(":", 1)
                 for f, v in (await r.hgetall(key)).items():
                     if f.decode() != "ssum":
@@ -173,7 +196,9 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
         again = await _drain(s, 2 * len(inputs), timeout=240)
         assert len(again["scored"]) == 2 * len(valid)
-        second_pass = Counter(e.window_status for e in again["scored"]) - Counter(e.window_status for e in out["scored"])
+        second_pass = Counter(e.window_status for e in again["scored"]) - Counter(
+            e.window_status for e in out["scored"]
+        )
         assert second_pass == Counter({"duplicate": len(valid)})
         assert await _snapshot(r, s.redis_prefix) == before
         assert len([x for x in again["alerts"] if x["entity"] == BURST_TICKER]) == len(burst_alerts)
@@ -184,11 +209,15 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         await clear_redis_prefix(s)
 
 
-async def test_two_workers_share_one_truth(isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path) -> None:
+async def test_two_workers_share_one_truth(
+    isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path
+) -> None:
     """Two workers in one consumer group: every event scored, Redis equals the count over both outputs."""
     import socket
 
-    s = isolated_settings.model_copy(update={"partitions": 4, "max_batch_size": 16, "max_wait_ms": 50, "bucket_seconds": 3600})
+    s = isolated_settings.model_copy(
+        update={"partitions": 4, "max_batch_size": 16, "max_wait_ms": 50, "bucket_seconds": 3600}
+    )
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=16)
     events = read_events(_stream_file(s), since="2015-03-01T00:00:00Z", limit=240)
     await ensure_topics(s.kafka_bootstrap, topic_plan(s))
@@ -213,8 +242,15 @@ async def test_two_workers_share_one_truth(isolated_settings: StreamSettings, ke
         try:
             for t in {t for e in counted for t in e.tickers}:
                 total = await r.hgetall(f"{s.redis_prefix}:tot:ticker:{t}")
-                want = Counter(SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e.sentiment.label)] for e in counted if t in e.tickers)
-                assert {k.decode(): int(v) for k, v in total.items() if k != b"ssum"} == {**want, "n": sum(want.values())}
+                want = Counter(
+                    SENTIMENT_FIELDS[["negative", "neutral", "positive"].index(e.sentiment.label)]
+                    for e in counted
+                    if t in e.tickers
+                )
+                assert {k.decode(): int(v) for k, v in total.items() if k != b"ssum"} == {
+                    **want,
+                    "n": sum(want.values()),
+                }
         finally:
             await r.aclose()
     finally:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 
@@ -44,16 +44,20 @@ def write_tokenizer(out: Path, vocab: Sequence[str]) -> None:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab_map["[CLS]"]), ("[SEP]", vocab_map["[SEP]"])],
     )
     tok.decoder = decoders.WordPiece()
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    (out / "tokenizer_config.json").write_text('{"do_lower_case": true, "tokenizer_class": "BertTokenizerFast", "model_max_length": 512}')
+    (out / "tokenizer_config.json").write_text(
+        '{"do_lower_case": true, "tokenizer_class": "BertTokenizerFast", "model_max_length": 512}'
+    )
     (out / "special_tokens_map.json").write_text(
-        '{"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}'
+        '{"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", '
+        '"mask_token": "[MASK]"}'
     )
 
 
@@ -64,15 +68,22 @@ def make_tiny_encoder(out: Path, corpus: Iterable[str], seed: int = 0, hidden: i
     torch.manual_seed(seed)
     vocab = build_vocab(corpus)
     cfg = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=hidden * 2, max_position_embeddings=512, pad_token_id=0,
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=512,
+        pad_token_id=0,
     )
     BertModel(cfg).save_pretrained(str(out))
     write_tokenizer(out, vocab)
     return out
 
 
-def make_tiny_checkpoint(out: Path, corpus: Iterable[str], heads: Sequence[HeadSpec] = DEFAULT_HEADS, seed: int = 0) -> Path:
+def make_tiny_checkpoint(
+    out: Path, corpus: Iterable[str], heads: Sequence[HeadSpec] = DEFAULT_HEADS, seed: int = 0
+) -> Path:
     """A tiny finpulse two-head checkpoint with random weights, saved like a trained one."""
     from transformers import BertModel
 

@@ -78,9 +78,9 @@ def test_lock_files_cover_pyproject() -> None:
         return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
 
     base = {name(r) for r in project["dependencies"]}
-    extras = {
-        name(r) for extra, reqs in project["optional-dependencies"].items() if extra != "gpu" for r in reqs
-    } - {"finpulse"}
+    extras = {name(r) for extra, reqs in project["optional-dependencies"].items() if extra != "gpu" for r in reqs} - {
+        "finpulse"
+    }
     assert base <= _locked("worker.lock")
     assert base | extras <= _locked("dev.lock")
     # The worker image stays free of the training stack.

@@ -34,8 +34,12 @@ TINY_INT8_AGREEMENT = 0.5
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sample_texts: list[str]) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny-bundle"
-    build_bundle(tiny_model_dir, out, BuildOptions(int8=True, int8_min_agreement=TINY_INT8_AGREEMENT, validation_texts=128),
-                 validation_texts=sample_texts)
+    build_bundle(
+        tiny_model_dir,
+        out,
+        BuildOptions(int8=True, int8_min_agreement=TINY_INT8_AGREEMENT, validation_texts=128),
+        validation_texts=sample_texts,
+    )
     return out
 
 
@@ -166,7 +170,9 @@ def _perturbed_copy(src: Path, dst: Path, initializer: str, delta: float) -> Pat
 
 
 @pytest.mark.slow
-def test_validation_failure_names_the_output(bundle: Path, tiny_model_dir: Path, tmp_path: Path, sample_texts: list[str]) -> None:
+def test_validation_failure_names_the_output(
+    bundle: Path, tiny_model_dir: Path, tmp_path: Path, sample_texts: list[str]
+) -> None:
     bad = _perturbed_copy(bundle / "model.onnx", tmp_path / "bad.onnx", "heads.topic.bias", 0.5)
     loaded = load_model(tiny_model_dir)
     tok = BatchTokenizer(tiny_model_dir / "tokenizer.json")
@@ -182,14 +188,22 @@ def test_validation_failure_names_the_output(bundle: Path, tiny_model_dir: Path,
 
 
 @pytest.mark.slow
-def test_failed_build_leaves_nothing(bundle: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_texts: list[str]) -> None:
+def test_failed_build_leaves_nothing(
+    bundle: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sample_texts: list[str]
+) -> None:
     good = bundle / "model.onnx"
 
     def fake_export(model: object, out_path: Path, **_: object) -> ExportResult:
         # Stands in for an exporter bug: a graph whose sentiment head is off by 1.0.
         _perturbed_copy(good, Path(out_path), "heads.sentiment.bias", 1.0)
-        return ExportResult(Path(out_path), ("input_ids", "attention_mask"),
-                            {"sentiment": "logits_sentiment", "topic": "logits_topic"}, 18, "fake", 0.0)
+        return ExportResult(
+            Path(out_path),
+            ("input_ids", "attention_mask"),
+            {"sentiment": "logits_sentiment", "topic": "logits_topic"},
+            18,
+            "fake",
+            0.0,
+        )
 
     monkeypatch.setattr(builder_mod, "export_onnx", fake_export)
     out = tmp_path / "never"
@@ -251,8 +265,10 @@ def test_gpu_backends_unavailable_without_gpu(bundle: Path) -> None:
 def test_plan_profiles_cover_all_shapes() -> None:
     profiles = plan_profiles(max_batch=256, opt_batch=64, seq_buckets=(16, 32, 64), max_seq_len=128)
     assert [(p.min, p.opt, p.max) for p in profiles] == [
-        ((1, 1), (64, 16), (256, 16)), ((1, 17), (64, 32), (256, 32)),
-        ((1, 33), (64, 64), (256, 64)), ((1, 65), (64, 128), (256, 128)),
+        ((1, 1), (64, 16), (256, 16)),
+        ((1, 17), (64, 32), (256, 32)),
+        ((1, 33), (64, 64), (256, 64)),
+        ((1, 65), (64, 128), (256, 128)),
     ]
     for batch in (1, 7, 64, 256):
         for seq in range(1, 129):
@@ -274,7 +290,9 @@ def test_optional_backends_register_without_heavy_imports() -> None:
         "import sys, engine.runtime as r; names = r.available_backends();"
         "print(names); print(sorted(m for m in ('onnxruntime', 'tensorrt') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.splitlines()
     for name in ("onnxruntime", "onnxruntime-int8", "cuda", "tensorrt"):
         assert repr(name) in out[0]
     assert out[1] == "[]"
@@ -288,8 +306,13 @@ def test_single_head_hf_checkpoint(tmp_path: Path, tiny_model_dir: Path, sample_
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     torch.manual_seed(3)
     hf_cfg = BertConfig(
-        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, id2label={0: "Bearish", 1: "Bullish", 2: "Neutral"}, label2id={"Bearish": 0, "Bullish": 1, "Neutral": 2},
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        id2label={0: "Bearish", 1: "Bullish", 2: "Neutral"},
+        label2id={"Bearish": 0, "Bullish": 1, "Neutral": 2},
     )
     ckpt = tmp_path / "finbert-like"
     BertForSequenceClassification(hf_cfg).save_pretrained(str(ckpt))
@@ -314,8 +337,10 @@ def test_cli_builds_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
     texts.write_text("\n".join(["$AAPL beats estimates", "Oil slides as supply rises", "Fed holds rates steady"] * 3))
     out = tmp_path / "cli-bundle"
     runner = CliRunner()
-    res = runner.invoke(build_engine_cmd, [str(tiny_model_dir), "--out", str(out), "--exporter", "dynamo", "--no-fuse",
-                                           "--validation-texts", str(texts)])
+    res = runner.invoke(
+        build_engine_cmd,
+        [str(tiny_model_dir), "--out", str(out), "--exporter", "dynamo", "--no-fuse", "--validation-texts", str(texts)],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["files"]["onnx"]["precision"] == "fp32"

@@ -19,8 +19,13 @@ def _config() -> dict[str, Any]:
     """`docker compose config` when the client has the compose plugin, else PyYAML."""
     docker = shutil.which("docker")
     if docker:
-        res = subprocess.run([docker, "compose", "-f", str(COMPOSE), "config", "--format", "json"], capture_output=True, text=True, timeout=60,
-                             env={"PATH": "/usr/bin:/bin:/usr/local/bin", "FINPULSE_DATA_DIR": "/tmp"})
+        res = subprocess.run(
+            [docker, "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin:/usr/local/bin", "FINPULSE_DATA_DIR": "/tmp"},
+        )
         if res.returncode == 0:
             import json
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from pydantic import ValidationError
 
-from stream.events import NewsEvent, Rejection, ScoredEvent, extract_cashtags, parse_event, parse_event_time, parse_scored
+from stream.events import (
+    NewsEvent,
+    Rejection,
+    ScoredEvent,
+    extract_cashtags,
+    parse_event,
+    parse_event_time,
+    parse_scored,
+)
 
 LIMITS = dict(max_event_bytes=4096, max_text_bytes=1024)
 

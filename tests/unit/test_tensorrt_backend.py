@@ -25,8 +25,16 @@ from engine.tokenize import EncodedBatch  # noqa: E402
 def trt_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sample_texts: list[str]) -> Path:
     out = tmp_path_factory.mktemp("trt") / "bundle"
     cache = tmp_path_factory.mktemp("trt-cache") / "timing.cache"
-    opts = BuildOptions(tensorrt=True, max_batch=32, opt_batch=8, seq_buckets=(16, 32, 64), max_seq_len=64,
-                        int8_min_agreement=0.9, timing_cache=cache, validation_texts=64)
+    opts = BuildOptions(
+        tensorrt=True,
+        max_batch=32,
+        opt_batch=8,
+        seq_buckets=(16, 32, 64),
+        max_seq_len=64,
+        int8_min_agreement=0.9,
+        timing_cache=cache,
+        validation_texts=64,
+    )
     build_bundle(tiny_model_dir, out, opts, validation_texts=sample_texts)
     assert cache.is_file()  # saved after the build, reused by the next one
     return out

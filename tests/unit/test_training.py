@@ -24,8 +24,8 @@ from engine.settings import EngineSettings
 from engine.tokenize import BatchTokenizer
 from tests.support.tiny_bert import make_tiny_encoder
 from training.data import (
-    TOPIC_LABELS,
     SENTIMENT_MAP,
+    TOPIC_LABELS,
     TOPIC_MAP,
     DataError,
     load_for_heads,
@@ -57,7 +57,9 @@ def _rows(words: dict[str, list[str]], n_per_class: int, seed: int) -> list[tupl
     rows = []
     for label, ws in words.items():
         for _ in range(n_per_class):
-            rows.append((f"{rng.choice(TICKERS)} {rng.choice(ws)} today {rng.choice(['again', 'now', 'early'])}", label))
+            rows.append(
+                (f"{rng.choice(TICKERS)} {rng.choice(ws)} today {rng.choice(['again', 'now', 'early'])}", label)
+            )
     rng.shuffle(rows)
     return rows
 
@@ -88,11 +90,20 @@ def base_dir(data_dir: Path) -> Path:
 
 def _settings(data_dir: Path, base_dir: Path, **kw: Any) -> TrainSettings:
     defaults: dict[str, Any] = {
-        "base_dir": base_dir, "data_dir": None,
-        "sentiment_train": data_dir / "sentiment_train.csv", "sentiment_valid": data_dir / "sentiment_valid.csv",
-        "topic_train": data_dir / "topic_train.csv", "topic_valid": data_dir / "topic_valid.csv",
-        "max_steps": 80, "batch_size": 8, "lr": 3e-3, "max_seq_len": 32, "evals_per_epoch": 1, "patience": 50,
-        "progress": False, "num_threads": 1,
+        "base_dir": base_dir,
+        "data_dir": None,
+        "sentiment_train": data_dir / "sentiment_train.csv",
+        "sentiment_valid": data_dir / "sentiment_valid.csv",
+        "topic_train": data_dir / "topic_train.csv",
+        "topic_valid": data_dir / "topic_valid.csv",
+        "max_steps": 80,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "max_seq_len": 32,
+        "evals_per_epoch": 1,
+        "patience": 50,
+        "progress": False,
+        "num_threads": 1,
     }
     return TrainSettings(**{**defaults, **kw})
 
@@ -118,7 +129,9 @@ def _mean_loss(model: torch.nn.Module, base_dir: Path, path: Path, task: str, he
 @pytest.mark.slow
 def test_training_lowers_the_loss(trained: Any, data_dir: Path, base_dir: Path) -> None:
     torch.manual_seed(0)
-    untrained = new_multihead_model(base_dir, [HeadSpec("sentiment", SENTIMENT_LABELS), HeadSpec("topic", TOPIC_LABELS)])
+    untrained = new_multihead_model(
+        base_dir, [HeadSpec("sentiment", SENTIMENT_LABELS), HeadSpec("topic", TOPIC_LABELS)]
+    )
     loaded = load_model(trained.out_dir).model
     for i, task in enumerate(("sentiment", "topic")):
         before = _mean_loss(untrained, base_dir, data_dir / f"{task}_train.csv", task, i)
@@ -129,7 +142,9 @@ def test_training_lowers_the_loss(trained: Any, data_dir: Path, base_dir: Path) 
 
 @pytest.mark.slow
 def test_saved_model_reloads_with_identical_predictions(trained: Any, data_dir: Path) -> None:
-    texts = [r[0] for r in csv.reader((data_dir / "sentiment_valid.csv").read_text().splitlines())][1:] + ["$XOM crude payout fed"]
+    texts = [r[0] for r in csv.reader((data_dir / "sentiment_valid.csv").read_text().splitlines())][1:] + [
+        "$XOM crude payout fed"
+    ]
     tok = BatchTokenizer.from_model_dir(trained.out_dir, max_seq_len=128)
     enc = tok.collate(tok.tokenize(texts), np.arange(len(texts)))
     ids, mask = torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)
@@ -172,7 +187,9 @@ def test_metrics_json_and_model_card(trained: Any) -> None:
 
 @pytest.mark.slow
 def test_freeze_encoder_trains_heads_only(data_dir: Path, base_dir: Path, tmp_path: Path) -> None:
-    res = train(_settings(data_dir, base_dir, freeze_encoder=True, max_steps=10, evals_per_epoch=0, limit=20), tmp_path / "m")
+    res = train(
+        _settings(data_dir, base_dir, freeze_encoder=True, max_steps=10, evals_per_epoch=0, limit=20), tmp_path / "m"
+    )
     torch.manual_seed(0)
     fresh = new_multihead_model(base_dir, [HeadSpec("sentiment", SENTIMENT_LABELS)])
     for name, p in fresh.bert.state_dict().items():
@@ -202,9 +219,9 @@ def _hand_counts(y_true: list[int], y_pred: list[int], n: int) -> dict[str, Any]
     """Per-class P/R/F1 by explicit counting (deliberately not using training.metrics)."""
     out: dict[str, Any] = {"per_class": [], "f1s_present": []}
     for c in range(n):
-        tp = sum(1 for t, p in zip(y_true, y_pred) if t == c and p == c)
-        fp = sum(1 for t, p in zip(y_true, y_pred) if t != c and p == c)
-        fn = sum(1 for t, p in zip(y_true, y_pred) if t == c and p != c)
+        tp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == c and p == c)
+        fp = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t != c and p == c)
+        fn = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == c and p != c)
         prec = tp / (tp + fp) if tp + fp else 0.0
         rec = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
@@ -212,7 +229,7 @@ def _hand_counts(y_true: list[int], y_pred: list[int], n: int) -> dict[str, Any]
         if tp + fp + fn:
             out["f1s_present"].append(f1)
     out["macro_f1"] = sum(out["f1s_present"]) / len(out["f1s_present"])
-    out["accuracy"] = sum(1 for t, p in zip(y_true, y_pred) if t == p) / len(y_true)
+    out["accuracy"] = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p) / len(y_true)
     return out
 
 
@@ -234,35 +251,51 @@ def test_evaluate_matches_an_independent_count(trained: Any, tmp_path: Path) -> 
 
     # Mixed spellings on purpose: ids, Bearish/Bullish and head names all map to one label order.
     rows = [
-        ("$AAPL plunges today", "Bearish"), ("$TSLA soars now", "1"), ("$JPM hosts meeting", "neutral"),
-        ("$XOM slumps early", "0"), ("$MSFT jumps again", "positive"), ("$AMZN files report", "2"),
-        ("$AAPL rallies but plunges", "negative"), ("$XOM schedules call", "Bullish"), ("fed crude payout", "Neutral"),
+        ("$AAPL plunges today", "Bearish"),
+        ("$TSLA soars now", "1"),
+        ("$JPM hosts meeting", "neutral"),
+        ("$XOM slumps early", "0"),
+        ("$MSFT jumps again", "positive"),
+        ("$AMZN files report", "2"),
+        ("$AAPL rallies but plunges", "negative"),
+        ("$XOM schedules call", "Bullish"),
+        ("fed crude payout", "Neutral"),
     ]
     data = _write_csv(tmp_path / "eval_sentiment.csv", rows)
     result = evaluate(trained.out_dir, data, json_out=tmp_path / "m.json", show=False)
     assert list(result["heads"]) == ["sentiment"]  # a sentiment-only file evaluates the sentiment head only
 
-    probs = load_classifier(EngineSettings(backend="torch"), trained.out_dir).classify([r[0] for r in rows])["sentiment"]
+    probs = load_classifier(EngineSettings(backend="torch"), trained.out_dir).classify([r[0] for r in rows])[
+        "sentiment"
+    ]
     y_pred = [int(np.argmax(p)) for p in probs]  # head order: negative, neutral, positive
     by_name = {"bearish": 0, "negative": 0, "0": 0, "neutral": 1, "2": 1, "bullish": 2, "positive": 2, "1": 2}
     y_true = [by_name[lab.lower()] for _, lab in rows]
     expected = _hand_counts(y_true, y_pred, 3)
     rep = result["heads"]["sentiment"]
-    for (prec, rec, f1, support), lab in zip(expected["per_class"], SENTIMENT_LABELS):
+    for (prec, rec, f1, support), lab in zip(expected["per_class"], SENTIMENT_LABELS, strict=True):
         got = rep["per_class"][lab]
         assert got["precision"] == pytest.approx(prec) and got["recall"] == pytest.approx(rec)
         assert got["f1"] == pytest.approx(f1) and got["support"] == support
     assert rep["macro_f1"] == pytest.approx(expected["macro_f1"])
     assert rep["accuracy"] == pytest.approx(expected["accuracy"])
-    cm = [[sum(1 for t, p in zip(y_true, y_pred) if t == i and p == j) for j in range(3)] for i in range(3)]
+    cm = [
+        [sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == i and p == j) for j in range(3)] for i in range(3)
+    ]
     assert rep["confusion_matrix"] == cm
-    assert json.loads((tmp_path / "m.json").read_text())["heads"]["sentiment"]["macro_f1"] == pytest.approx(rep["macro_f1"])
+    assert json.loads((tmp_path / "m.json").read_text())["heads"]["sentiment"]["macro_f1"] == pytest.approx(
+        rep["macro_f1"]
+    )
 
 
 def test_evaluate_multi_column_file_and_jsonl(trained: Any, tmp_path: Path) -> None:
     from training.evaluate import evaluate
 
-    both = _write_csv(tmp_path / "both.csv", [("$XOM crude jumps", "Bullish", "Energy / Oil"), ("fed powell hosts", "2", "1")], ("text", "sentiment", "topic"))
+    both = _write_csv(
+        tmp_path / "both.csv",
+        [("$XOM crude jumps", "Bullish", "Energy / Oil"), ("fed powell hosts", "2", "1")],
+        ("text", "sentiment", "topic"),
+    )
     assert set(evaluate(trained.out_dir, both, show=False)["heads"]) == {"sentiment", "topic"}
     jl = tmp_path / "topics.jsonl"
     jl.write_text('{"text": "dividend payout raised", "label": 4}\n\n{"text": "ipo listing priced", "label": "IPO"}\n')
@@ -276,16 +309,45 @@ def test_cli_evaluate_and_train(trained: Any, data_dir: Path, base_dir: Path, tm
     from training.cli import evaluate_cmd, train_cmd
 
     runner = CliRunner()
-    ok = runner.invoke(evaluate_cmd, [str(trained.out_dir), "--data", str(data_dir / "sentiment_valid.csv"), "--task", "sentiment", "--json", str(tmp_path / "e.json")])
+    ok = runner.invoke(
+        evaluate_cmd,
+        [
+            str(trained.out_dir),
+            "--data",
+            str(data_dir / "sentiment_valid.csv"),
+            "--task",
+            "sentiment",
+            "--json",
+            str(tmp_path / "e.json"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "macro-F1" in ok.output and (tmp_path / "e.json").is_file()
     bad = _write_csv(tmp_path / "bad.csv", [("fine text", "2"), ("other", "Sideways")])
     res = runner.invoke(evaluate_cmd, [str(trained.out_dir), "--data", str(bad), "--task", "sentiment"])
     assert res.exit_code != 0 and f"{bad}:3" in res.output and "Sideways" in res.output
 
-    args = ["--out", str(tmp_path / "cli-model"), "--base", str(base_dir), "--sentiment-train", str(data_dir / "sentiment_train.csv"),
-            "--sentiment-valid", str(data_dir / "sentiment_valid.csv"), "--topic-train", str(data_dir / "topic_train.csv"),
-            "--topic-valid", str(data_dir / "topic_valid.csv"), "--max-steps", "4", "--batch-size", "4", "--max-seq-len", "16", "--no-progress"]
+    args = [
+        "--out",
+        str(tmp_path / "cli-model"),
+        "--base",
+        str(base_dir),
+        "--sentiment-train",
+        str(data_dir / "sentiment_train.csv"),
+        "--sentiment-valid",
+        str(data_dir / "sentiment_valid.csv"),
+        "--topic-train",
+        str(data_dir / "topic_train.csv"),
+        "--topic-valid",
+        str(data_dir / "topic_valid.csv"),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "16",
+        "--no-progress",
+    ]
     res = runner.invoke(train_cmd, args)
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "cli-model" / "metrics.json").read_text())
@@ -296,9 +358,18 @@ def test_cli_evaluate_and_train(trained: Any, data_dir: Path, base_dir: Path, tm
 
 
 def test_sentiment_ids_follow_the_twitter_convention(tmp_path: Path) -> None:
-    f = _write_csv(tmp_path / "s.csv", [("a", "0"), ("b", "1"), ("c", "2"), ("d", "Bearish"), ("e", "BULLISH"), ("f", "neutral")])
+    f = _write_csv(
+        tmp_path / "s.csv", [("a", "0"), ("b", "1"), ("c", "2"), ("d", "Bearish"), ("e", "BULLISH"), ("f", "neutral")]
+    )
     td = load_task_data(f, "sentiment")
-    assert [SENTIMENT_LABELS[i] for i in td.label_ids] == ["negative", "positive", "neutral", "negative", "positive", "neutral"]
+    assert [SENTIMENT_LABELS[i] for i in td.label_ids] == [
+        "negative",
+        "positive",
+        "neutral",
+        "negative",
+        "positive",
+        "neutral",
+    ]
     assert td.lines == [2, 3, 4, 5, 6, 7]
     assert SENTIMENT_MAP.encode(1) == 2 and TOPIC_MAP.encode(1) == 1 and TOPIC_MAP.encode("m&a / investments") == 13
 
@@ -354,7 +425,10 @@ def test_phrasebank_format_parses(tmp_path: Path) -> None:
     )
     td = load_task_data(f, "sentiment")
     assert [SENTIMENT_LABELS[i] for i in td.label_ids] == ["positive", "negative", "neutral"]
-    assert td.texts[1] == "Caf\u00e9 chain sales fell 5 % ." and td.texts[2] == "Contact investor@company.com for details ."
+    assert (
+        td.texts[1] == "Caf\u00e9 chain sales fell 5 % ."
+        and td.texts[2] == "Contact investor@company.com for details ."
+    )
     assert td.lines == [1, 2, 4]
     # Without the .txt extension the format is sniffed.
     g = tmp_path / "phrasebank"
@@ -384,7 +458,9 @@ def test_task_inference_for_evaluation(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_default_model_is_trained_once_then_cached(data_dir: Path, base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_is_trained_once_then_cached(
+    data_dir: Path, base_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import training.train as train_mod
     from training.default_model import MARKER, ensure_default_model, read_marker
 
@@ -403,5 +479,7 @@ def test_default_model_is_trained_once_then_cached(data_dir: Path, base_dir: Pat
     assert ensure_default_model(cache, settings=settings, progress=False) == cache
     # A different recipe is a different hash: it must retrain.
     with pytest.raises(AssertionError, match="reused"):
-        ensure_default_model(cache, settings=_settings(data_dir, base_dir, max_steps=7, evals_per_epoch=0), progress=False)
+        ensure_default_model(
+            cache, settings=_settings(data_dir, base_dir, max_steps=7, evals_per_epoch=0), progress=False
+        )
     assert read_marker(cache) == marker  # a failed retrain leaves the old model intact
