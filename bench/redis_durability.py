@@ -24,9 +24,10 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import orjson
@@ -45,10 +46,26 @@ MODES: dict[str, tuple[tuple[str, str], ...]] = {
 
 # The topic head's labels (training.data.TOPIC_LABELS), copied so this module does not import training.
 _TOPICS = (
-    "Analyst Update", "Fed / Central Banks", "Company / Product News", "Treasuries / Corporate Debt",
-    "Dividend", "Earnings", "Energy / Oil", "Financials", "Currencies", "General News / Opinion",
-    "Gold / Metals / Materials", "IPO", "Legal / Regulation", "M&A / Investments", "Macro", "Markets",
-    "Politics", "Personnel Change", "Stock Commentary", "Stock Movement",
+    "Analyst Update",
+    "Fed / Central Banks",
+    "Company / Product News",
+    "Treasuries / Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy / Oil",
+    "Financials",
+    "Currencies",
+    "General News / Opinion",
+    "Gold / Metals / Materials",
+    "IPO",
+    "Legal / Regulation",
+    "M&A / Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
 )
 
 
@@ -58,7 +75,9 @@ def _ts_ms(value: Any) -> int:
     return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def window_updates(events: Sequence[dict[str, Any]], run: str, partitions: int, topic: str = "bench.durability") -> list[WindowUpdate]:
+def window_updates(
+    events: Sequence[dict[str, Any]], run: str, partitions: int, topic: str = "bench.durability"
+) -> list[WindowUpdate]:
     """One ``WindowUpdate`` per event, as the worker would build it.
 
     Labels are fixed per text (a hash, like the null backend: 15% negative, 60% neutral, 25%
@@ -73,8 +92,16 @@ def window_updates(events: Sequence[dict[str, Any]], run: str, partitions: int, 
         score = (-0.8, 0.0, 0.7)[cls]
         eid = f"{run}-{e['id']}"
         part = int.from_bytes(hashlib.blake2b(eid.encode(), digest_size=4).digest(), "big") % partitions
-        out.append(WindowUpdate(eid, _ts_ms(e["published_at"]), cls, score, entities_for(e.get("tickers") or [], _TOPICS[(h >> 16) % len(_TOPICS)]),
-                                f"{topic}:{part}"))
+        out.append(
+            WindowUpdate(
+                eid,
+                _ts_ms(e["published_at"]),
+                cls,
+                score,
+                entities_for(e.get("tickers") or [], _TOPICS[(h >> 16) % len(_TOPICS)]),
+                f"{topic}:{part}",
+            )
+        )
     return out
 
 
@@ -113,8 +140,14 @@ async def _unlink_prefix(r: Any, prefix: str) -> int:
     return n
 
 
-async def run_durability(settings: StreamSettings, events: list[dict[str, Any]], batches: int, batch_size: int,
-                         modes: Sequence[str], rounds: int) -> dict[str, Any]:
+async def run_durability(
+    settings: StreamSettings,
+    events: list[dict[str, Any]],
+    batches: int,
+    batch_size: int,
+    modes: Sequence[str],
+    rounds: int,
+) -> dict[str, Any]:
     """Time ``batches`` apply calls of ``batch_size`` events per mode; restores the Redis config."""
     from stream.app import redis_client
 
@@ -127,24 +160,33 @@ async def run_durability(settings: StreamSettings, events: list[dict[str, Any]],
     aof_bytes: dict[str, int] = {m: 0 for m in modes}
     statuses: dict[str, dict[str, int]] = {m: {} for m in modes}
     forks: dict[str, int] = {m: 0 for m in modes}  # background AOF rewrites (forks) while the mode ran
-    original = {k: (await r.config_get(k))[k] for k in ("appendonly", "appendfsync")}
+    original: dict[str, str] = {k: str((await r.config_get(k))[k]) for k in ("appendonly", "appendfsync")}
     server = await r.info("server")
     try:
         for rnd in range(rounds):
-            chunk = events[rnd * per_round * batch_size:(rnd + 1) * per_round * batch_size]
+            chunk = events[rnd * per_round * batch_size : (rnd + 1) * per_round * batch_size]
             if len(chunk) < per_round * batch_size:  # fewer texts than asked: reuse them (ids stay fresh per round)
-                chunk = [events[i % len(events)] for i in range(rnd * per_round * batch_size, (rnd + 1) * per_round * batch_size)]
+                chunk = [
+                    events[i % len(events)]
+                    for i in range(rnd * per_round * batch_size, (rnd + 1) * per_round * batch_size)
+                ]
             for mode in modes:
                 prefix = f"bench:durability:{tag}:{mode}:{rnd}"
-                store = WindowStore(r, prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds,
-                                    TimePolicy(mode="replay"))
+                store = WindowStore(
+                    r,
+                    prefix,
+                    settings.bucket_seconds,
+                    settings.retention_seconds,
+                    settings.allowed_lateness_seconds,
+                    TimePolicy(mode="replay"),
+                )
                 updates = window_updates(chunk, f"{tag}{mode}{rnd}", settings.partitions)
                 await _set_mode(r, mode)
                 await store.apply([], sources)  # loads the script; not timed
                 size = await _aof_size(r)
                 forks0 = int((await r.info("stats")).get("total_forks", 0))
                 for i in range(per_round):
-                    batch = updates[i * batch_size:(i + 1) * batch_size]
+                    batch = updates[i * batch_size : (i + 1) * batch_size]
                     t0 = time.perf_counter()
                     res = await store.apply(batch, sources)
                     dt = time.perf_counter() - t0
@@ -186,19 +228,37 @@ async def run_durability(settings: StreamSettings, events: list[dict[str, Any]],
             out[mode]["events_per_s_vs_no"] = round(out[mode]["events_per_s"] / ref["events_per_s"], 3)
             p50, rp50 = out[mode]["apply_ms"]["p50"], ref["apply_ms"]["p50"]
             out[mode]["p50_vs_no"] = round(p50 / rp50, 2) if p50 and rp50 else None
-    return {"redis_version": server.get("redis_version"), "original_config": original, "restored_config": restored, "modes": out}
+    return {
+        "redis_version": server.get("redis_version"),
+        "original_config": original,
+        "restored_config": restored,
+        "modes": out,
+    }
 
 
 @click.command("redis-durability")
-@click.option("--batches", type=int, default=300, show_default=True, help="Timed apply calls per mode (over all rounds).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Events per apply call (the worker's take size).")
+@click.option(
+    "--batches", type=int, default=300, show_default=True, help="Timed apply calls per mode (over all rounds)."
+)
+@click.option(
+    "--batch-size", type=int, default=256, show_default=True, help="Events per apply call (the worker's take size)."
+)
 @click.option("--rounds", type=int, default=3, show_default=True, help="Interleave the modes this many times.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(list(MODES)), default=tuple(MODES), show_default=True)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Also write the JSON here.")
-@click.option("--record", type=click.Path(path_type=Path), default=None, help="Append a row per mode to this BENCHMARKS.md.")
-def bench_redis_durability_cmd(batches: int, batch_size: int, rounds: int, modes: tuple[str, ...], data_dir: Path | None,
-                               out: Path | None, record: Path | None) -> None:
+@click.option(
+    "--record", type=click.Path(path_type=Path), default=None, help="Append a row per mode to this BENCHMARKS.md."
+)
+def bench_redis_durability_cmd(
+    batches: int,
+    batch_size: int,
+    rounds: int,
+    modes: tuple[str, ...],
+    data_dir: Path | None,
+    out: Path | None,
+    record: Path | None,
+) -> None:
     """Cost of Redis AOF (off / everysec / always) on the worker's one-Lua-call-per-batch writes."""
     from stream.local import LocalServices
 
@@ -214,8 +274,16 @@ def bench_redis_durability_cmd(batches: int, batch_size: int, rounds: int, modes
         services.stop([k for k, v in started.items() if v])
     import os
 
-    results = {"benchmark": "redis-durability", "date": now_iso(), "machine": machine_info(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-               "batch_size": batch_size, "rounds": rounds, "distinct_texts": len(events), **res}
+    results = {
+        "benchmark": "redis-durability",
+        "date": now_iso(),
+        "machine": machine_info(),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "distinct_texts": len(events),
+        **res,
+    }
     text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
     click.echo(text)
     if out:
@@ -223,7 +291,11 @@ def bench_redis_durability_cmd(batches: int, batch_size: int, rounds: int, modes
     if record:
         m = results["machine"]
         for mode, v in res["modes"].items():
-            append_markdown_row(record, "Redis durability (finpulse bench redis-durability)",
-                f"| {results['date']} | {m['cpu']} ({m['cores']} cores, {m['gpu'] or 'no GPU'}) | {mode} | {v['batches']} x {batch_size} "
+            append_markdown_row(
+                record,
+                "Redis durability (finpulse bench redis-durability)",
+                f"| {results['date']} | {m['cpu']} ({m['cores']} cores, {m['gpu'] or 'no GPU'}) | {mode} "
+                f"| {v['batches']} x {batch_size} "
                 f"| {v['batches_per_s']} | {v['events_per_s']} | {v['apply_ms']['p50']} / {v['apply_ms']['p99']} "
-                f"| {v.get('events_per_s_vs_no')} | {v['aof_bytes_per_batch']} |")
+                f"| {v.get('events_per_s_vs_no')} | {v['aof_bytes_per_batch']} |",
+            )
