@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from engine.errors import ModelFormatError
 
+SentimentLabel = Literal["negative", "neutral", "positive"]
 #: The sentiment head's labels in logit order (every finpulse model and the worker agree on it).
-SENTIMENT_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+SENTIMENT_LABELS: tuple[SentimentLabel, SentimentLabel, SentimentLabel] = ("negative", "neutral", "positive")
 #: Key of ``config.json`` that lists a finpulse checkpoint's heads.
 CONFIG_HEADS_KEY = "finpulse_heads"
 

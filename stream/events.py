@@ -14,6 +14,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
+from engine.heads import SentimentLabel
+
 CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,5}(?:[.\-][A-Za-z]{1,2})?)(?![\w])")
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.\-][A-Z]{1,2})?$")
 MAX_TICKERS = 20
@@ -172,8 +174,8 @@ class SentimentScore(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    label: Literal["negative", "neutral", "positive"]
-    probs: dict[Literal["negative", "neutral", "positive"], float]
+    label: SentimentLabel
+    probs: dict[SentimentLabel, float]
 
 
 class TopicScore(BaseModel):
