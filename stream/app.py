@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import faust
 import structlog
@@ -54,7 +55,19 @@ class FaustSink:
 
 def redis_client(settings: StreamSettings) -> Redis:
     pw = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return Redis.from_url(settings.redis_url, password=pw, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+    return Redis.from_url(
+        settings.redis_url, password=pw, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+    )
+
+
+def _acker(stream: faust.StreamT, taken: list[Any]) -> Callable[[BatchResult], Awaitable[None]]:
+    """The callback that acks one batch's input events (called once its outputs are durable)."""
+
+    async def ack(_: BatchResult) -> None:
+        for e in taken:
+            await stream.ack(e)
+
+    return ack
 
 
 def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
@@ -78,15 +91,28 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         stream_buffer_maxsize=max(4096, settings.max_batch_size * 4),
         table_standby_replicas=0,
     )
-    raw = dict(value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw")
-    source = app.topic(settings.input_topic, **raw)
+    source = app.topic(
+        settings.input_topic, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw"
+    )
 
     r = redis or redis_client(settings)
-    store = WindowStore(r, settings.redis_prefix, settings.bucket_seconds, settings.retention_seconds, settings.allowed_lateness_seconds,
-                        settings.time_policy())
+    store = WindowStore(
+        r,
+        settings.redis_prefix,
+        settings.bucket_seconds,
+        settings.retention_seconds,
+        settings.allowed_lateness_seconds,
+        settings.time_policy(),
+    )
     # One inference thread: the model already uses every core; two would only contend.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-    processor = BatchProcessor(settings, classifier, store, FaustSink(app, settings.scored_topic, settings.alerts_topic, settings.dlq_topic), executor)
+    processor = BatchProcessor(
+        settings,
+        classifier,
+        store,
+        FaustSink(app, settings.scored_topic, settings.alerts_topic, settings.dlq_topic),
+        executor,
+    )
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]
 
@@ -105,17 +131,22 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         # noack_take hands over the events themselves and leaves acking to us: an input is acked
         # (and so may be committed) only after its batch's outputs are durable, in take order.
         try:
-            async for events in stream.noack_take(settings.max_batch_size, within=settings.max_wait_ms / 1000):
+            # faust.Stream has noack_take; the StreamT protocol that agents are typed with does not.
+            take = stream.noack_take  # type: ignore[attr-defined]
+            async for events in take(settings.max_batch_size, within=settings.max_wait_ms / 1000):
                 msgs = [
-                    RawMessage(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset, e.message.timestamp and int(e.message.timestamp * 1000))
+                    RawMessage(
+                        e.message.value,
+                        e.message.key,
+                        e.message.topic,
+                        e.message.partition,
+                        e.message.offset,
+                        e.message.timestamp and int(e.message.timestamp * 1000),
+                    )
                     for e in events
                 ]
 
-                async def ack(_: BatchResult, taken: list[Any] = list(events)) -> None:
-                    for e in taken:
-                        await stream.ack(e)
-
-                await pipeline.submit(msgs, ack)
+                await pipeline.submit(msgs, _acker(stream, list(events)))
         finally:
             # On a stop or a rebalance, finish what is in flight if Kafka and Redis let us, quickly.
             await pipeline.close(timeout=settings.broker_session_timeout_s / 2)
@@ -137,21 +168,24 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         status, reasons = processor.health_state()
         if not redis_ok:
             status, reasons = "degraded", [*reasons, "redis ping failed"]
-        return web.json({
-            "status": status,
-            "degraded_reasons": reasons,
-            "time_mode": settings.time_mode,
-            "uptime_s": round(time.time() - started, 1),
-            "engine": engine,
-            "engine_stats": classifier.stats.as_dict(),
-            "gpu_fallback": bool(engine.get("skipped_backends")) and engine.get("device") == "cpu",
-            "redis": redis_ok,
-            "metrics": processor.metrics.as_dict(),
-            "topics": {"input": settings.input_topic, "scored": settings.scored_topic, "alerts": settings.alerts_topic, "dlq": settings.dlq_topic},
-        })
-
-    @app.on_after_configured.connect
-    def _configured(app_: Any, **kwargs: Any) -> None:  # pragma: no cover - logging only
-        log.info("worker_configured", group=settings.consumer_group, input=settings.input_topic)
+        return web.json(
+            {
+                "status": status,
+                "degraded_reasons": reasons,
+                "time_mode": settings.time_mode,
+                "uptime_s": round(time.time() - started, 1),
+                "engine": engine,
+                "engine_stats": classifier.stats.as_dict(),
+                "gpu_fallback": bool(engine.get("skipped_backends")) and engine.get("device") == "cpu",
+                "redis": redis_ok,
+                "metrics": processor.metrics.as_dict(),
+                "topics": {
+                    "input": settings.input_topic,
+                    "scored": settings.scored_topic,
+                    "alerts": settings.alerts_topic,
+                    "dlq": settings.dlq_topic,
+                },
+            }
+        )
 
     return app

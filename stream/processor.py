@@ -14,10 +14,12 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -31,8 +33,20 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from engine.classifier import TextClassifier
 from engine.errors import EngineError
 from engine.heads import SENTIMENT_LABELS
+from finpulse.stats import percentiles
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
-from stream.events import Alert, DeadLetter, NewsEvent, Rejection, ScoredEvent, SentimentScore, TopicScore, ms_to_iso, parse_event
+from stream.events import (
+    Alert,
+    DeadLetter,
+    NewsEvent,
+    Rejection,
+    ScoredEvent,
+    SentimentScore,
+    TopicScore,
+    WindowStatus,
+    ms_to_iso,
+    parse_event,
+)
 from stream.settings import StreamSettings
 from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
@@ -84,9 +98,8 @@ class ProcessorMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items() if k != "recent_infer_ms"}
-        arr = np.asarray(self.recent_infer_ms, dtype=np.float64)
-        out["batch_infer_ms_p50"] = round(float(np.percentile(arr, 50)), 2) if arr.size else None
-        out["batch_infer_ms_p99"] = round(float(np.percentile(arr, 99)), 2) if arr.size else None
+        pct = percentiles(self.recent_infer_ms, (50, 99), ndigits=2)
+        out["batch_infer_ms_p50"], out["batch_infer_ms_p99"] = pct["p50"], pct["p99"]
         return out
 
 
@@ -95,7 +108,7 @@ class BatchResult:
     scored: int
     dead_letters: int
     alerts: list[Alert]
-    statuses: list[str]
+    statuses: list[WindowStatus]
 
 
 @dataclass
@@ -124,7 +137,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class BatchProcessor:
@@ -162,7 +175,7 @@ class BatchProcessor:
 
     # --- the batch ------------------------------------------------------------------------------
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
-        """All stages of one batch, in order (tests and benchmarks; the worker overlaps batches with ``BatchPipeline``)."""
+        """All stages of one batch, in order (tests and benchmarks; the worker overlaps batches: ``BatchPipeline``)."""
         return await self.commit(await self.infer(self.prepare(messages)))
 
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
@@ -179,8 +192,14 @@ class BatchProcessor:
             if isinstance(parsed, Rejection):
                 batch.dead.append((msg, parsed.reason, parsed.detail))
             elif parsed.published_at > horizon_ms:
-                batch.dead.append((msg, "future_timestamp", f"published_at {ms_to_iso(parsed.published_at)} is more than "
-                                   f"{self.settings.max_future_skew_s:g}s ahead of the wall clock"))
+                batch.dead.append(
+                    (
+                        msg,
+                        "future_timestamp",
+                        f"published_at {ms_to_iso(parsed.published_at)} is more than "
+                        f"{self.settings.max_future_skew_s:g}s ahead of the wall clock",
+                    )
+                )
             else:
                 batch.events.append(parsed)
                 batch.sources.append(msg)
@@ -217,14 +236,21 @@ class BatchProcessor:
         batch.sources = [batch.sources[i] for i in keep]
         return batch
 
-    async def _bisect(self, batch: PreparedBatch, idx: list[int], good: list[int], parts: dict[int, dict[str, np.ndarray]]) -> None:
+    async def _bisect(
+        self, batch: PreparedBatch, idx: list[int], good: list[int], parts: dict[int, dict[str, np.ndarray]]
+    ) -> None:
         """Classify ``idx``; on refusal split it in two, down to single events that go to the DLQ."""
         try:
             out = await self._classify([batch.events[i].classify_text for i in idx])
         except EngineError as exc:
             if len(idx) == 1:
-                log.error("inference_error", error=str(exc)[:300], topic=batch.sources[idx[0]].topic,
-                          partition=batch.sources[idx[0]].partition, offset=batch.sources[idx[0]].offset)
+                log.error(
+                    "inference_error",
+                    error=str(exc)[:300],
+                    topic=batch.sources[idx[0]].topic,
+                    partition=batch.sources[idx[0]].partition,
+                    offset=batch.sources[idx[0]].offset,
+                )
                 batch.dead.append((batch.sources[idx[0]], "inference_error", str(exc)[:300]))
                 return
             mid = len(idx) // 2
@@ -242,7 +268,7 @@ class BatchProcessor:
         so the inputs may be acked.
         """
         events, sources, probs = batch.events, batch.sources, batch.probs
-        statuses: list[str] = []
+        statuses: list[WindowStatus] = []
         alerts: list[Alert] = []
         # Dead letters travel while Redis counts; both are done before the inputs can be acked.
         dlq = asyncio.ensure_future(self._dead_letter(batch.dead)) if batch.dead else None
@@ -252,10 +278,16 @@ class BatchProcessor:
                 cls = sent.argmax(axis=1)
                 scores = sent[:, 2] - sent[:, 0]
                 topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
-                topics = [self.topic_labels[i] for i in topic_idx] if self.topic_labels and topic_idx is not None else [None] * len(events)
+                topics = (
+                    [self.topic_labels[i] for i in topic_idx]
+                    if self.topic_labels and topic_idx is not None
+                    else [None] * len(events)
+                )
                 updates = [
-                    WindowUpdate(e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}")
-                    for e, m, c, sc, t in zip(events, sources, cls, scores, topics)
+                    WindowUpdate(
+                        e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}"
+                    )
+                    for e, m, c, sc, t in zip(events, sources, cls, scores, topics, strict=True)
                 ]
                 applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
                 self.fault_point("after_redis_apply")
@@ -303,32 +335,69 @@ class BatchProcessor:
             except UnicodeDecodeError:
                 preview = None
             dl = DeadLetter(
-                reason=reason, detail=detail, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                reason=reason,
+                detail=detail,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
                 key=msg.key.decode("utf-8", "replace") if msg.key else None,
-                value_b64=base64.b64encode(value).decode(), value_preview=preview, received_at=now,
+                value_b64=base64.b64encode(value).decode(),
+                value_preview=preview,
+                received_at=now,
             )
             records.append((msg.key, orjson.dumps(dl.model_dump())))
             self.metrics.rejections[reason] = self.metrics.rejections.get(reason, 0) + 1
             # One line, no text and no author: only where the message was and why it was refused.
-            log.warning("dead_letter", reason=reason, detail=detail[:200], topic=msg.topic, partition=msg.partition, offset=msg.offset, size=len(value))
+            log.warning(
+                "dead_letter",
+                reason=reason,
+                detail=detail[:200],
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                size=len(value),
+            )
         await self._retry("kafka_dlq", lambda: self.sink.send_dead_letters(records))
         self.metrics.dead_letters += len(records)
 
-    async def _send_scored(self, events: list[NewsEvent], sent: np.ndarray, cls: np.ndarray, scores: np.ndarray,
-                           topic_probs: np.ndarray | None, topic_idx: np.ndarray | None, topics: list[str | None], statuses: list[str]) -> None:
+    async def _send_scored(
+        self,
+        events: list[NewsEvent],
+        sent: np.ndarray,
+        cls: np.ndarray,
+        scores: np.ndarray,
+        topic_probs: np.ndarray | None,
+        topic_idx: np.ndarray | None,
+        topics: list[str | None],
+        statuses: list[WindowStatus],
+    ) -> None:
         now = _now_iso()
         labels = SENTIMENT_LABELS
         records = []
         # One typed model for the record (stream.events.ScoredEvent), the same that consumers parse.
         for i, e in enumerate(events):
             p = sent[i]
+            t = topics[i]
             rec = ScoredEvent(
-                id=e.id, tickers=e.tickers, source=e.source, published_at=e.published_at,
-                published_at_iso=ms_to_iso(e.published_at), processed_at=now,
-                sentiment=SentimentScore(label=labels[int(cls[i])], probs={labels[0]: float(p[0]), labels[1]: float(p[1]), labels[2]: float(p[2])}),
-                topic=(TopicScore(label=topics[i], prob=float(topic_probs[i, topic_idx[i]]))
-                       if topic_probs is not None and topic_idx is not None and topics[i] is not None else None),
-                score=float(scores[i]), model_id=self.model_id, backend=self.backend_name, window_status=statuses[i],
+                id=e.id,
+                tickers=e.tickers,
+                source=e.source,
+                published_at=e.published_at,
+                published_at_iso=ms_to_iso(e.published_at),
+                processed_at=now,
+                sentiment=SentimentScore(
+                    label=labels[int(cls[i])],
+                    probs={labels[0]: float(p[0]), labels[1]: float(p[1]), labels[2]: float(p[2])},
+                ),
+                topic=(
+                    TopicScore(label=t, prob=float(topic_probs[i, topic_idx[i]]))
+                    if topic_probs is not None and topic_idx is not None and t is not None
+                    else None
+                ),
+                score=float(scores[i]),
+                model_id=self.model_id,
+                backend=self.backend_name,
+                window_status=statuses[i],
             )
             records.append((e.id.encode(), rec.to_json()))
         await self._retry("kafka_scored", lambda: self.sink.send_scored(records))
@@ -352,12 +421,21 @@ class BatchProcessor:
         s = self.settings
         async with self._alert_lock:
             queries = [(c.kind, c.name, c.end_s) for c in closed]
-            sums: list[WindowSums] = await self._retry("redis_sums", lambda: self.store.window_sums(
-                queries, s.alert_window_seconds, s.alert_baseline_seconds, self.params.min_count, self.params.floor, RULE_NAME))
+            sums: list[WindowSums] = await self._retry(
+                "redis_sums",
+                lambda: self.store.window_sums(
+                    queries,
+                    s.alert_window_seconds,
+                    s.alert_baseline_seconds,
+                    self.params.min_count,
+                    self.params.floor,
+                    RULE_NAME,
+                ),
+            )
             cooldown_ms = s.alert_cooldown_seconds * 1000
             last_end: dict[tuple[str, str], int] = {}
             alerts: list[Alert] = []
-            for c, w in zip(closed, sums):
+            for c, w in zip(closed, sums, strict=True):
                 ent = (c.kind, c.name)
                 last = max(last_end.get(ent, -1), w.last_alert_end_ms)
                 if w.baseline_n < 0:  # the recent window already fails the count or floor check
@@ -371,23 +449,52 @@ class BatchProcessor:
                 if last >= 0 and end_ms - last < cooldown_ms:
                     continue
                 last_end[ent] = end_ms
-                examples = await self._retry("redis_examples", lambda: self.store.examples(c.kind, c.name, c.end_s, s.alert_window_seconds))
-                alerts.append(Alert(
-                    id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms), rule=RULE_NAME, entity_kind=c.kind, entity=c.name,
-                    window_start=start_ms, window_end=end_ms, window_start_iso=ms_to_iso(start_ms), window_end_iso=ms_to_iso(end_ms),
-                    observed_share=round(d.share, 4), baseline_share=round(d.baseline_share, 4), count=w.recent_n, negative=w.recent_neg,
-                    baseline_count=w.baseline_n, z=round(d.z, 3), ratio=round(d.ratio, 3), severity=d.severity,
-                    example_event_ids=examples[:3], model_id=self.model_id, raised_at=_now_iso(),
-                ))
+                examples = await self._retry(
+                    "redis_examples", partial(self.store.examples, c.kind, c.name, c.end_s, s.alert_window_seconds)
+                )
+                alerts.append(
+                    Alert(
+                        id=alert_id(RULE_NAME, c.kind, c.name, start_ms, end_ms),
+                        rule=RULE_NAME,
+                        entity_kind=c.kind,
+                        entity=c.name,
+                        window_start=start_ms,
+                        window_end=end_ms,
+                        window_start_iso=ms_to_iso(start_ms),
+                        window_end_iso=ms_to_iso(end_ms),
+                        observed_share=round(d.share, 4),
+                        baseline_share=round(d.baseline_share, 4),
+                        count=w.recent_n,
+                        negative=w.recent_neg,
+                        baseline_count=w.baseline_n,
+                        z=round(d.z, 3),
+                        ratio=round(d.ratio, 3),
+                        severity=d.severity,
+                        example_event_ids=examples[:3],
+                        model_id=self.model_id,
+                        raised_at=_now_iso(),
+                    )
+                )
             if alerts:
                 records = [(f"{a.entity_kind}:{a.entity}".encode(), orjson.dumps(a.model_dump())) for a in alerts]
                 await self._retry("kafka_alerts", lambda: self.sink.send_alerts(records))
                 self.fault_point("after_alert_send")
-            await self._retry("redis_settle", lambda: self.store.settle(
-                closed, [(RULE_NAME, a.entity_kind, a.entity, a.window_end) for a in alerts]))
+            await self._retry(
+                "redis_settle",
+                lambda: self.store.settle(closed, [(RULE_NAME, a.entity_kind, a.entity, a.window_end) for a in alerts]),
+            )
         for a in alerts:
-            log.info("alert_raised", alert_id=a.id, entity_kind=a.entity_kind, entity=a.entity, share=a.observed_share,
-                     baseline=a.baseline_share, count=a.count, severity=a.severity, window_end=a.window_end_iso)
+            log.info(
+                "alert_raised",
+                alert_id=a.id,
+                entity_kind=a.entity_kind,
+                entity=a.entity,
+                share=a.observed_share,
+                baseline=a.baseline_share,
+                count=a.count,
+                severity=a.severity,
+                window_end=a.window_end_iso,
+            )
         self.metrics.alerts += len(alerts)
         return alerts
 
@@ -404,8 +511,14 @@ class BatchProcessor:
             self.metrics.infra_retries += 1
             self.metrics.retries_by_op[what] = self.metrics.retries_by_op.get(what, 0) + 1
             self.degraded[what] = f"{type(exc).__name__}: {str(exc)[:160]}"
-            log.warning("infra_retry", op=what, error=type(exc).__name__, detail=str(exc)[:200], attempt=state.attempt_number,
-                        retry_in_s=round(state.next_action.sleep, 2) if state.next_action else None)
+            log.warning(
+                "infra_retry",
+                op=what,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+                attempt=state.attempt_number,
+                retry_in_s=round(state.next_action.sleep, 2) if state.next_action else None,
+            )
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
@@ -457,7 +570,9 @@ class BatchPipeline:
         self.depth = depth
         self._inflight: deque[asyncio.Task[BatchResult]] = deque()
 
-    async def submit(self, messages: Sequence[RawMessage], on_committed: Callable[[BatchResult], Awaitable[None]]) -> None:
+    async def submit(
+        self, messages: Sequence[RawMessage], on_committed: Callable[[BatchResult], Awaitable[None]]
+    ) -> None:
         """Start a batch; waits only while ``depth`` batches are already in flight (backpressure).
 
         An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``), and
@@ -470,8 +585,12 @@ class BatchPipeline:
         prev = self._inflight[-1] if self._inflight else None
         self._inflight.append(asyncio.ensure_future(self._commit_after(prev, infer, on_committed)))
 
-    async def _commit_after(self, prev: asyncio.Task[BatchResult] | None, infer: asyncio.Future[PreparedBatch],
-                            on_committed: Callable[[BatchResult], Awaitable[None]]) -> BatchResult:
+    async def _commit_after(
+        self,
+        prev: asyncio.Task[BatchResult] | None,
+        infer: asyncio.Future[PreparedBatch],
+        on_committed: Callable[[BatchResult], Awaitable[None]],
+    ) -> BatchResult:
         try:
             if prev is not None:
                 await asyncio.shield(prev)  # propagates the previous batch's failure: never commit out of order

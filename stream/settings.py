@@ -23,7 +23,9 @@ class StreamSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FINPULSE_", env_file=None, extra="ignore")
 
     # --- local state -------------------------------------------------------------------
-    local_dir: Path = Field(default=PROJECT_ROOT / ".local", description="Kafka jars/data, redis data, pid files, logs.")
+    local_dir: Path = Field(
+        default=PROJECT_ROOT / ".local", description="Kafka jars/data, redis data, pid files, logs."
+    )
     data_dir: Path | None = Field(default_factory=_default_data_dir, description="Folder holding the shared data sets.")
 
     # --- Kafka ---------------------------------------------------------------------------
@@ -50,10 +52,22 @@ class StreamSettings(BaseSettings):
 
     # --- worker --------------------------------------------------------------------------
     worker_web_port: int = 6066
-    max_batch_size: int = Field(default=256, description="Events taken from Kafka per micro-batch (the engine splits it further).")
+    max_batch_size: int = Field(
+        default=256, description="Events taken from Kafka per micro-batch (the engine splits it further)."
+    )
     max_wait_ms: int = 50
-    broker_session_timeout_s: float = Field(default=10.0, gt=0, description="Kafka consumer-group session timeout (a dead worker's partitions move after this).")
-    pipeline_depth: int = Field(default=2, ge=1, le=8, description="Micro-batches in flight: the next one is validated and classified while the previous one is written (1: strictly one at a time).")
+    broker_session_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Kafka consumer-group session timeout (a dead worker's partitions move after this).",
+    )
+    pipeline_depth: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description="Micro-batches in flight: the next one is validated and classified while the previous one is "
+        "written (1: strictly one at a time).",
+    )
     max_text_bytes: int = 32 * 1024
     max_event_bytes: int = 256 * 1024
 
@@ -66,13 +80,36 @@ class StreamSettings(BaseSettings):
     time_mode: Literal["live", "replay"] = Field(
         default="live",
         description="live: idle partitions stop holding the watermark back and buckets also close by the wall clock; "
-        "replay: pure event time, so a replay raises the same alerts whatever the batching (the demo and replays use it).",
+        "replay: pure event time, so a replay raises the same alerts whatever the batching "
+        "(the demo and replays use it).",
     )
-    idle_partition_s: float = Field(default=30.0, gt=0, description="Live mode: a partition silent this long (wall clock) stops holding the low watermark back.")
-    live_close_delay_s: float = Field(default=60.0, ge=0, description="Live mode: a bucket closes once the wall clock is this far past its end, even without newer events.")
-    max_future_skew_s: float = Field(default=300.0, gt=0, description="An event dated further than this ahead of the wall clock goes to the DLQ (future_timestamp).")
-    close_tick_s: float = Field(default=1.0, gt=0, description="How often the worker closes buckets and re-offers abandoned ones without new input.")
-    alert_lease_s: float = Field(default=30.0, gt=0, description="A closed bucket handed to a worker for judging is offered again if not settled within this (the worker died).")
+    idle_partition_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Live mode: a partition silent this long (wall clock) stops holding the low watermark back.",
+    )
+    live_close_delay_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Live mode: a bucket closes once the wall clock is this far past its end, even without newer "
+        "events.",
+    )
+    max_future_skew_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An event dated further than this ahead of the wall clock goes to the DLQ (future_timestamp).",
+    )
+    close_tick_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the worker closes buckets and re-offers abandoned ones without new input.",
+    )
+    alert_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A closed bucket handed to a worker for judging is offered again if not settled within this "
+        "(the worker died).",
+    )
 
     # --- alerts ----------------------------------------------------------------------------
     alert_window_seconds: int = 15 * 60
@@ -88,31 +125,50 @@ class StreamSettings(BaseSettings):
     alert_cooldown_seconds: int = 30 * 60
 
     # --- processing ------------------------------------------------------------------------
-    infra_retry_max_seconds: float = Field(default=5.0, gt=0, description="Cap of the jittered exponential backoff while Redis/Kafka are unreachable (retried forever: the consumer waits).")
+    infra_retry_max_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Cap of the jittered exponential backoff while Redis/Kafka are unreachable (retried forever: "
+        "the consumer waits).",
+    )
 
     # --- fault injection (tests only; off by default) ---------------------------------------
     fault_crash_point: Literal["after_redis_apply", "after_alert_send", "before_ack"] | None = Field(
-        default=None, description="Fault tests: the worker SIGKILLs itself at this point of a batch (never set in production).",
+        default=None,
+        description="Fault tests: the worker SIGKILLs itself at this point of a batch (never set in production).",
     )
-    fault_crash_after: int = Field(default=1, ge=1, description="Fault tests: crash the Nth time the crash point is reached.")
+    fault_crash_after: int = Field(
+        default=1, ge=1, description="Fault tests: crash the Nth time the crash point is reached."
+    )
 
     # --- model (the engine's own settings, FINPULSE_ENGINE_*, pick backend and batching) -----
-    default_model_dir: Path = Field(default=PROJECT_ROOT / ".local" / "models", description="Cache of the default model and its bundle.")
+    default_model_dir: Path = Field(
+        default=PROJECT_ROOT / ".local" / "models", description="Cache of the default model and its bundle."
+    )
 
-    def surge_params(self) -> "SurgeParams":
+    def surge_params(self) -> SurgeParams:
         from stream.alerts import SurgeParams
 
         return SurgeParams(
-            min_count=self.alert_min_count, method=self.alert_method, min_z=self.alert_min_z,
-            min_ratio=self.alert_min_ratio, floor=self.alert_floor, prior_share=self.alert_prior_share,
-            prior_weight=self.alert_prior_weight, critical_share=self.alert_critical_share,
+            min_count=self.alert_min_count,
+            method=self.alert_method,
+            min_z=self.alert_min_z,
+            min_ratio=self.alert_min_ratio,
+            floor=self.alert_floor,
+            prior_share=self.alert_prior_share,
+            prior_weight=self.alert_prior_weight,
+            critical_share=self.alert_critical_share,
         )
 
-    def time_policy(self) -> "TimePolicy":
+    def time_policy(self) -> TimePolicy:
         from stream.windows import TimePolicy
 
-        return TimePolicy(mode=self.time_mode, idle_partition_s=self.idle_partition_s,
-                          live_close_delay_s=self.live_close_delay_s, alert_lease_s=self.alert_lease_s)
+        return TimePolicy(
+            mode=self.time_mode,
+            idle_partition_s=self.idle_partition_s,
+            live_close_delay_s=self.live_close_delay_s,
+            alert_lease_s=self.alert_lease_s,
+        )
 
     @property
     def kafka_dir(self) -> Path:

@@ -12,16 +12,19 @@ Closed buckets are handed to the alert stage under a lease and leave the pending
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 
+from stream.events import WindowStatus
+
 SENTIMENT_FIELDS = ("neg", "neu", "pos")
 SCORE_SCALE = 1_000_000  # scores are summed as integer micro-units: exact, so replays match bit for bit
-STATUS_NAMES = ("counted", "duplicate", "late")
+STATUS_NAMES: tuple[WindowStatus, ...] = ("counted", "duplicate", "late")
 
 # The Lua lives in stream/lua/*.lua (one file per script, with its own comments on the ARGV layout),
 # read once at import and registered with Redis per client (redis-py re-loads a script that a
@@ -78,7 +81,7 @@ class TimePolicy:
 
 @dataclass(frozen=True)
 class ApplyResult:
-    statuses: list[str]
+    statuses: list[WindowStatus]
     closed: list[ClosedBucket]
 
 
@@ -113,8 +116,15 @@ class EntityTrend:
 class WindowStore:
     """Redis-backed windowed counts, shared by every worker (Redis is the single source of truth)."""
 
-    def __init__(self, redis: Redis, prefix: str, bucket_s: int, retention_s: int, lateness_s: int,
-                 time_policy: TimePolicy | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        bucket_s: int,
+        retention_s: int,
+        lateness_s: int,
+        time_policy: TimePolicy | None = None,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.bucket_s = bucket_s
@@ -125,7 +135,9 @@ class WindowStore:
         self._sums = redis.register_script(_SUMS_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None) -> ApplyResult:
+    async def apply(
+        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
+    ) -> ApplyResult:
         """Count a batch in one atomic round trip; returns counted/duplicate/late per update and the
         closed buckets now leased to this caller for judging (oldest first).
 
@@ -133,16 +145,37 @@ class WindowStore:
         periodic tick: nothing is counted, but buckets that closed by the wall clock (live mode) or
         whose lease ran out (a crashed judge) are handed out.
         """
-        payload = orjson.dumps([
-            [u.event_id, u.ts_ms, bucket_start(u.ts_ms, self.bucket_s), u.sentiment + 1, round(u.score * SCORE_SCALE), [list(e) for e in u.entities], u.source]
-            for u in updates
-        ])
+        payload = orjson.dumps(
+            [
+                [
+                    u.event_id,
+                    u.ts_ms,
+                    bucket_start(u.ts_ms, self.bucket_s),
+                    u.sentiment + 1,
+                    round(u.score * SCORE_SCALE),
+                    [list(e) for e in u.entities],
+                    u.source,
+                ]
+                for u in updates
+            ]
+        )
         now = int(time.time() * 1000) if now_ms is None else now_ms
         t = self.time
-        res, closed_raw = await self._apply(args=[
-            self.prefix, self.retention_s, self.lateness_ms, payload, orjson.dumps(list(sources) or ["-"]), self.bucket_s,
-            now, t.mode, int(t.idle_partition_s * 1000), int(t.live_close_delay_s * 1000), int(t.alert_lease_s * 1000),
-        ])
+        res, closed_raw = await self._apply(
+            args=[
+                self.prefix,
+                self.retention_s,
+                self.lateness_ms,
+                payload,
+                orjson.dumps(list(sources) or ["-"]),
+                self.bucket_s,
+                now,
+                t.mode,
+                int(t.idle_partition_s * 1000),
+                int(t.live_close_delay_s * 1000),
+                int(t.alert_lease_s * 1000),
+            ]
+        )
         # cjson encodes an empty Lua table as an object, which Redis returns as an empty reply.
         res = res or []
         if len(res) != len(updates):
@@ -162,10 +195,14 @@ class WindowStore:
         """
         if not judged and not cooldowns:
             return
-        await self._settle(args=[
-            self.prefix, self.retention_s, orjson.dumps([c.member for c in judged]),
-            orjson.dumps([[f"{rule}:{kind}:{name}", end_ms] for rule, kind, name, end_ms in cooldowns]),
-        ])
+        await self._settle(
+            args=[
+                self.prefix,
+                self.retention_s,
+                orjson.dumps([c.member for c in judged]),
+                orjson.dumps([[f"{rule}:{kind}:{name}", end_ms] for rule, kind, name, end_ms in cooldowns]),
+            ]
+        )
 
     async def examples(self, kind: str, name: str, end_s: int, window_s: int, limit: int = 3) -> list[str]:
         """Up to ``limit`` negative event ids from the window ending at ``end_s``, newest bucket first."""
@@ -184,8 +221,15 @@ class WindowStore:
         v = await self.redis.get(f"{self.prefix}:wm")
         return int(v) if v is not None else None
 
-    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int,
-                          min_count: int = 0, floor: float = 0.0, rule: str = "") -> list[WindowSums]:
+    async def window_sums(
+        self,
+        queries: Sequence[tuple[str, str, int]],
+        recent_s: int,
+        baseline_s: int,
+        min_count: int = 0,
+        floor: float = 0.0,
+        rule: str = "",
+    ) -> list[WindowSums]:
         """Per (kind, name, end_s): recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums,
         and the entity's cooldown for ``rule``, in one round trip.
 
@@ -206,7 +250,7 @@ class WindowStore:
 
     async def entities(self, kind: str) -> list[str]:
         names = await self.redis.zrange(f"{self.prefix}:ent:{kind}", 0, -1)
-        return [n.decode() if isinstance(n, bytes) else n for n in names]
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
     async def trends(self, kind: str, window_s: int | None = None, end_s: int | None = None) -> list[EntityTrend]:
         """Per-entity totals over the last ``window_s`` (ending at the watermark), or all time when None."""
@@ -238,10 +282,20 @@ class WindowStore:
                         acc[k] = acc.get(k, 0) + int(v)
                 rows.append(acc)
         out = []
-        for name, h in zip(names, rows):
+        for name, h in zip(names, rows, strict=True):
             g = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in h.items()}
             if g.get("n", 0) > 0:
-                out.append(EntityTrend(kind, name, g.get("n", 0), g.get("neg", 0), g.get("neu", 0), g.get("pos", 0), g.get("ssum", 0) / SCORE_SCALE))
+                out.append(
+                    EntityTrend(
+                        kind,
+                        name,
+                        g.get("n", 0),
+                        g.get("neg", 0),
+                        g.get("neu", 0),
+                        g.get("pos", 0),
+                        g.get("ssum", 0) / SCORE_SCALE,
+                    )
+                )
         return out
 
 

@@ -4,7 +4,7 @@ leased hand-off of closed buckets, settle, and per-entity order. The wall clock 
 from __future__ import annotations
 
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -27,7 +27,12 @@ async def redis(services: LocalServices) -> AsyncIterator[Redis]:
 
 
 def store(r: Redis, mode: str, **kw: float) -> WindowStore:
-    pol = TimePolicy(mode=mode, idle_partition_s=kw.get("idle", 30), live_close_delay_s=kw.get("delay", 10), alert_lease_s=kw.get("lease", 5))  # type: ignore[arg-type]
+    pol = TimePolicy(
+        mode=mode,
+        idle_partition_s=kw.get("idle", 30),
+        live_close_delay_s=kw.get("delay", 10),
+        alert_lease_s=kw.get("lease", 5),
+    )  # type: ignore[arg-type]
     return WindowStore(r, f"test:{uuid.uuid4().hex[:10]}", BUCKET, 3600, lateness_s=120, time_policy=pol)
 
 

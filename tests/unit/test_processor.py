@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 import orjson
@@ -12,8 +13,6 @@ import pytest
 from engine.errors import InferenceOutputError
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
-import asyncio
-
 from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
 from stream.settings import StreamSettings
 from stream.windows import ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
@@ -47,7 +46,9 @@ class MemoryStore:
         self.cooldown: dict[tuple[str, str], int] = {}
         self.fail_next = 0
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None) -> ApplyResult:
+    async def apply(
+        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
+    ) -> ApplyResult:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
@@ -69,18 +70,28 @@ class MemoryStore:
 
     async def settle(self, judged: Sequence[ClosedBucket], cooldowns: Sequence[tuple[str, str, str, int]]) -> None:
         self.pending -= {(c.kind, c.name, c.end_s) for c in judged}
-        for rule, kind, name, end_ms in cooldowns:
+        for _rule, kind, name, end_ms in cooldowns:
             self.cooldown[(kind, name)] = max(self.cooldown.get((kind, name), -1), end_ms)
 
     async def examples(self, kind: str, name: str, end_s: int, window_s: int) -> list[str]:
-        return [u.event_id for u in self.updates if (kind, name) in u.entities and u.sentiment == 0
-                and end_s - window_s <= u.ts_ms // 1000 < end_s][:3]
+        return [
+            u.event_id
+            for u in self.updates
+            if (kind, name) in u.entities and u.sentiment == 0 and end_s - window_s <= u.ts_ms // 1000 < end_s
+        ][:3]
 
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
 
-    async def window_sums(self, queries: Sequence[tuple[str, str, int]], recent_s: int, baseline_s: int, min_count: int = 0,
-                          floor: float = 0.0, rule: str = "") -> list[WindowSums]:
+    async def window_sums(
+        self,
+        queries: Sequence[tuple[str, str, int]],
+        recent_s: int,
+        baseline_s: int,
+        min_count: int = 0,
+        floor: float = 0.0,
+        rule: str = "",
+    ) -> list[WindowSums]:
         out = []
         for kind, name, end_s in queries:
             ent = (kind, name)
@@ -114,7 +125,9 @@ async def test_valid_and_bad_messages_are_routed(processor: tuple[BatchProcessor
     assert all(u.entities[0] == ("ticker", "AAPL") for u in store.updates)
 
 
-async def test_duplicate_ids_are_scored_but_counted_once(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+async def test_duplicate_ids_are_scored_but_counted_once(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink],
+) -> None:
     p, store, sink = processor
     await p.process([msg(good(1), 0)])
     await p.process([msg(good(1), 1)])
@@ -130,7 +143,9 @@ async def test_redis_outage_is_retried_not_dropped(processor: tuple[BatchProcess
     assert len(sink.scored) == 1 and len(store.updates) == 1
 
 
-async def test_engine_failure_dead_letters_the_batch(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_engine_failure_dead_letters_the_batch(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     p, store, sink = processor
 
     def broken(texts: list[str]) -> dict[str, np.ndarray]:
@@ -143,7 +158,9 @@ async def test_engine_failure_dead_letters_the_batch(processor: tuple[BatchProce
     assert not store.updates
 
 
-async def test_poison_event_is_bisected_out(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_poison_event_is_bisected_out(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the events the engine refuses go to the DLQ; the rest of their batch is scored."""
     p, store, sink = processor
     orig = p.classifier.classify
@@ -178,7 +195,9 @@ async def test_future_timestamp_goes_to_dlq(processor: tuple[BatchProcessor, Mem
     assert [u.event_id for u in store.updates] == ["e1"]
 
 
-async def test_alert_stays_pending_until_kafka_acknowledges(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_alert_stays_pending_until_kafka_acknowledges(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A failed alert send leaves the bucket pending and the cooldown unset: it is judged again, same id."""
     p, store, sink = processor
     orig = p.classifier.classify
@@ -208,7 +227,9 @@ async def test_alert_stays_pending_until_kafka_acknowledges(processor: tuple[Bat
     assert not any(n == "ZZQX" for _, n, _ in store.pending) and store.cooldown[("ticker", "ZZQX")] > 0
 
 
-async def test_outage_marks_health_degraded_while_waiting(processor: tuple[BatchProcessor, MemoryStore, MemorySink]) -> None:
+async def test_outage_marks_health_degraded_while_waiting(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink],
+) -> None:
     p, store, sink = processor
     p.settings = p.settings.model_copy(update={"infra_retry_max_seconds": 0.2})
     store.fail_next = 10**6
@@ -240,7 +261,9 @@ def test_transient_errors_are_told_apart() -> None:
     assert not is_transient(ValueError("a bug"))
 
 
-async def test_negative_burst_raises_one_alert_per_entity(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_negative_burst_raises_one_alert_per_entity(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     p, store, sink = processor
     orig = p.classifier.classify
 
@@ -270,7 +293,9 @@ class SlowStore(MemoryStore):
         self.trace = trace
         self.fail_ids: set[str] = set()
 
-    async def apply(self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None) -> ApplyResult:
+    async def apply(
+        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
+    ) -> ApplyResult:
         first = updates[0].event_id
         if first in self.fail_ids:
             raise RuntimeError(f"bug while counting {first}")
@@ -281,7 +306,9 @@ class SlowStore(MemoryStore):
         return res
 
 
-def _traced_pipeline(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch, depth: int) -> tuple[BatchPipeline, SlowStore, list[str]]:
+def _traced_pipeline(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch, depth: int
+) -> tuple[BatchPipeline, SlowStore, list[str]]:
     p, _, _ = processor
     trace: list[str] = []
     store = SlowStore(trace)
@@ -296,14 +323,18 @@ def _traced_pipeline(processor: tuple[BatchProcessor, MemoryStore, MemorySink], 
     return BatchPipeline(p, depth=depth), store, trace
 
 
-async def test_pipeline_overlaps_inference_but_commits_in_order(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pipeline_overlaps_inference_but_commits_in_order(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=2)
     sink = processor[2]
     acked: list[int] = []
     batches = [[msg(good(10 * b + i), 10 * b + i) for i in range(b + 1)] for b in range(4)]
     for b, batch in enumerate(batches):
+
         async def on_done(res: BatchResult, b: int = b) -> None:
             acked.append(b)
+
         await pipe.submit(batch, on_done)
     await pipe.drain()
     assert acked == [0, 1, 2, 3]
@@ -315,13 +346,17 @@ async def test_pipeline_overlaps_inference_but_commits_in_order(processor: tuple
     assert [orjson.loads(v)["id"] for _, v in sink.scored] == [f"e{10 * b + i}" for b in range(4) for i in range(b + 1)]
 
 
-async def test_pipeline_failure_stops_later_commits(processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pipeline_failure_stops_later_commits(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=3)
     store.fail_ids = {"e10"}
     acked: list[int] = []
     for b in range(3):
+
         async def on_done(res: BatchResult, b: int = b) -> None:
             acked.append(b)
+
         await pipe.submit([msg(good(10 * b), b)], on_done)
     with pytest.raises(RuntimeError, match="e10"):
         await pipe.drain()

@@ -10,7 +10,9 @@ from stream.alerts import alert_id, evaluate_surge
 from stream.settings import StreamSettings
 from stream.windows import bucket_start
 
-P = replace(StreamSettings().surge_params(), min_count=5, method="z", min_z=2.0, floor=0.4, prior_share=0.2, prior_weight=10.0)
+P = replace(
+    StreamSettings().surge_params(), min_count=5, method="z", min_z=2.0, floor=0.4, prior_share=0.2, prior_weight=10.0
+)
 
 
 @pytest.mark.parametrize(
