@@ -293,7 +293,7 @@ def bench_redis_durability_cmd(
         for mode, v in res["modes"].items():
             append_markdown_row(
                 record,
-                "Redis durability (finpulse bench redis-durability)",
+                "Redis durability (`finpulse bench redis-durability`)",
                 f"| {results['date']} | {m['cpu']} ({m['cores']} cores, {m['gpu'] or 'no GPU'}) | {mode} "
                 f"| {v['batches']} x {batch_size} "
                 f"| {v['batches_per_s']} | {v['events_per_s']} | {v['apply_ms']['p50']} / {v['apply_ms']['p99']} "
