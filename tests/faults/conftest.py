@@ -6,8 +6,9 @@ stream, and one fault-free reference run whose alert ids every fault test must r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -16,8 +17,17 @@ from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
 from tests.faults.harness import (
-    Outputs, ResultLog, Worker, clear_prefix, fresh_names, produce_raw, read_outputs,
-    redis_metrics, wait_caught_up, window_state, with_settings,
+    Outputs,
+    ResultLog,
+    Worker,
+    clear_prefix,
+    fresh_names,
+    produce_raw,
+    read_outputs,
+    redis_metrics,
+    wait_caught_up,
+    window_state,
+    with_settings,
 )
 from tests.faults.infra import FaultInfra
 from tests.faults.streams import FaultStream, build_fault_stream
@@ -26,9 +36,17 @@ from tests.faults.streams import FaultStream, build_fault_stream
 # day over 87 tickers. time_mode=replay: pure event time, so alerts do not depend on batching,
 # timing or which worker ran what (that is what lets a crashed run be compared with a clean one).
 PIPELINE = dict(
-    partitions=4, time_mode="replay", bucket_seconds=3600, alert_window_seconds=3600,
-    alert_baseline_seconds=3 * 3600, alert_min_count=5, allowed_lateness_seconds=3600,
-    max_batch_size=32, max_wait_ms=50, broker_session_timeout_s=6.0, infra_retry_max_seconds=2.0,
+    partitions=4,
+    time_mode="replay",
+    bucket_seconds=3600,
+    alert_window_seconds=3600,
+    alert_baseline_seconds=3 * 3600,
+    alert_min_count=5,
+    allowed_lateness_seconds=3600,
+    max_batch_size=32,
+    max_wait_ms=50,
+    broker_session_timeout_s=6.0,
+    infra_retry_max_seconds=2.0,
     alert_lease_s=4.0,
 )
 
@@ -49,7 +67,7 @@ def _services_up(request: pytest.FixtureRequest) -> None:
     if "fault_infra" not in request.fixturenames:
         return
     infra: FaultInfra = request.getfixturevalue("fault_infra")
-    for name, svc in infra.services.services.items():
+    for svc in infra.services.services.values():
         if svc.managed_pid() is None:
             svc.start(wait=True, timeout=120)
 
@@ -70,6 +88,7 @@ def fault_settings(fault_infra: FaultInfra) -> Iterator[StreamSettings]:
     """Fresh topics, group, Redis prefix and web port on the suite's own Kafka and Redis."""
     s = fresh_names(fault_infra.settings)
     yield s
+
     # Best effort: the test may have left a service down on purpose (the autouse fixture restarts it).
     async def cleanup() -> None:
         await delete_topics(s.kafka_bootstrap, list(topic_plan(s)))
@@ -103,8 +122,13 @@ def fault_stream(fault_infra: FaultInfra, null_engine: EngineSettings, tiny_mode
 
 
 @pytest.fixture(scope="session")
-def reference(fault_infra: FaultInfra, fault_stream: FaultStream, null_engine: EngineSettings,
-              tmp_path_factory: pytest.TempPathFactory, results: ResultLog) -> dict[str, Any]:
+def reference(
+    fault_infra: FaultInfra,
+    fault_stream: FaultStream,
+    null_engine: EngineSettings,
+    tmp_path_factory: pytest.TempPathFactory,
+    results: ResultLog,
+) -> dict[str, Any]:
     """The same input once without faults: its alert ids (and counts) are what every fault run must give.
 
     Alert ids hash rule, entity and window only, so they do not depend on topic names or prefix.
@@ -127,9 +151,11 @@ def reference(fault_infra: FaultInfra, fault_stream: FaultStream, null_engine: E
     try:
         out, metrics, state = asyncio.run(run())
     finally:
+
         async def cleanup() -> None:
             await delete_topics(s.kafka_bootstrap, list(topic_plan(s)))
             await clear_prefix(s)
+
         asyncio.run(cleanup())
     ids = out.alert_ids
     assert len(out.scored) == len(fault_stream.events), "reference run: not every event scored once"
@@ -138,7 +164,13 @@ def reference(fault_infra: FaultInfra, fault_stream: FaultStream, null_engine: E
     assert all(n == 1 for n in ids.values()), f"reference run repeated an alert: {ids.most_common(3)}"
     burst_entities = {a["entity"] for a in out.alerts if a["entity_kind"] == "ticker"}
     missing = set(fault_stream.burst_tickers) - burst_entities
-    results.write("reference", "ok", events_in=len(fault_stream.events), counted=metrics.get("counted"),
-                  scored=len(out.scored), alerts=len(ids), bursts_alerted=len(fault_stream.burst_tickers) - len(missing))
-    return {"alert_ids": set(ids), "alerts": out.alerts, "metrics": metrics, "state": state,
-            "statuses": out.statuses()}
+    results.write(
+        "reference",
+        "ok",
+        events_in=len(fault_stream.events),
+        counted=metrics.get("counted"),
+        scored=len(out.scored),
+        alerts=len(ids),
+        bursts_alerted=len(fault_stream.burst_tickers) - len(missing),
+    )
+    return {"alert_ids": set(ids), "alerts": out.alerts, "metrics": metrics, "state": state, "statuses": out.statuses()}

@@ -17,9 +17,10 @@ import subprocess
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,11 +44,18 @@ def free_port() -> int:
 def fresh_names(settings: StreamSettings, **update: Any) -> StreamSettings:
     """Fresh topics, consumer group, Redis prefix and web port for one test (plus ``update``)."""
     tag = uuid.uuid4().hex[:10]
-    return settings.model_copy(update={
-        "input_topic": f"f.{tag}.events", "scored_topic": f"f.{tag}.scored", "alerts_topic": f"f.{tag}.alerts",
-        "dlq_topic": f"f.{tag}.dlq", "consumer_group": f"fg-{tag}", "redis_prefix": f"fault:{tag}",
-        "worker_web_port": free_port(), **update,
-    })
+    return settings.model_copy(
+        update={
+            "input_topic": f"f.{tag}.events",
+            "scored_topic": f"f.{tag}.scored",
+            "alerts_topic": f"f.{tag}.alerts",
+            "dlq_topic": f"f.{tag}.dlq",
+            "consumer_group": f"fg-{tag}",
+            "redis_prefix": f"fault:{tag}",
+            "worker_web_port": free_port(),
+            **update,
+        }
+    )
 
 
 def with_settings(settings: StreamSettings, **update: Any) -> StreamSettings:
@@ -59,7 +67,8 @@ def with_settings(settings: StreamSettings, **update: Any) -> StreamSettings:
     missing = sorted(set(update) - set(type(settings).model_fields))
     if missing:
         raise AssertionError(
-            f"StreamSettings has no field(s) {missing}: the worker feature they belong to (issue 10) is not in this tree"
+            f"StreamSettings has no field(s) {missing}: "
+            "the worker feature they belong to (issue 10) is not in this tree"
         )
     return settings.model_copy(update=update)
 
@@ -80,7 +89,7 @@ class Worker:
     started_at: float = 0.0
 
     @classmethod
-    def start(cls, settings: StreamSettings, engine: EngineSettings, log_dir: Path, name: str, **update: Any) -> "Worker":
+    def start(cls, settings: StreamSettings, engine: EngineSettings, log_dir: Path, name: str, **update: Any) -> Worker:
         s = with_settings(settings, worker_web_port=free_port(), **update)
         w = cls(s, engine, log_dir / f"{name}.log")
         w.started_at = time.monotonic()
@@ -175,17 +184,26 @@ async def wait_until(pred: Any, timeout: float, what: str, interval: float = 0.1
 # --------------------------------------------------------------------------------------------
 
 
-async def produce_raw(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, int | None]]) -> int:
-    """Send (key, value, partition) records as they are (value may be None: a tombstone)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks="all", enable_idempotence=True,
-                                max_request_size=8 * 1024 * 1024)
+async def produce_raw(
+    bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes | None, int | None]], rate: float = 0.0
+) -> int:
+    """Send (key, value, partition) records as they are (value may be None: a tombstone);
+    ``rate`` records per second (0: as fast as possible)."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, acks="all", enable_idempotence=True, max_request_size=8 * 1024 * 1024
+    )
     await producer.start()
     n = 0
+    t0 = time.monotonic()
     try:
         futs = []
         for key, value, partition in records:
             futs.append(await producer.send(topic, value=value, key=key, partition=partition))
             n += 1
+            if rate > 0:
+                ahead = n / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
             if len(futs) >= 2000:
                 await asyncio.gather(*futs)
                 futs.clear()
@@ -212,8 +230,13 @@ class Record:
 
 async def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Record]:
     """Every record of ``topic``, from the beginning to the end offsets taken at the start."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_bytes=16 * 1024 * 1024)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
     await consumer.start()
     out: list[Record] = []
     try:
@@ -228,6 +251,7 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
+
         async def behind() -> bool:
             for tp in tps:
                 if await consumer.position(tp) < ends[tp]:
@@ -239,10 +263,26 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[
                 raise TimeoutError(f"reading {topic}: not at its end after {timeout:.0f}s")
             batch = await consumer.getmany(timeout_ms=500)
             for tp, msgs in batch.items():
-                out.extend(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp) for m in msgs if m.offset < ends[tp])
+                out.extend(
+                    Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp)
+                    for m in msgs
+                    if m.offset < ends[tp]
+                )
     finally:
         await consumer.stop()
     return out
+
+
+async def committed_offsets(settings: StreamSettings) -> dict[int, int]:
+    """``{partition: committed offset}`` of the consumer group on the input topic (0 where none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        tps = [TopicPartition(settings.input_topic, p) for p in range(settings.partitions)]
+        committed = await admin.list_consumer_group_offsets(settings.consumer_group, partitions=tps)
+        return {tp.partition: (c.offset if (c := committed.get(tp)) is not None and c.offset >= 0 else 0) for tp in tps}
+    finally:
+        await admin.close()
 
 
 async def group_lag(settings: StreamSettings) -> int:
@@ -335,7 +375,10 @@ def redis_for(settings: StreamSettings) -> Redis:
 
 
 async def window_state(settings: StreamSettings) -> dict[str, dict[str, int]]:
-    """Every bucket hash and all-time total under the prefix: ``{"b:kind:name:start" | "tot:kind:name": {field: n}}``."""
+    """Every bucket hash and all-time total under the prefix.
+
+    ``{"b:kind:name:start" | "tot:kind:name": {field: n}}`` (prefix stripped).
+    """
     r = redis_for(settings)
     p = settings.redis_prefix + ":"
     out: dict[str, dict[str, int]] = {}
@@ -343,7 +386,7 @@ async def window_state(settings: StreamSettings) -> dict[str, dict[str, int]]:
         for pattern in (f"{p}b:*", f"{p}tot:*"):
             async for key in r.scan_iter(match=pattern, count=1000):
                 h = await r.hgetall(key)
-                out[key.decode()[len(p):]] = {k.decode(): int(v) for k, v in h.items()}
+                out[key.decode()[len(p) :]] = {k.decode(): int(v) for k, v in h.items()}
     finally:
         await r.aclose()
     return out
@@ -359,10 +402,17 @@ async def redis_metrics(settings: StreamSettings) -> dict[str, int]:
 
 
 async def clear_prefix(settings: StreamSettings) -> None:
+    # One UNLINK per thousand keys: the suite's Redis fsyncs every write command (appendfsync always).
     r = redis_for(settings)
     try:
+        keys: list[bytes] = []
         async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            await r.unlink(key)
+            keys.append(key)
+            if len(keys) >= 1000:
+                await r.unlink(*keys)
+                keys.clear()
+        if keys:
+            await r.unlink(*keys)
     finally:
         await r.aclose()
 
@@ -435,8 +485,14 @@ class ResultLog:
     run_id: str = field(default_factory=lambda: time.strftime("%Y%m%dT%H%M%S"))
 
     def write(self, test: str, outcome: str, **data: Any) -> dict[str, Any]:
-        row = {"run": self.run_id, "test": test, "outcome": outcome, "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "machine": machine(), **data}
+        row = {
+            "run": self.run_id,
+            "test": test,
+            "outcome": outcome,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": machine(),
+            **data,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as f:
             f.write(orjson.dumps(row, default=str) + b"\n")

@@ -31,13 +31,15 @@ FAULT_REDIS_PORT = 16379
 def fault_base_settings() -> StreamSettings:
     """The suite's own ports and local folder; everything else as the environment says."""
     base = get_settings()
-    return base.model_copy(update={
-        "kafka_bootstrap": f"127.0.0.1:{FAULT_KAFKA_PORT}",
-        "kafka_controller_port": FAULT_KAFKA_CONTROLLER_PORT,
-        "redis_url": f"redis://127.0.0.1:{FAULT_REDIS_PORT}/0",
-        "redis_password": None,
-        "local_dir": REPO_ROOT / ".local" / "faults",
-    })
+    return base.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{FAULT_KAFKA_PORT}",
+            "kafka_controller_port": FAULT_KAFKA_CONTROLLER_PORT,
+            "redis_url": f"redis://127.0.0.1:{FAULT_REDIS_PORT}/0",
+            "redis_password": None,
+            "local_dir": REPO_ROOT / ".local" / "faults",
+        }
+    )
 
 
 def _pid_gone(pid: int) -> bool:

@@ -25,8 +25,12 @@ BASE_EVENTS = 3000
 BURST_TICKERS = ("ZQAA", "ZQAB", "ZQAC", "ZQAD", "ZQAE", "ZQAF")
 BURST_SIZE = 8
 BURST_PHRASES = (
-    "shares crash after fraud probe", "plunges on bankruptcy fears", "collapses as lawsuit widens",
-    "tumbles after profit warning", "sinks as regulators open inquiry", "slumps on guidance cut",
+    "shares crash after fraud probe",
+    "plunges on bankruptcy fears",
+    "collapses as lawsuit widens",
+    "tumbles after profit warning",
+    "sinks as regulators open inquiry",
+    "slumps on guidance cut",
 )
 
 # A few inputs that must be dead-lettered, whatever happens to the worker (reason per README).
@@ -42,9 +46,11 @@ BAD_INPUTS: tuple[tuple[bytes, str], ...] = (
 
 @dataclass
 class FaultStream:
-    events: list[dict[str, Any]]          # valid events, in event-time order
-    bad: list[tuple[bytes, str]]          # payloads that must be dead-lettered, with their reason
-    records: list[tuple[bytes | None, bytes, int | None]] = field(default_factory=list)  # (key, value, partition), in order
+    events: list[dict[str, Any]]  # valid events, in event-time order
+    bad: list[tuple[bytes, str]]  # payloads that must be dead-lettered, with their reason
+    records: list[tuple[bytes | None, bytes, int | None]] = field(
+        default_factory=list
+    )  # (key, value, partition), in order
     record_ts: list[int | None] = field(default_factory=list)  # event time of each record (None: a bad one)
     burst_tickers: tuple[str, ...] = ()
     partitions: int = 4
@@ -57,14 +63,20 @@ class FaultStream:
 def negative_texts(clf: Any, candidates: list[str], want: int) -> list[str]:
     """The first ``want`` candidates the engine labels negative (checked, never assumed)."""
     labels = clf.classify(candidates)["sentiment"].argmax(axis=1)
-    picked = [t for t, lab in zip(candidates, labels) if int(lab) == 0][:want]
+    picked = [t for t, lab in zip(candidates, labels, strict=True) if int(lab) == 0][:want]
     if len(picked) < want:
         raise AssertionError(f"only {len(picked)} of {len(candidates)} candidate texts read negative; need {want}")
     return picked
 
 
-def build_fault_stream(settings: StreamSettings, engine: EngineSettings, model_dir: Path, partitions: int = 4,
-                       n_base: int = BASE_EVENTS, bursts: tuple[str, ...] = BURST_TICKERS) -> FaultStream:
+def build_fault_stream(
+    settings: StreamSettings,
+    engine: EngineSettings,
+    model_dir: Path,
+    partitions: int = 4,
+    n_base: int = BASE_EVENTS,
+    bursts: tuple[str, ...] = BURST_TICKERS,
+) -> FaultStream:
     """StockNet slice plus bursts, in event-time order, dealt round-robin over ``partitions``
     (keyed by id as usual; the explicit partition lets a test hold one partition back)."""
     base = read_events(settings.require_data_dir() / "stocknet-tweets" / "stream.csv", since=BASE_SINCE, limit=n_base)
@@ -78,15 +90,29 @@ def build_fault_stream(settings: StreamSettings, engine: EngineSettings, model_d
         start = anchor - anchor % 3_600_000 + 20 * 60_000
         cands = [f"${ticker} {BURST_PHRASES[i % len(BURST_PHRASES)]} (update {i})" for i in range(40 * BURST_SIZE)]
         for j, text in enumerate(negative_texts(clf, cands, BURST_SIZE)):
-            events.append({"id": f"burst-{ticker}-{j}", "text": text, "published_at": ms_to_iso(start + j * 60_000),
-                           "source": "news", "tickers": [ticker]})
+            events.append(
+                {
+                    "id": f"burst-{ticker}-{j}",
+                    "text": text,
+                    "published_at": ms_to_iso(start + j * 60_000),
+                    "source": "news",
+                    "tickers": [ticker],
+                }
+            )
     # Stable sort by event time: every partition then delivers in event-time order, as a replay does.
     events.sort(key=lambda e: parse_event_time(e["published_at"]))
     rows: list[tuple[bytes | None, bytes, int | None]] = [
-        (str(e["id"]).encode(), orjson.dumps(e), parse_event_time(e["published_at"])) for e in events]
+        (str(e["id"]).encode(), orjson.dumps(e), parse_event_time(e["published_at"])) for e in events
+    ]
     bad = list(BAD_INPUTS)
     for i, (raw, _) in enumerate(bad):
         rows.insert((i + 1) * len(rows) // (len(bad) + 1), (None, raw, None))
     records = [(k, v, i % partitions) for i, (k, v, _) in enumerate(rows)]
-    return FaultStream(events=events, bad=bad, records=records, record_ts=[ts for _, _, ts in rows],
-                       burst_tickers=tuple(bursts), partitions=partitions)
+    return FaultStream(
+        events=events,
+        bad=bad,
+        records=records,
+        record_ts=[ts for _, _, ts in rows],
+        burst_tickers=tuple(bursts),
+        partitions=partitions,
+    )

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -35,7 +36,14 @@ from stream.topics import ensure_topics
 from stream.worker import topic_plan
 from tests.faults.conftest import PIPELINE
 from tests.faults.harness import (
-    ResultLog, Worker, produce_raw, read_topic, redis_metrics, wait_caught_up, wait_until, with_settings,
+    ResultLog,
+    Worker,
+    produce_raw,
+    read_topic,
+    redis_metrics,
+    wait_caught_up,
+    wait_until,
+    with_settings,
 )
 from tests.faults.streams import FaultStream
 from tests.faults.verify import verify_exact, wait_for_alerts
@@ -53,28 +61,45 @@ async def _self_crash(w: Worker, timeout: float = 90.0) -> dict[str, Any]:
         await asyncio.sleep(0.1)
     assert not w.alive, f"{w.log_path.name}: crash point {w.settings.fault_crash_point} never reached in {timeout:.0f}s"
     assert w.proc is not None and w.proc.returncode == -9, (
-        f"{w.log_path.name} exited with {w.proc.returncode if w.proc else None}, expected SIGKILL (-9):\n{w.log_tail()}")
-    assert "fault_injected_crash" in w.log_text(), f"{w.log_path.name} died, but not at its crash point:\n{w.log_tail()}"
-    return {"how": f"crash point {w.settings.fault_crash_point} #{w.settings.fault_crash_after}", "scored_before_at_last_poll": last}
+        f"{w.log_path.name} exited with {w.proc.returncode if w.proc else None}, expected SIGKILL (-9):\n{w.log_tail()}"
+    )
+    assert "fault_injected_crash" in w.log_text(), (
+        f"{w.log_path.name} died, but not at its crash point:\n{w.log_tail()}"
+    )
+    return {
+        "how": f"crash point {w.settings.fault_crash_point} #{w.settings.fault_crash_after}",
+        "scored_before_at_last_poll": last,
+    }
 
 
 async def _alert_ids(s: StreamSettings) -> set[str]:
     return {orjson.loads(r.value)["id"] for r in await read_topic(s.kafka_bootstrap, s.alerts_topic) if r.value}
 
 
-async def test_worker_kill9_mid_stream(fault_settings: StreamSettings, fault_stream: FaultStream, reference: dict[str, Any],
-                                       null_engine: EngineSettings, workers: Callable[..., Worker], results: ResultLog) -> None:
+async def test_worker_kill9_mid_stream(
+    fault_settings: StreamSettings,
+    fault_stream: FaultStream,
+    reference: dict[str, Any],
+    null_engine: EngineSettings,
+    workers: Callable[..., Worker],
+    results: ResultLog,
+) -> None:
     s = with_settings(fault_settings, **PIPELINE)
     await ensure_topics(s.kafka_bootstrap, topic_plan(s))
     t_start = time.monotonic()
 
     # The first surge alert of the reference run, and where its bucket ends in event time.
-    surge = min((a for a in reference["alerts"] if a["entity"] in fault_stream.burst_tickers), key=lambda a: a["window_end"])
+    surge = min(
+        (a for a in reference["alerts"] if a["entity"] in fault_stream.burst_tickers), key=lambda a: a["window_end"]
+    )
     held = fault_stream.partitions - 1
     # Records of the held partition from its first event at or after the surge bucket's end on
     # (bad ones included, in order) wait for phase 2.
-    cut = next(i for i, (r, ts) in enumerate(zip(fault_stream.records, fault_stream.record_ts))
-               if r[2] == held and ts is not None and ts >= surge["window_end"])
+    cut = next(
+        i
+        for i, (r, ts) in enumerate(zip(fault_stream.records, fault_stream.record_ts, strict=True))
+        if r[2] == held and ts is not None and ts >= surge["window_end"]
+    )
     phase1 = [r for i, r in enumerate(fault_stream.records) if not (r[2] == held and i >= cut)]
     phase2 = [r for i, r in enumerate(fault_stream.records) if r[2] == held and i >= cut]
     await produce_raw(s.kafka_bootstrap, s.input_topic, phase1)
@@ -115,9 +140,13 @@ async def test_worker_kill9_mid_stream(fault_settings: StreamSettings, fault_str
     deaths.append(await _self_crash(w))
     counted_after = (await redis_metrics(s)).get("counted", 0)
     assert counted_after > counted_before, "the crash came before the batch reached Redis"
-    pending_at_crash = sorted({a["id"] for a in reference["alerts"] if a["window_end"] <= surge["window_end"]} - await _alert_ids(s))
+    pending_at_crash = sorted(
+        {a["id"] for a in reference["alerts"] if a["window_end"] <= surge["window_end"]} - await _alert_ids(s)
+    )
     assert surge["id"] in pending_at_crash, "the surge alert was sent before the crash: the crash point missed its spot"
-    deaths[-1].update(counted_by_crashed_batch=counted_after - counted_before, alerts_unsent_at_crash=len(pending_at_crash))
+    deaths[-1].update(
+        counted_by_crashed_batch=counted_after - counted_before, alerts_unsent_at_crash=len(pending_at_crash)
+    )
 
     # 5. crash right after an alert was sent, before it is settled in Redis
     w = workers(s, null_engine, "w5-after-alert-send", fault_crash_point="after_alert_send", fault_crash_after=1)
@@ -129,7 +158,11 @@ async def test_worker_kill9_mid_stream(fault_settings: StreamSettings, fault_str
     await wait_caught_up(s, 120, [w])
     alert_wait = await wait_for_alerts(s, reference["alert_ids"], timeout=s.alert_lease_s + 20)
     figures = await verify_exact(s, fault_stream, reference)
-    figures.update(deaths=deaths, recovery_s=recoveries, alert_wait_after_caught_up_s=round(alert_wait, 2),
-                   total_s=round(time.monotonic() - t_start, 1))
+    figures.update(
+        deaths=deaths,
+        recovery_s=recoveries,
+        alert_wait_after_caught_up_s=round(alert_wait, 2),
+        total_s=round(time.monotonic() - t_start, 1),
+    )
     results.write("a_worker_kill9", "fail" if figures["problems"] else "pass", **figures)
     assert not figures["problems"], "\n".join(figures["problems"])

@@ -9,7 +9,13 @@ from typing import Any
 
 from stream.settings import StreamSettings
 from tests.faults.harness import (
-    Outputs, diff_states, expected_window_state, normalise_state, read_outputs, read_topic, redis_metrics,
+    Outputs,
+    diff_states,
+    expected_window_state,
+    normalise_state,
+    read_outputs,
+    read_topic,
+    redis_metrics,
     window_state,
 )
 from tests.faults.streams import FaultStream
@@ -30,8 +36,9 @@ async def wait_for_alerts(settings: StreamSettings, expected: set[str], timeout:
     return time.monotonic() - t0
 
 
-async def verify_exact(settings: StreamSettings, stream: FaultStream, reference: dict[str, Any],
-                       *, no_duplicate_alerts: bool = False) -> dict[str, Any]:
+async def verify_exact(
+    settings: StreamSettings, stream: FaultStream, reference: dict[str, Any], *, no_duplicate_alerts: bool = False
+) -> dict[str, Any]:
     """Every valid input counted exactly once in Redis, scored, every bad one dead-lettered, every
     expected alert present by id (and, when asked, none twice). Returns the measured figures."""
     out: Outputs = await read_outputs(settings)
@@ -42,12 +49,18 @@ async def verify_exact(settings: StreamSettings, stream: FaultStream, reference:
     alert_ids = out.alert_ids
     expected_alerts: set[str] = reference["alert_ids"]
     figures = {
-        "events_in": len(stream.events), "bad_in": len(stream.bad),
-        "counted": metrics.get("counted", 0), "late": metrics.get("late", 0),
-        "scored_distinct": len(set(scored_ids) & valid), "scored_records": len(out.scored),
-        "scored_statuses": dict(out.statuses()), "dlq_records": len(out.dlq),
-        "alerts_expected": len(expected_alerts), "alerts_raised": len(set(alert_ids) & expected_alerts),
-        "alert_records": len(out.alerts), "alerts_missing": sorted(expected_alerts - set(alert_ids)),
+        "events_in": len(stream.events),
+        "bad_in": len(stream.bad),
+        "counted": metrics.get("counted", 0),
+        "late": metrics.get("late", 0),
+        "scored_distinct": len(set(scored_ids) & valid),
+        "scored_records": len(out.scored),
+        "scored_statuses": dict(out.statuses()),
+        "dlq_records": len(out.dlq),
+        "alerts_expected": len(expected_alerts),
+        "alerts_raised": len(set(alert_ids) & expected_alerts),
+        "alert_records": len(out.alerts),
+        "alerts_missing": sorted(expected_alerts - set(alert_ids)),
         "alerts_unexpected": sorted(set(alert_ids) - expected_alerts),
         "alerts_doubled": sorted(i for i, n in alert_ids.items() if n > 1),
     }
@@ -66,24 +79,37 @@ async def verify_exact(settings: StreamSettings, stream: FaultStream, reference:
         elif got_bad[raw] != reason:
             problems.append(f"bad input {raw[:40]!r}: DLQ reason {got_bad[raw]!r}, expected {reason!r}")
     if set(got_bad) - set(want_bad):
-        problems.append(f"{len(set(got_bad) - set(want_bad))} unexpected dead letters, e.g. {[d['reason'] + ': ' + d['detail'][:80] for d in out.dlq][:3]}")
+        problems.append(
+            f"{len(set(got_bad) - set(want_bad))} unexpected dead letters, e.g. "
+            f"{[d['reason'] + ': ' + d['detail'][:80] for d in out.dlq][:3]}"
+        )
     if metrics.get("counted", 0) != len(valid):
         problems.append(f"Redis metrics counted={metrics.get('counted', 0)}, expected exactly {len(valid)}")
     if metrics.get("late", 0):
         problems.append(f"Redis metrics late={metrics['late']}, expected 0 (an ordered replay)")
     want_state = expected_window_state(out.scored, settings.bucket_seconds)
     if normalise_state(state) != normalise_state(want_state):
-        problems.append("Redis windows differ from one count per distinct scored event: " + diff_states(want_state, state))
+        problems.append(
+            "Redis windows differ from one count per distinct scored event: " + diff_states(want_state, state)
+        )
     if normalise_state(state) != normalise_state(reference["state"]):
-        problems.append("Redis windows differ from the fault-free reference run: " + diff_states(reference["state"], state))
+        problems.append(
+            "Redis windows differ from the fault-free reference run: " + diff_states(reference["state"], state)
+        )
     if figures["alerts_missing"]:
-        problems.append(f"alerts LOST: {len(figures['alerts_missing'])} of {len(expected_alerts)} expected ids missing: "
-                        + ", ".join(_describe(reference["alerts"], i) for i in figures["alerts_missing"][:5]))
+        problems.append(
+            f"alerts LOST: {len(figures['alerts_missing'])} of {len(expected_alerts)} expected ids missing: "
+            + ", ".join(_describe(reference["alerts"], i) for i in figures["alerts_missing"][:5])
+        )
     if figures["alerts_unexpected"]:
-        problems.append(f"alerts not in the reference run: {[_describe(out.alerts, i) for i in figures['alerts_unexpected'][:5]]}")
+        problems.append(
+            f"alerts not in the reference run: {[_describe(out.alerts, i) for i in figures['alerts_unexpected'][:5]]}"
+        )
     if no_duplicate_alerts and figures["alerts_doubled"]:
         problems.append(f"alerts DOUBLED: {[_describe(out.alerts, i) for i in figures['alerts_doubled'][:5]]}")
-    bad_keys = [k for k, a in zip(out.alert_keys, out.alerts) if k != f"{a['entity_kind']}:{a['entity']}".encode()]
+    bad_keys = [
+        k for k, a in zip(out.alert_keys, out.alerts, strict=True) if k != f"{a['entity_kind']}:{a['entity']}".encode()
+    ]
     if bad_keys:
         problems.append(f"alert records not keyed kind:entity: {bad_keys[:3]}")
     figures["problems"] = problems
@@ -93,5 +119,6 @@ async def verify_exact(settings: StreamSettings, stream: FaultStream, reference:
 def _describe(alerts: list[dict[str, Any]], alert_id: str) -> str:
     for a in alerts:
         if a["id"] == alert_id:
-            return f"{alert_id} ({a['entity_kind']}:{a['entity']} window_end {a.get('window_end_iso', a.get('window_end'))})"
+            end = a.get("window_end_iso", a.get("window_end"))
+            return f"{alert_id} ({a['entity_kind']}:{a['entity']} window_end {end})"
     return alert_id
