@@ -332,6 +332,16 @@ _WRONG: list[tuple[str, Any]] = [
 ]
 
 
+def _crash_lines(log: str, limit: int = 12) -> list[str]:
+    """The first agent crash in a worker log: its reason and the frames that name our code."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if "Crashed reason" in line or "agent_failed" in line:
+            frames = [x.strip() for x in lines[i : i + 40] if "/stream/" in x or "Error" in x]
+            return [line.strip()[:300], *frames[: limit - 1]]
+    return []
+
+
 def _python_json_refuses(raw: bytes) -> bool:
     try:
         json.loads(raw)
@@ -410,7 +420,11 @@ async def test_fuzzed_payloads_all_accounted_for(
     w = workers(s, null_engine, "worker")
     await w.await_ready()
     where = await _produce(s.kafka_bootstrap, s.input_topic, rows)
-    await wait_caught_up(s, 120, [w])
+    stuck = ""
+    try:
+        await wait_caught_up(s, 120, [w])
+    except (AssertionError, TimeoutError) as exc:  # reported below, with every payload's fate so far
+        stuck = str(exc).splitlines()[0]
     out = await read_outputs(s)
 
     dlq = Counter((d["partition"], d["offset"]) for d in out.dlq)
@@ -451,6 +465,11 @@ async def test_fuzzed_payloads_all_accounted_for(
         failures.append(f"the worker is not running (exit {w.proc.returncode if w.proc else None}):\n{w.log_tail()}")
     if h.get("status") != "ok":
         failures.append(f"/health status {h.get('status')!r}, reasons {h.get('degraded_reasons')}")
+    if stuck:
+        failures.insert(0, f"the stream was not consumed to its end: {stuck}")
+    crashes = _crash_lines(w.log_text())
+    if crashes:
+        failures.insert(0, "the worker's agent crashed:\n" + "\n".join(crashes))
     if m.get("dead_letters") != len(out.dlq) or m.get("scored") != len(out.scored):
         failures.append(
             f"worker counters dead_letters={m.get('dead_letters')} scored={m.get('scored')}, "

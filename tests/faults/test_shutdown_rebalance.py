@@ -123,7 +123,7 @@ async def test_rebalance_under_load(
     s = with_settings(fault_settings, **PIPELINE)
     await ensure_topics(s.kafka_bootstrap, topic_plan(s))
     t_start = time.monotonic()
-    rate = 150.0
+    rate = 100.0
     producing = asyncio.ensure_future(produce_raw(s.kafka_bootstrap, s.input_topic, fault_stream.records, rate=rate))
     try:
         w1 = workers(s, null_engine, "w1")
