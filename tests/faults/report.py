@@ -51,9 +51,10 @@ def _recovery(r: dict[str, Any]) -> str:
     if t == "a_worker_kill9":
         return f"replacement scoring {', '.join(f'{x:g}' for x in r['recovery_s'])} s after launch"
     if t in ("b_kafka_kill9", "c_redis_kill9"):
+        health = "/".join(r.get("health_during_outage") or []) or "?"
         return (
-            f"outage {r['outage_s']:g} s (restart {r['service_restart_s']:g} s); worker scoring again "
-            f"{r['recovery_s']:g} s after the service answered"
+            f"outage {r['outage_s']:g} s (restart {r['service_restart_s']:g} s, /health during it: {health}); "
+            f"worker scoring again {r['recovery_s']:g} s after the service answered"
         )
     if t == "d_sigterm":
         return (

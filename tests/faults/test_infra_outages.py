@@ -19,7 +19,15 @@ from stream.settings import StreamSettings
 from stream.topics import ensure_topics
 from stream.worker import topic_plan
 from tests.faults.conftest import PIPELINE
-from tests.faults.harness import ResultLog, Worker, produce_raw, wait_caught_up, wait_until, with_settings
+from tests.faults.harness import (
+    ResultLog,
+    Worker,
+    produce_raw,
+    redis_for,
+    wait_caught_up,
+    wait_until,
+    with_settings,
+)
 from tests.faults.infra import FaultInfra
 from tests.faults.streams import FaultStream
 from tests.faults.verify import verify_exact, wait_for_alerts
@@ -28,6 +36,18 @@ pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.redis, pytest.ma
 
 KILL_AT_SCORED = 800
 OUTAGE_S = 3.0
+
+
+async def _aof(s: StreamSettings) -> dict[str, str]:
+    r = redis_for(s)
+    try:
+        cfg = await r.config_get("append*")
+    finally:
+        await r.aclose()
+    text = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in cfg.items()
+    }
+    return {k: v for k, v in text.items() if k in ("appendonly", "appendfsync")}
 
 
 async def _outage(
@@ -54,8 +74,10 @@ async def _outage(
     await asyncio.to_thread(kill)
     # During the outage: the worker stays up, and says why it is degraded.
     degraded: list[str] = []
+    statuses: set[str] = set()
     while time.monotonic() - t_kill < OUTAGE_S:
         h = w.health() or {}
+        statuses.add(str(h.get("status")))
         if h.get("status") == "degraded":
             degraded = list(h.get("degraded_reasons") or []) or ["(no reason given)"]
         await asyncio.sleep(0.2)
@@ -80,6 +102,8 @@ async def _outage(
         service_restart_s=round(restart_s, 1),
         recovery_s=round(recovery_s, 2),
         degraded_reasons_seen=degraded,
+        health_during_outage=sorted(statuses),
+        redis_aof=await _aof(s),
         health_after=status_after,
         infra_retries=m.get("infra_retries"),
         alert_wait_after_caught_up_s=round(alert_wait, 2),
