@@ -116,16 +116,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]
 
-    async def on_agent_error(agent: Any, exc: BaseException) -> None:
-        # Transient Redis/Kafka errors never get here (they are retried forever). Anything else is a
-        # bug or a permanent misconfiguration. Faust would restart the agent in-process, past the
-        # failed batch's unacked events: their offsets could then never be committed and the worker
-        # would carry on looking healthy. Dying loudly instead lets the supervisor restart the
-        # worker and Kafka redeliver the batch (Redis dedupes what was already counted).
-        log.critical("agent_failed_exiting", error=type(exc).__name__, detail=str(exc)[:500])
-        os._exit(70)
-
-    @app.agent(source, name="classify", on_error=on_agent_error)
+    @app.agent(source, name="classify")
     async def classify(stream: faust.StreamT) -> None:
         pipeline = BatchPipeline(processor, settings.pipeline_depth)
         # noack_take hands over the events themselves and leaves acking to us: an input is acked
@@ -147,6 +138,16 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
                 ]
 
                 await pipeline.submit(msgs, _acker(stream, list(events)))
+        except asyncio.CancelledError:
+            raise  # a stop or a rebalance: Faust restarts the agent on the new assignment
+        except Exception as exc:  # noqa: BLE001 - every non-transient failure must end the process, see below
+            # Transient Redis/Kafka errors never get here (they are retried forever): this is a bug
+            # or a permanent misconfiguration. Faust would restart the agent in-process past the
+            # failed batch's unacked events, whose offsets could then never be committed, while the
+            # worker kept looking healthy. Dying loudly lets the supervisor restart the worker and
+            # Kafka redeliver the batch (Redis dedupes what was already counted).
+            log.critical("agent_failed_exiting", error=type(exc).__name__, detail=str(exc)[:500])
+            os._exit(70)
         finally:
             # On a stop or a rebalance, finish what is in flight if Kafka and Redis let us, quickly.
             await pipeline.close(timeout=settings.broker_session_timeout_s / 2)
