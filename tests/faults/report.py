@@ -82,7 +82,7 @@ def _row(name: str, label: str, r: dict[str, Any] | None) -> str:
         counted = "-"
         scored = f"{r['scored']} scored, {r['dlq']} DLQ"
         alerts = "-"
-        rec = f"/health {r.get('health')}"
+        rec = f"/health {r['health']}" if r.get("health") else "worker not running at the end"
     elif t in ("f_idle_partitions", "f_live_wall_clock_close"):
         ev = f"4 warm-up + {r['surge_events']} surge"
         counted = scored = "all"

@@ -337,7 +337,7 @@ def _crash_lines(log: str, limit: int = 12) -> list[str]:
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if "Crashed reason" in line or "agent_failed" in line:
-            frames = [x.strip() for x in lines[i : i + 40] if "/stream/" in x or "Error" in x]
+            frames = [x.strip() for x in lines[i + 1 : i + 40] if "/stream/" in x or "Error" in x]
             return [line.strip()[:300], *frames[: limit - 1]]
     return []
 
