@@ -6,6 +6,7 @@ names its reason, so the worker can route it and go on.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +20,8 @@ from engine.heads import SentimentLabel
 CASHTAG_RE = re.compile(r"(?<![\w$])\$([A-Za-z][A-Za-z0-9]{0,5}(?:[.\-][A-Za-z]{1,2})?)(?![\w])")
 TICKER_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}(?:[.\-][A-Z]{1,2})?$")
 MAX_TICKERS = 20
+# 9999-12-31T23:59:59.999Z, the last instant an ISO-8601 date (and Python's datetime) can name.
+MAX_EVENT_MS = 253_402_300_799_999
 
 RejectReason = Literal[
     "oversized_event",
@@ -46,10 +49,15 @@ def parse_event_time(value: Any) -> int:
     if isinstance(value, bool):  # bool is an int subclass; True is not a timestamp
         raise ValueError("published_at must be ISO-8601 or epoch milliseconds, not a boolean")
     if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("published_at must be a finite number")
         ms = int(value)
         # Epoch seconds slip through as 1970 dates; refuse rather than mis-bucket them.
         if ms < 10**11:
             raise ValueError("published_at as a number must be epoch milliseconds")
+        # Past year 9999 no date can name it (and formatting it would raise): invalid, not a crash.
+        if ms > MAX_EVENT_MS:
+            raise ValueError("published_at is beyond the year 9999")
         return ms
     if isinstance(value, str):
         s = value.strip()

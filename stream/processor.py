@@ -188,7 +188,22 @@ class BatchProcessor:
         # normal event after it is late: such timestamps are refused, not counted.
         horizon_ms = int((time.time() + self.settings.max_future_skew_s) * 1000)
         for msg in messages:
-            parsed = parse_event(msg.value, max_event, max_text)
+            try:
+                parsed = parse_event(msg.value, max_event, max_text)
+            except Exception as exc:  # noqa: BLE001 - one event must never stop the stream, see below
+                # parse_event is written never to raise; if an input still finds a way, redelivering
+                # it would crash every worker that takes it. It is dead-lettered instead, and logged
+                # as the bug it is.
+                log.error(
+                    "parse_bug",
+                    error=type(exc).__name__,
+                    detail=str(exc)[:200],
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+                batch.dead.append((msg, "unparseable", f"{type(exc).__name__}: {str(exc)[:200]}"))
+                continue
             if isinstance(parsed, Rejection):
                 batch.dead.append((msg, parsed.reason, parsed.detail))
             elif parsed.published_at > horizon_ms:

@@ -7,10 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from stream.events import (
+    MAX_EVENT_MS,
     NewsEvent,
     Rejection,
     ScoredEvent,
     extract_cashtags,
+    ms_to_iso,
     parse_event,
     parse_event_time,
     parse_scored,
@@ -129,3 +131,17 @@ def test_scored_event_round_trips_the_record_the_worker_writes() -> None:
 def test_parse_scored_rejects_what_is_not_a_scored_record(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         parse_scored(orjson.dumps({**SCORED, **bad}))
+
+
+@pytest.mark.parametrize("value", [10**16, 2**63, 1e300, "253402300800000"])
+def test_timestamps_past_year_9999_are_invalid_not_a_crash(value: object) -> None:
+    raw = orjson.dumps({"id": "x", "text": "$AAPL up", "published_at": value})
+    out = parse_event(raw, 256 * 1024, 32 * 1024)
+    assert isinstance(out, Rejection) and out.reason == "invalid_schema"
+
+
+def test_last_nameable_instant_is_valid() -> None:
+    out = parse_event(
+        orjson.dumps({"id": "x", "text": "$AAPL up", "published_at": MAX_EVENT_MS}), 256 * 1024, 32 * 1024
+    )
+    assert isinstance(out, NewsEvent) and ms_to_iso(out.published_at).startswith("9999-12-31T23:59:59")

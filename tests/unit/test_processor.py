@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -13,6 +14,7 @@ import pytest
 from engine.errors import InferenceOutputError
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
+from stream.events import WindowStatus
 from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
 from stream.settings import StreamSettings
 from stream.windows import ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
@@ -52,7 +54,7 @@ class MemoryStore:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
-        out = []
+        out: list[WindowStatus] = []
         for u in updates:
             if u.event_id in self.seen:
                 out.append("duplicate")
@@ -364,3 +366,22 @@ async def test_pipeline_failure_stops_later_commits(
     # Batch 1 failed: neither it nor the batch after it is acked, so Kafka redelivers both.
     assert acked == [0]
     assert [u.event_id for u in store.updates] == ["e0"]
+
+
+async def test_an_event_that_breaks_the_parser_is_dead_lettered(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: even a parser bug costs one dead letter, not the worker."""
+    import stream.processor as proc
+
+    p, store, sink = processor
+    real = proc.parse_event
+
+    def buggy(raw: bytes | str | None, max_event: int, max_text: int) -> Any:
+        if raw is not None and b"boom" in (raw if isinstance(raw, bytes) else raw.encode()):
+            raise OverflowError("date value out of range")
+        return real(raw, max_event, max_text)
+
+    monkeypatch.setattr(proc, "parse_event", buggy)
+    res = await p.process([msg(good(1, "$AAPL boom"), 0), msg(good(2), 1)])
+    assert res.scored == 1 and [orjson.loads(v)["reason"] for _, v in sink.dlq] == ["unparseable"]
