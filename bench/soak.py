@@ -460,7 +460,13 @@ def run_soak(
             while not ready.is_set() and producer.is_alive():
                 await asyncio.sleep(0.1)
             t0 = time.monotonic()
-            prev: dict[str, Any] = {"t": 0.0, "scored": None, "cpu": wproc.cpu_times()}
+            prev: dict[str, Any] = {
+                "t": 0.0,
+                "scored": None,
+                "cpu": wproc.cpu_times(),
+                "sys": psutil.cpu_times(),
+                "m": {},
+            }
             produce_end: float | None = None
             drained_at: float | None = None
             next_t = 0.0
@@ -480,7 +486,15 @@ def run_soak(
                     except psutil.Error:
                         rss, cpu = None, None
                     scored = (h or {}).get("metrics", {}).get("scored")
+                    metrics = (h or {}).get("metrics", {})
+                    sys_cpu = psutil.cpu_times()
                     dt = now - prev["t"]
+                    # Whole-machine busy cores and the worker's mean take: is it the worker, or the neighbours?
+                    busy = (sum(sys_cpu) - sys_cpu.idle - sys_cpu.iowait) - (
+                        sum(prev["sys"]) - prev["sys"].idle - prev["sys"].iowait
+                    )
+                    d_batches = metrics.get("batches", 0) - prev["m"].get("batches", 0)
+                    d_received = metrics.get("received", 0) - prev["m"].get("received", 0)
                     sample = {
                         "t": round(now, 1),
                         "phase": "overload" if produce_end is None else "drain",
@@ -497,6 +511,11 @@ def run_soak(
                         "worker_cores": round((cpu.user + cpu.system - prev["cpu"].user - prev["cpu"].system) / dt, 2)
                         if cpu and dt > 0
                         else None,
+                        "machine_busy_cores": round(busy / dt, 2) if dt > 0 else None,
+                        "load_1m": round(os.getloadavg()[0], 2),
+                        "mean_take": round(d_received / d_batches, 1)
+                        if metrics and prev["m"] and d_batches > 0
+                        else None,
                         "redis_used_memory_mb": round(red["used_memory"] / 2**20, 1),
                         "status": (h or {}).get("status", "no answer"),
                         "degraded_reasons": (h or {}).get("degraded_reasons"),
@@ -509,6 +528,8 @@ def run_soak(
                             "t": now,
                             "scored": scored if scored is not None else prev["scored"],
                             "cpu": cpu or prev["cpu"],
+                            "sys": sys_cpu,
+                            "m": metrics or prev["m"],
                         }
                         next_t += interval
                     if (
@@ -616,6 +637,10 @@ def run_soak(
             / max(1, sum(1 for s in over if s["scored_per_s"] is not None)),
             1,
         ),
+        "overload_means": {
+            k: round(sum(v) / len(v), 2) if (v := [x[k] for x in over if x.get(k) is not None]) else None
+            for k in ("worker_cores", "machine_busy_cores", "load_1m", "mean_take")
+        },
         "worker_rss_peak_mb": round(peak.peak / 2**20, 1),
         "worker_rss_final_mb": samples[-1]["worker_rss_mb"] if samples else None,
         "worker_rss_second_half": rss,
