@@ -70,6 +70,23 @@ def _acker(stream: faust.StreamT, taken: list[Any]) -> Callable[[BatchResult], A
     return ack
 
 
+async def _kafka_reachable(app: faust.App, timeout: float = 2.0) -> bool:
+    """Whether any broker answers a metadata request, through the worker's own producer client.
+
+    A broker outage does not surface as errors in the worker while no batch is in flight: aiokafka's
+    consumer waits inside its reconnect loop. So health asks Kafka directly.
+    """
+    # Faust exposes the aiokafka producer only as a private attribute; no producer yet means not started.
+    client = getattr(getattr(app.producer, "_producer", None), "client", None)
+    if client is None:
+        return True
+    try:
+        await asyncio.wait_for(client.fetch_all_metadata(), timeout)
+    except Exception:  # noqa: BLE001 - health reports the failure instead of raising
+        return False
+    return True
+
+
 def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
     """A Faust app whose single agent classifies micro-batches from the input topic."""
     app = faust.App(
@@ -165,10 +182,13 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
             await r.ping()
         except Exception:  # noqa: BLE001 - health reports the failure instead of raising
             redis_ok = False
+        kafka_ok = await _kafka_reachable(app)
         engine = classifier.describe()
         status, reasons = processor.health_state()
         if not redis_ok:
             status, reasons = "degraded", [*reasons, "redis ping failed"]
+        if not kafka_ok:
+            status, reasons = "degraded", [*reasons, "kafka: no broker answered a metadata request"]
         return web.json(
             {
                 "status": status,
@@ -179,6 +199,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
                 "engine_stats": classifier.stats.as_dict(),
                 "gpu_fallback": bool(engine.get("skipped_backends")) and engine.get("device") == "cpu",
                 "redis": redis_ok,
+                "kafka": kafka_ok,
                 "metrics": processor.metrics.as_dict(),
                 "topics": {
                     "input": settings.input_topic,

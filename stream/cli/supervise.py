@@ -36,10 +36,17 @@ async def clear_redis_prefix(settings: StreamSettings) -> int:
 
     r = redis_client(settings)
     n = 0
+    batch: list[bytes] = []
     try:
+        # One UNLINK per 1,000 keys: with appendfsync always every write command costs an fsync, so
+        # deleting key by key took about 30 s per test prefix.
         async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            await r.unlink(key)
-            n += 1
+            batch.append(key)
+            if len(batch) >= 1000:
+                n += await r.unlink(*batch)
+                batch = []
+        if batch:
+            n += await r.unlink(*batch)
     finally:
         await r.aclose()
     return n
