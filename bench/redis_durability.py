@@ -36,6 +36,7 @@ from bench.common import append_markdown_row, machine_info, now_iso, stream_text
 from finpulse.stats import percentiles
 from stream.settings import StreamSettings, get_settings
 from stream.windows import TimePolicy, WindowStore, WindowUpdate, entities_for
+from training.data import TOPIC_LABELS
 
 #: Persistence modes: name -> the CONFIG SET pairs that select it.
 MODES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -43,30 +44,6 @@ MODES: dict[str, tuple[tuple[str, str], ...]] = {
     "everysec": (("appendfsync", "everysec"), ("appendonly", "yes")),
     "always": (("appendfsync", "always"), ("appendonly", "yes")),
 }
-
-# The topic head's labels (training.data.TOPIC_LABELS), copied so this module does not import training.
-_TOPICS = (
-    "Analyst Update",
-    "Fed / Central Banks",
-    "Company / Product News",
-    "Treasuries / Corporate Debt",
-    "Dividend",
-    "Earnings",
-    "Energy / Oil",
-    "Financials",
-    "Currencies",
-    "General News / Opinion",
-    "Gold / Metals / Materials",
-    "IPO",
-    "Legal / Regulation",
-    "M&A / Investments",
-    "Macro",
-    "Markets",
-    "Politics",
-    "Personnel Change",
-    "Stock Commentary",
-    "Stock Movement",
-)
 
 
 def _ts_ms(value: Any) -> int:
@@ -98,7 +75,7 @@ def window_updates(
                 _ts_ms(e["published_at"]),
                 cls,
                 score,
-                entities_for(e.get("tickers") or [], _TOPICS[(h >> 16) % len(_TOPICS)]),
+                entities_for(e.get("tickers") or [], TOPIC_LABELS[(h >> 16) % len(TOPIC_LABELS)]),
                 f"{topic}:{part}",
             )
         )
