@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import itertools
 import platform
 import time
 from datetime import UTC, datetime
@@ -47,11 +45,6 @@ def stream_texts(data_dir: Path, n: int, since: str = "2014-04-20T00:00:00Z") ->
     return [
         e for e in read_events(data_dir / "stocknet-tweets" / "stream.csv", since=since, limit=n) if isinstance(e, dict)
     ]
-
-
-def sentiment_texts(data_dir: Path, n: int) -> list[str]:
-    with open(data_dir / "twitter-financial-news-sentiment" / "valid.csv", newline="", encoding="utf-8") as f:
-        return [row["text"] for row in itertools.islice(csv.DictReader(f), n)]
 
 
 def now_iso() -> str:

@@ -22,8 +22,6 @@ layer norms are < 1% for BERT-family models):
 
 from __future__ import annotations
 
-import csv
-import itertools
 import json
 import os
 import sys
@@ -49,10 +47,11 @@ from engine.tokenize import BatchTokenizer, EncodedBatch
 from finpulse.cpu import usable_cores
 from finpulse.paths import default_data_dir
 from finpulse.stats import percentiles
+from training.data import sentiment_texts
+from training.settings import SENTIMENT_SUBDIR
 
 log = structlog.get_logger(__name__)
 
-SENTIMENT_VALID = Path("twitter-financial-news-sentiment") / "valid.csv"
 # cuda and tensorrt are tried too; where they cannot run, the JSON says why ("skipped").
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "cuda", "tensorrt")
 FLOP_FORMULA = "per text of n real tokens: 2*P_mm*n + 4*L*h*n^2, P_mm = L*(4h^2 + 2hi); encoder only"
@@ -319,12 +318,10 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, Any]:
 # --- orchestration --------------------------------------------------------------------------------
 def load_texts(data_dir: Path, n: int) -> tuple[list[str], Path]:
     """The first ``n`` texts of the sentiment validation set."""
-    path = data_dir / SENTIMENT_VALID
+    path = data_dir / SENTIMENT_SUBDIR / "valid.csv"
     if not path.is_file():
         raise click.UsageError(f"{path} not found: pass --data-dir or set FINPULSE_DATA_DIR")
-    with open(path, newline="") as f:
-        texts = [row["text"] for row in itertools.islice(csv.DictReader(f), n)]
-    return texts, path
+    return sentiment_texts(data_dir, n), path
 
 
 def _bench_one(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import itertools
 from pathlib import Path
 
 import pytest
 
 from tests.support.tiny_bert import make_tiny_checkpoint
+from training.data import sentiment_texts
 
 FALLBACK_TEXTS = [
     "$AAPL beats earnings estimates, shares jump after hours",
@@ -33,8 +32,7 @@ def sample_texts() -> list[str]:
     d = _data_dir()
     if d is None:
         return FALLBACK_TEXTS
-    with open(d / "twitter-financial-news-sentiment" / "train.csv", newline="") as f:
-        return [row["text"] for row in itertools.islice(csv.DictReader(f), 400)]
+    return sentiment_texts(d, 400, split="train")
 
 
 @pytest.fixture(scope="session")

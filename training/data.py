@@ -365,3 +365,16 @@ def load_for_heads(
     if inferred not in heads:
         raise DataError(p, None, f"data is for {inferred!r} but the model's heads are {', '.join(heads)}")
     return {inferred: encode_records(p, records, inferred)}
+
+
+def sentiment_texts(data_dir: str | Path, n: int, split: Literal["train", "valid"] = "valid") -> list[str]:
+    """The first ``n`` texts of the sentiment data set's ``split`` under ``data_dir``.
+
+    Used wherever real texts are needed without labels (export validation, benchmarks, test
+    fixtures). ``FileNotFoundError`` names the file when it is missing.
+    """
+    from training.settings import SENTIMENT_SUBDIR
+
+    path = Path(data_dir) / SENTIMENT_SUBDIR / f"{split}.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row["text"] for _, row in zip(range(n), csv.DictReader(f), strict=False)]

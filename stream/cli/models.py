@@ -82,13 +82,11 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
 
 def _validation_texts(settings: StreamSettings, n: int = 256) -> list[str]:
     """Real texts for export validation (the sentiment validation set), when the data folder is there."""
-    import csv
-    import itertools
+    from training.data import sentiment_texts
 
     if settings.data_dir is None:
         return []
-    path = Path(settings.data_dir) / "twitter-financial-news-sentiment" / "valid.csv"
-    if not path.is_file():
+    try:
+        return sentiment_texts(settings.data_dir, n)
+    except FileNotFoundError:
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [row["text"] for row in itertools.islice(csv.DictReader(f), n)]
