@@ -34,6 +34,7 @@ import orjson
 
 from bench.common import append_markdown_row, machine_info, now_iso, stream_texts
 from finpulse.stats import percentiles
+from stream.cli.supervise import unlink_prefix
 from stream.settings import StreamSettings, get_settings
 from stream.windows import TimePolicy, WindowStore, WindowUpdate, entities_for
 from training.data import TOPIC_LABELS
@@ -104,19 +105,6 @@ async def _aof_size(r: Any) -> int:
     return int(p.get("aof_current_size", 0) or 0)
 
 
-async def _unlink_prefix(r: Any, prefix: str) -> int:
-    n = 0
-    batch: list[bytes] = []
-    async for key in r.scan_iter(match=f"{prefix}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += await r.unlink(*batch)
-            batch.clear()
-    if batch:
-        n += await r.unlink(*batch)
-    return n
-
-
 async def run_durability(
     settings: StreamSettings,
     events: list[dict[str, Any]],
@@ -176,7 +164,7 @@ async def run_durability(
                         aof_bytes[mode] += max(0, size1 - size)
                         size = size1
                 forks[mode] += int((await r.info("stats")).get("total_forks", 0)) - forks0
-                await _unlink_prefix(r, prefix)
+                await unlink_prefix(r, prefix)
     finally:
         # Back to what it was, AOF switched on last (turning it on starts a rewrite).
         await r.config_set("appendfsync", original["appendfsync"])

@@ -47,6 +47,7 @@ import psutil
 
 from bench.common import append_markdown_row, machine_info, now_iso, stream_texts
 from engine.settings import EngineSettings
+from stream.cli.supervise import unlink_prefix
 from stream.settings import StreamSettings, get_settings
 
 #: Events read from the stream (the whole StockNet stream from its default start is fewer).
@@ -298,19 +299,6 @@ async def _read_topic(bootstrap: str, topic: str, partitions: int, reasons: bool
         return {"records": records, "keys": seen, "reasons": why}
     finally:
         await c.stop()
-
-
-async def _unlink_prefix(r: Any, prefix: str) -> int:
-    n = 0
-    batch: list[bytes] = []
-    async for key in r.scan_iter(match=f"{prefix}:*", count=2000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += await r.unlink(*batch)
-            batch.clear()
-    if batch:
-        n += await r.unlink(*batch)
-    return n
 
 
 def _slope_per_min(points: Sequence[tuple[float, float]]) -> float | None:
@@ -609,7 +597,7 @@ def run_soak(
             await delete_topics(settings.kafka_bootstrap, list(topic_plan(settings)))
             r = redis_client(settings)
             try:
-                await _unlink_prefix(r, settings.redis_prefix)
+                await unlink_prefix(r, settings.redis_prefix)
             finally:
                 await r.aclose()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from engine.settings import EngineSettings
 from stream.settings import StreamSettings
@@ -31,25 +32,33 @@ def settings_env(settings: StreamSettings, engine: EngineSettings) -> dict[str, 
     return env
 
 
+async def unlink_prefix(r: Redis, prefix: str) -> int:
+    """Delete every key under ``prefix:``; returns how many.
+
+    One UNLINK per 1,000 keys: with appendfsync always every write command costs an fsync, so
+    deleting key by key took about 30 s per test prefix.
+    """
+    n = 0
+    batch: list[bytes] = []
+    async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += await r.unlink(*batch)
+            batch = []
+    if batch:
+        n += await r.unlink(*batch)
+    return n
+
+
 async def clear_redis_prefix(settings: StreamSettings) -> int:
+    """Delete the settings' Redis prefix (demo, tests and benchmarks start from nothing)."""
     from stream.app import redis_client
 
     r = redis_client(settings)
-    n = 0
-    batch: list[bytes] = []
     try:
-        # One UNLINK per 1,000 keys: with appendfsync always every write command costs an fsync, so
-        # deleting key by key took about 30 s per test prefix.
-        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                n += await r.unlink(*batch)
-                batch = []
-        if batch:
-            n += await r.unlink(*batch)
+        return await unlink_prefix(r, settings.redis_prefix)
     finally:
         await r.aclose()
-    return n
 
 
 def health(port: int) -> dict[str, Any] | None:

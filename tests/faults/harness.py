@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from engine.settings import EngineSettings
-from stream.cli.supervise import health, start_worker_process, wait_worker_ready
+from stream.cli.supervise import health, start_worker_process, unlink_prefix, wait_worker_ready
 from stream.settings import StreamSettings
 from stream.windows import SCORE_SCALE, SENTIMENT_FIELDS, bucket_start
 
@@ -402,17 +402,9 @@ async def redis_metrics(settings: StreamSettings) -> dict[str, int]:
 
 
 async def clear_prefix(settings: StreamSettings) -> None:
-    # One UNLINK per thousand keys: the suite's Redis fsyncs every write command (appendfsync always).
     r = redis_for(settings)
     try:
-        keys: list[bytes] = []
-        async for key in r.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
-            keys.append(key)
-            if len(keys) >= 1000:
-                await r.unlink(*keys)
-                keys.clear()
-        if keys:
-            await r.unlink(*keys)
+        await unlink_prefix(r, settings.redis_prefix)
     finally:
         await r.aclose()
 
