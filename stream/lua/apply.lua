@@ -143,7 +143,10 @@ end
 for zk, _ in pairs(ent_kinds) do redis.call('EXPIRE', zk, ttl) end
 for _, member in ipairs(pend_order) do
   -- A bucket being judged right now that receives more negatives is judged again after it settles.
-  if redis.call('ZSCORE', lease_key, member) then redis.call('SADD', redo_key, member) end
+  if redis.call('ZSCORE', lease_key, member) then
+    redis.call('SADD', redo_key, member)
+    redis.call('EXPIRE', redo_key, ttl)
+  end
   redis.call('ZADD', pending_key, 'NX', pend[member], member)
 end
 if #pend_order > 0 then redis.call('EXPIRE', pending_key, ttl) end
