@@ -87,6 +87,22 @@ async def _kafka_reachable(app: faust.App, timeout: float = 2.0) -> bool:
     return True
 
 
+def _consumer_lag(app: faust.App, topic: str) -> dict[tuple[str, int], int]:
+    """High watermark minus committed offset for every input partition assigned to this worker."""
+    consumer = app.consumer
+    # Faust keeps the committed offsets it has seen in a private map; there is no public accessor.
+    committed = getattr(consumer, "_committed_offset", {})
+    out: dict[tuple[str, int], int] = {}
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        high = consumer.highwater(tp)
+        done = committed.get(tp)
+        if high is not None and high >= 0:
+            out[(tp.topic, tp.partition)] = max(0, high - (done or 0))
+    return out
+
+
 def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
     """A Faust app whose single agent classifies micro-batches from the input topic."""
     app = faust.App(
@@ -174,6 +190,12 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         # Buckets close without new input too: by the wall clock in live mode, and when a judge died
         # holding a lease. Without this a quiet stream would never raise its last alert.
         await processor.tick()
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # Prometheus text format; aiohttp refuses a charset inside content_type (UTF-8 is the default).
+        body = processor.prom.exposition(lambda: _consumer_lag(app, settings.input_topic))
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:

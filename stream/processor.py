@@ -47,6 +47,7 @@ from stream.events import (
     ms_to_iso,
     parse_event,
 )
+from stream.metrics import WorkerMetrics
 from stream.settings import StreamSettings
 from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
@@ -159,6 +160,9 @@ class BatchProcessor:
         self.metrics = ProcessorMetrics()
         self.params: SurgeParams = settings.surge_params()
         desc = classifier.describe()
+        # Prometheus view of the same counts (/metrics); ProcessorMetrics keeps /health's summary.
+        self.prom = WorkerMetrics()
+        self.prom.set_engine(desc)
         self.model_id = str(desc.get("model_id"))
         self.backend_name = str(desc.get("backend"))
         heads = {h.name: h for h in classifier.heads}
@@ -183,6 +187,8 @@ class BatchProcessor:
         batch = PreparedBatch(t0=time.perf_counter())
         self.metrics.batches += 1
         self.metrics.received += len(messages)
+        self.prom.events_in.inc(len(messages))
+        self.prom.batch_size.observe(len(messages))
         max_event, max_text = self.settings.max_event_bytes, self.settings.max_text_bytes
         # One event from a broken clock (say 2099) would drag the watermark so far ahead that every
         # normal event after it is late: such timestamps are refused, not counted.
@@ -313,7 +319,10 @@ class BatchProcessor:
                 )
                 for st in statuses:
                     setattr(self.metrics, st, getattr(self.metrics, st) + 1)
+                    self.prom.window.labels(st).inc()
                 self.metrics.scored += len(events)
+                self.prom.scored.inc(len(events))
+                self.prom.observe_event_lag(int(time.time() * 1000), (e.published_at for e in events))
         finally:
             if dlq is not None:
                 await dlq
@@ -328,6 +337,7 @@ class BatchProcessor:
         # and the latency budget is about inference, not that wait.
         self.metrics.last_infer_ms = infer_ms
         self.metrics.recent_infer_ms.append(infer_ms)
+        self.prom.inference.observe(infer_ms / 1000)
         for name, arr in out.items():
             if arr.shape[0] != len(texts):
                 raise EngineError(f"head {name} returned {arr.shape[0]} rows for {len(texts)} texts")
@@ -362,6 +372,7 @@ class BatchProcessor:
             )
             records.append((msg.key, orjson.dumps(dl.model_dump())))
             self.metrics.rejections[reason] = self.metrics.rejections.get(reason, 0) + 1
+            self.prom.dead_letters.labels(reason).inc()
             # One line, no text and no author: only where the message was and why it was refused.
             log.warning(
                 "dead_letter",
@@ -511,6 +522,8 @@ class BatchProcessor:
                 window_end=a.window_end_iso,
             )
         self.metrics.alerts += len(alerts)
+        for a in alerts:
+            self.prom.alerts.labels(a.severity).inc()
         return alerts
 
     # --- resilience ----------------------------------------------------------------------------------
@@ -525,6 +538,8 @@ class BatchProcessor:
             exc = state.outcome.exception() if state.outcome else None
             self.metrics.infra_retries += 1
             self.metrics.retries_by_op[what] = self.metrics.retries_by_op.get(what, 0) + 1
+            self.prom.retries.labels(what).inc()
+            self.prom.degraded.labels(what).set(1)
             self.degraded[what] = f"{type(exc).__name__}: {str(exc)[:160]}"
             log.warning(
                 "infra_retry",
@@ -547,6 +562,7 @@ class BatchProcessor:
                     result = await op()
         finally:
             if self.degraded.pop(what, None) is not None:
+                self.prom.degraded.labels(what).set(0)
                 log.info("infra_recovered", op=what)
         return result
 

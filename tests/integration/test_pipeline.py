@@ -84,6 +84,21 @@ async def _drain(settings: StreamSettings, want: int, timeout: float) -> dict[st
     return out
 
 
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics and parse it with prometheus_client's own text parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
 async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
     snap: dict[str, Any] = {}
     async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
@@ -156,6 +171,17 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         assert sorted(d["reason"] for d in out["dlq"]) == sorted(reason for _, reason in BAD_INPUTS)
         assert sorted(base64.b64decode(d["value_b64"]) for d in out["dlq"]) == sorted(raw for raw, _ in BAD_INPUTS)
         assert all(d["topic"] == s.input_topic and d["offset"] >= 0 for d in out["dlq"])
+
+        # 1b. the worker's Prometheus metrics say the same, read the way a scraper reads them
+        metrics = _scrape(s.worker_web_port)
+        assert metrics[("finpulse_events_scored_total", ())] == len(out["scored"])
+        assert metrics[("finpulse_events_in_total", ())] == len(inputs)
+        for reason, n in Counter(d["reason"] for d in out["dlq"]).items():
+            assert metrics[("finpulse_dead_letters_total", (("reason", reason),))] == n
+        info = [k for k in metrics if k[0] == "finpulse_engine_info"]
+        assert len(info) == 1 and ("backend", "torch") in info[0][1]
+        lags = {k: v for k, v in metrics.items() if k[0] == "finpulse_consumer_lag"}
+        assert len(lags) == s.partitions and all(v >= 0 for v in lags.values())
 
         # 2. Redis windows equal an independent count over the scored events
         expected: Counter[tuple[str, int, str]] = Counter()

@@ -385,3 +385,29 @@ async def test_an_event_that_breaks_the_parser_is_dead_lettered(
     monkeypatch.setattr(proc, "parse_event", buggy)
     res = await p.process([msg(good(1, "$AAPL boom"), 0), msg(good(2), 1)])
     assert res.scored == 1 and [orjson.loads(v)["reason"] for _, v in sink.dlq] == ["unparseable"]
+
+
+async def test_prometheus_metrics_count_what_happened(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink],
+) -> None:
+    p, store, sink = processor
+    store.fail_next = 2
+    await p.process([msg(good(1), 0), msg(b"not json", 1), msg(good(2), 2)])
+    await p.process([msg(good(1), 3)])
+    reg = p.prom.registry
+
+    def value(name: str, **labels: str) -> float | None:
+        return reg.get_sample_value(name, labels)
+
+    assert value("finpulse_events_in_total") == 4 and value("finpulse_events_scored_total") == 3
+    assert value("finpulse_events_window_total", status="counted") == 2
+    assert value("finpulse_events_window_total", status="duplicate") == 1
+    assert value("finpulse_dead_letters_total", reason="not_json") == 1
+    assert value("finpulse_infra_retries_total", op="redis_apply") == 2
+    assert value("finpulse_degraded", op="redis_apply") == 0  # recovered
+    assert value("finpulse_batch_events_count") == 2 and value("finpulse_batch_events_sum") == 4
+    assert value("finpulse_inference_seconds_count") == 2
+    assert value("finpulse_event_lag_seconds_count") == 3
+    assert value("finpulse_engine_info", backend="torch", device="cpu", precision="fp32", model_id=p.model_id) == 1
+    text = p.prom.exposition(lambda: {("in", 0): 7}).decode()
+    assert 'finpulse_consumer_lag{partition="0",topic="in"} 7.0' in text
