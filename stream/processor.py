@@ -13,7 +13,7 @@ import base64
 import os
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -317,9 +317,9 @@ class BatchProcessor:
                     self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses),
                     self._judge_closed(applied.closed),
                 )
-                for st in statuses:
-                    setattr(self.metrics, st, getattr(self.metrics, st) + 1)
-                    self.prom.window.labels(st).inc()
+                for st, n in Counter(statuses).items():
+                    setattr(self.metrics, st, getattr(self.metrics, st) + n)
+                    self.prom.window.labels(st).inc(n)
                 self.metrics.scored += len(events)
                 self.prom.scored.inc(len(events))
                 self.prom.observe_event_lag(int(time.time() * 1000), (e.published_at for e in events))
