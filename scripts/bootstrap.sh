@@ -29,10 +29,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "$@" >/dev/null; fi
+}
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "[bootstrap] installing redis-server from Debian's packages"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
+  apt_install redis-server
+fi
+# The dashboard's browser test drives Debian's Chromium through Playwright (Playwright's own browser
+# download needs the internet, which these machines do not have).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "[bootstrap] installing chromium from Debian's packages (for the dashboard's browser test)"
+  apt_install chromium
 fi
 
 # Kafka jars from Maven Central (idempotent: a stamp per version).
