@@ -228,6 +228,29 @@ def parse_scored(raw: bytes | str) -> ScoredEvent:
     return ScoredEvent.model_validate_json(raw)
 
 
+EXAMPLE_TEXT_CHARS = 200  # how much of an event's text an alert quotes
+
+
+def example_text(text: str, limit: int = EXAMPLE_TEXT_CHARS) -> str:
+    """An event's text as an alert quotes it: whitespace collapsed, cut to ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "\u2026"
+
+
+class AlertExample(BaseModel):
+    """One negative event behind an alert: its id and its words (title and text, cut short; never the author)."""
+
+    id: str
+    text: str | None = None
+
+
+class TopicCount(BaseModel):
+    """A topic behind a ticker alert, with its negative events in the alert window."""
+
+    topic: str
+    negative: int
+
+
 class Alert(BaseModel):
     """A negative-sentiment surge on one entity (ticker or topic)."""
 
@@ -248,5 +271,9 @@ class Alert(BaseModel):
     ratio: float
     severity: Literal["warning", "critical"]
     example_event_ids: list[str]
+    examples: list[AlertExample] = Field(default_factory=list, description="up to 3 negative events, with text")
+    top_topics: list[TopicCount] = Field(
+        default_factory=list, description="ticker alerts: topics of the window's negative events, most first"
+    )
     model_id: str
     raised_at: str

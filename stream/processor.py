@@ -37,13 +37,16 @@ from finpulse.stats import percentiles
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
 from stream.events import (
     Alert,
+    AlertExample,
     DeadLetter,
     NewsEvent,
     Rejection,
     ScoredEvent,
     SentimentScore,
+    TopicCount,
     TopicScore,
     WindowStatus,
+    example_text,
     ms_to_iso,
     parse_event,
 )
@@ -304,9 +307,16 @@ class BatchProcessor:
                     if self.topic_labels and topic_idx is not None
                     else [None] * len(events)
                 )
+                # A negative event carries the short text an alert may quote (only negatives can be quoted).
                 updates = [
                     WindowUpdate(
-                        e.id, e.published_at, int(c), float(sc), entities_for(e.tickers, t), f"{m.topic}:{m.partition}"
+                        e.id,
+                        e.published_at,
+                        int(c),
+                        float(sc),
+                        entities_for(e.tickers, t),
+                        f"{m.topic}:{m.partition}",
+                        example_text(e.classify_text) if c == 0 else None,
                     )
                     for e, m, c, sc, t in zip(events, sources, cls, scores, topics, strict=True)
                 ]
@@ -475,8 +485,8 @@ class BatchProcessor:
                 if last >= 0 and end_ms - last < cooldown_ms:
                     continue
                 last_end[ent] = end_ms
-                examples = await self._retry(
-                    "redis_examples", partial(self.store.examples, c.kind, c.name, c.end_s, s.alert_window_seconds)
+                ctx = await self._retry(
+                    "redis_examples", partial(self.store.context, c.kind, c.name, c.end_s, s.alert_window_seconds)
                 )
                 alerts.append(
                     Alert(
@@ -496,7 +506,9 @@ class BatchProcessor:
                         z=round(d.z, 3),
                         ratio=round(d.ratio, 3),
                         severity=d.severity,
-                        example_event_ids=examples[:3],
+                        example_event_ids=[i for i, _ in ctx.examples],
+                        examples=[AlertExample(id=i, text=t) for i, t in ctx.examples],
+                        top_topics=[TopicCount(topic=t, negative=n) for t, n in ctx.top_topics],
                         model_id=self.model_id,
                         raised_at=_now_iso(),
                     )

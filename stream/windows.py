@@ -53,6 +53,7 @@ class WindowUpdate:
     score: float
     entities: Sequence[tuple[str, str]]  # (kind, name): ("ticker", "AAPL"), ("topic", "Earnings")
     source: str = "-"  # input "topic:partition" the event came from (for the low watermark)
+    example: str | None = None  # for a negative event: the short text an alert may quote (no author)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,25 @@ class WindowSums:
 
 
 @dataclass(frozen=True)
+class AlertContext:
+    """What an alert quotes: (event id, short text or None) examples and (topic, negatives) pairs."""
+
+    examples: list[tuple[str, str | None]]
+    top_topics: list[tuple[str, int]]
+
+
+def _parse_example(raw: str) -> tuple[str, str | None]:
+    # A list entry is the JSON [id, text] written for a negative event; a bare id (older data) has no text.
+    if raw.startswith("["):
+        try:
+            eid, text = orjson.loads(raw)
+            return str(eid), (str(text) if text is not None else None)
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            pass
+    return raw, None
+
+
+@dataclass(frozen=True)
 class EntityTrend:
     kind: str
     name: str
@@ -111,6 +131,23 @@ class EntityTrend:
     @property
     def mean_score(self) -> float:
         return self.score_sum / self.n if self.n else 0.0
+
+
+@dataclass(frozen=True)
+class BucketCounts:
+    """One entity's counts over [start_s, end_s): one bucket or the sum of consecutive buckets."""
+
+    start_s: int
+    end_s: int
+    n: int
+    neg: int
+    neu: int
+    pos: int
+    score_sum: float
+
+
+# The count fields of a bucket hash, read with HMGET (other fields, e.g. per-topic counts, are skipped).
+_COUNT_FIELDS = ("n", "neg", "neu", "pos", "ssum")
 
 
 class WindowStore:
@@ -155,6 +192,7 @@ class WindowStore:
                     round(u.score * SCORE_SCALE),
                     [list(e) for e in u.entities],
                     u.source,
+                    orjson.dumps([u.event_id, u.example]).decode() if u.example else "",
                 ]
                 for u in updates
             ]
@@ -204,18 +242,32 @@ class WindowStore:
             ]
         )
 
-    async def examples(self, kind: str, name: str, end_s: int, window_s: int, limit: int = 3) -> list[str]:
-        """Up to ``limit`` negative event ids from the window ending at ``end_s``, newest bucket first."""
+    async def context(
+        self, kind: str, name: str, end_s: int, window_s: int, limit: int = 3, top: int = 3
+    ) -> AlertContext:
+        """Why a window ending at ``end_s`` looks negative, in one round trip: up to ``limit`` negative
+        examples (newest bucket first) and, for a ticker, the ``top`` topics of its negative events."""
         pipe = self.redis.pipeline(transaction=False)
         starts = list(range(end_s - self.bucket_s, end_s - window_s - 1, -self.bucket_s))
         for b in starts:
             pipe.lrange(f"{self.prefix}:ex:{kind}:{name}:{b}", 0, limit - 1)
-        out: list[str] = []
-        for ids in await pipe.execute():
-            out.extend(i.decode() if isinstance(i, bytes) else i for i in ids)
-            if len(out) >= limit:
+        if kind == "ticker":
+            for b in starts:
+                pipe.hgetall(f"{self.prefix}:b:{kind}:{name}:{b}")
+        res = await pipe.execute()
+        examples: list[tuple[str, str | None]] = []
+        for raw in (x for xs in res[: len(starts)] for x in xs):
+            if len(examples) >= limit:
                 break
-        return out[:limit]
+            examples.append(_parse_example(raw.decode() if isinstance(raw, bytes) else raw))
+        topics: dict[str, int] = {}
+        for h in res[len(starts) :]:
+            for k, v in h.items():
+                key = k.decode() if isinstance(k, bytes) else k
+                if key.startswith("nt:"):
+                    topics[key[3:]] = topics.get(key[3:], 0) + int(v)
+        ranked = sorted(topics.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return AlertContext(examples, ranked)
 
     async def watermark_ms(self) -> int | None:
         v = await self.redis.get(f"{self.prefix}:wm")
@@ -251,6 +303,71 @@ class WindowStore:
     async def entities(self, kind: str) -> list[str]:
         names = await self.redis.zrange(f"{self.prefix}:ent:{kind}", 0, -1)
         return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+    async def active_entities(self, kind: str, since_ms: int, limit: int) -> list[tuple[str, int]]:
+        """(name, newest event ms) of up to ``limit`` entities with an event at or after ``since_ms``, most
+        recently active first: one bounded range read of the entity index, never a scan of the keyspace."""
+        rows = await self.redis.zrevrangebyscore(
+            f"{self.prefix}:ent:{kind}", "+inf", since_ms, start=0, num=limit, withscores=True
+        )
+        return [(n.decode() if isinstance(n, bytes) else str(n), int(ts)) for n, ts in rows]
+
+    async def last_seen_ms(self, kind: str, name: str) -> int | None:
+        """Event time (ms) of the entity's newest counted event, or None for an entity never seen."""
+        ts = await self.redis.zscore(f"{self.prefix}:ent:{kind}", name)
+        return None if ts is None else int(ts)
+
+    async def window_totals(
+        self, kind: str, names: Sequence[str], start_s: int, end_s: int, max_commands: int = 20_000
+    ) -> list[EntityTrend]:
+        """Per name (same order, zero counts included): totals over the buckets in [start_s, end_s)."""
+        sums = await self._sum_buckets(kind, names, start_s, end_s, end_s - start_s, max_commands)
+        return [EntityTrend(kind, name, *s[0][:4], s[0][4] / SCORE_SCALE) for name, s in zip(names, sums, strict=True)]
+
+    async def series(
+        self, kind: str, name: str, start_s: int, end_s: int, step_s: int, max_commands: int = 20_000
+    ) -> list[BucketCounts]:
+        """One entity's counts in consecutive ``step_s`` slices of [start_s, end_s) (``step_s`` a multiple of the
+        bucket), empty slices included."""
+        (sums,) = await self._sum_buckets(kind, [name], start_s, end_s, step_s, max_commands)
+        return [
+            BucketCounts(start_s + i * step_s, start_s + (i + 1) * step_s, *s[:4], s[4] / SCORE_SCALE)
+            for i, s in enumerate(sums)
+        ]
+
+    async def _sum_buckets(
+        self, kind: str, names: Sequence[str], start_s: int, end_s: int, step_s: int, max_commands: int
+    ) -> list[list[list[int]]]:
+        """[name][step slice] -> [n, neg, neu, pos, ssum] summed over the buckets of [start_s, end_s).
+
+        One HMGET per (name, bucket), pipelined in round trips of at most ``max_commands``: the reply held
+        in memory stays bounded, and Redis serves other clients (the worker) between round trips, which
+        one Lua call over every bucket would not allow. The caller bounds names x buckets.
+        """
+        if start_s % self.bucket_s or end_s % self.bucket_s or step_s % self.bucket_s or step_s <= 0:
+            raise ValueError(
+                f"window [{start_s}, {end_s}) and step {step_s} must be whole buckets of {self.bucket_s} s"
+            )
+        starts = range(start_s, end_s, self.bucket_s)
+        per = len(starts)
+        slices = -(-(end_s - start_s) // step_s)
+        acc = [[[0, 0, 0, 0, 0] for _ in range(slices)] for _ in names]
+        total = per * len(names)
+        for lo in range(0, total, max_commands):
+            hi = min(lo + max_commands, total)
+            pipe = self.redis.pipeline(transaction=False)
+            for k in range(lo, hi):
+                i, j = divmod(k, per)
+                pipe.hmget(f"{self.prefix}:b:{kind}:{names[i]}:{starts[j]}", _COUNT_FIELDS)
+            for k, vals in zip(range(lo, hi), await pipe.execute(), strict=True):
+                if vals[0] is None:  # no such bucket (most buckets of a quiet entity)
+                    continue
+                i, j = divmod(k, per)
+                row = acc[i][(starts[j] - start_s) // step_s]
+                for f, v in enumerate(vals):
+                    if v is not None:
+                        row[f] += int(v)
+        return acc
 
     async def trends(self, kind: str, window_s: int | None = None, end_s: int | None = None) -> list[EntityTrend]:
         """Per-entity totals over the last ``window_s`` (ending at the watermark), or all time when None."""

@@ -34,8 +34,9 @@ def trends_table(title: str, rows: Iterable[EntityTrend], top: int, min_count: i
 
 def alerts_table(alerts: list[dict[str, Any]]) -> Table:
     t = Table(title=f"Alerts raised ({len(alerts)})", title_justify="left")
-    for col in ("window end (UTC)", "entity", "severity", "neg", "base", "n", "z", "example ids"):
-        t.add_column(col, overflow="fold")
+    for col in ("window end (UTC)", "entity", "severity", "neg", "base", "n", "z"):
+        t.add_column(col, overflow="fold", no_wrap=col != "entity")
+    t.add_column("why: topics and negative examples", overflow="fold", ratio=1)
     for a in sorted(alerts, key=lambda a: (a["window_end"], a["entity_kind"], a["entity"])):
         t.add_row(
             a["window_end_iso"][:16].replace("T", " "),
@@ -45,9 +46,24 @@ def alerts_table(alerts: list[dict[str, Any]]) -> Table:
             f"{a['baseline_share']:.0%}",
             str(a["count"]),
             f"{a['z']:.1f}",
-            " ".join(a["example_event_ids"][:3]),
+            "\n".join(alert_reasons(a)),
         )
     return t
+
+
+def alert_reasons(alert: dict[str, Any], examples: int = 2, chars: int = 100) -> list[str]:
+    """Why an alert fired, as short lines: the topics behind a ticker alert, then example texts
+    (ids for alerts raised before alerts carried texts)."""
+    lines = []
+    if alert.get("top_topics"):
+        lines.append("topics: " + ", ".join(f"{t['topic']} ({t['negative']})" for t in alert["top_topics"]))
+    quoted = [x for x in alert.get("examples") or [] if x.get("text")]
+    for x in quoted[:examples]:
+        text = x["text"] if len(x["text"]) <= chars else x["text"][: chars - 1] + "\u2026"
+        lines.append(f"\u201c{text}\u201d")
+    if not quoted and alert.get("example_event_ids"):
+        lines.append("e.g. " + ", ".join(alert["example_event_ids"][:3]))
+    return lines
 
 
 def make_console() -> Console:

@@ -115,6 +115,8 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
     """Follow the alert topic and print alerts as they come."""
     from aiokafka import AIOKafkaConsumer
 
+    from stream.cli.console import alert_reasons
+
     s = get_settings()
 
     async def follow() -> None:
@@ -142,8 +144,10 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
                             click.echo(
                                 f"[{a['severity'].upper()}] {a['window_end_iso']} {a['entity_kind']}:{a['entity']} "
                                 f"negative {a['observed_share']:.0%} vs baseline {a['baseline_share']:.0%} "
-                                f"over {a['count']} events (z={a['z']:.1f}) e.g. {', '.join(a['example_event_ids'])}"
+                                f"over {a['count']} events (z={a['z']:.1f})"
                             )
+                            for line in alert_reasons(a, examples=3, chars=200):
+                                click.echo(f"    {line}")
         finally:
             await consumer.stop()
 

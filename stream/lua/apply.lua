@@ -4,7 +4,9 @@
 --
 -- ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s,
 --       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms
--- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source], ...]
+-- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source,
+--                example], ...]
+--   example: what an alert shows for a negative event (a JSON string [id, text cut short]), or ''.
 -- sources_json: every input partition ("topic:partition") of the stream.
 --
 -- Low watermark: the minimum over input partitions of the newest event time counted from each.
@@ -24,6 +26,10 @@
 -- id). Per entity, buckets are offered strictly oldest first: while an older bucket of an entity is
 -- leased, its newer buckets wait, so cooldowns are decided in the same order as without a crash.
 -- (The ordered set is sorted by bucket end, then member, so an entity's buckets come in time order.)
+--
+-- Bucket hashes (p:b:kind:name:bucket_start) count n, neg, neu, pos and ssum (score in micro-units);
+-- a ticker's bucket also counts its negative events per topic, in fields 'nt:<topic>', so that an
+-- alert on a ticker can say which topics drove it.
 --
 -- Returns {statuses (0 counted, 1 duplicate, 2 late), offered ("kind|name|bucket_end_s", oldest first)}.
 local p = ARGV[1]
@@ -93,6 +99,8 @@ local counted, late = 0, 0
 local status = {}
 for i, e in ipairs(events) do
   local id, ts, bucket, cls, score, ents, src = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local example = e[8]
+  if example == nil or example == '' then example = id end
   local low = low_watermark()
   if not redis.call('SET', p .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
     status[i] = 1
@@ -105,10 +113,15 @@ for i, e in ipairs(events) do
     if ts > wm then wm = ts end
     if pw[src] == nil or ts > pw[src] then pw[src] = ts; changed[src] = true end
     local f = fields[cls]
+    local topic = nil
+    if cls == 1 then
+      for _, ent in ipairs(ents) do if ent[1] == 'topic' then topic = ent[2] end end
+    end
     for _, ent in ipairs(ents) do
       local kind, name = ent[1], ent[2]
       local bk = p .. ':b:' .. kind .. ':' .. name .. ':' .. bucket
       add(bk, f, 1); add(bk, 'n', 1); add(bk, 'ssum', score)
+      if topic ~= nil and kind == 'ticker' then add(bk, 'nt:' .. topic, 1) end
       local tk = p .. ':tot:' .. kind .. ':' .. name
       add(tk, f, 1); add(tk, 'n', 1); add(tk, 'ssum', score)
       local ek = kind .. '\0' .. name
@@ -122,16 +135,14 @@ for i, e in ipairs(events) do
         local xk = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
         local l = ex[xk]
         if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
-        if #l < 3 then table.insert(l, id) end
+        if #l < 3 then table.insert(l, example) end
       end
     end
   end
 end
 for _, key in ipairs(incr_order) do
   local h = incr[key]
-  for _, f in ipairs({'neg', 'neu', 'pos', 'n', 'ssum'}) do
-    if h[f] ~= nil then redis.call('HINCRBY', key, f, string.format('%d', h[f])) end
-  end
+  for f, d in pairs(h) do redis.call('HINCRBY', key, f, string.format('%d', d)) end
   redis.call('EXPIRE', key, ttl)
 end
 local ent_kinds = {}

@@ -194,6 +194,8 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
             for t in e.tickers:
                 expected[(f"ticker:{t}", b, field)] += 1
                 expected[(f"ticker:{t}", b, "n")] += 1
+                if field == "neg":  # a ticker's negatives are also counted per topic (alerts name them)
+                    expected[(f"ticker:{t}", b, f"nt:{e.topic.label}")] += 1
             expected[(f"topic:{e.topic.label}", b, field)] += 1
             expected[(f"topic:{e.topic.label}", b, "n")] += 1
         assert sum(1 for e in out["scored"] if e.window_status == "counted") >= len(valid) * 0.9
@@ -216,6 +218,10 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         a = burst_alerts[0]
         assert a["entity_kind"] == "ticker" and a["count"] >= 5 and a["observed_share"] >= s.alert_floor
         assert set(a["example_event_ids"]) <= {b["id"] for b in burst}
+        # ... and quotes the burst's own words (cut short, no author), and the topics behind it.
+        texts = {b["id"]: b["text"] for b in burst}
+        assert a["examples"] and all(x["text"] == texts[x["id"]] for x in a["examples"])
+        assert 0 < sum(t["negative"] for t in a["top_topics"]) <= a["negative"]
 
         # 4. replaying the same events changes nothing in Redis
         before = await _snapshot(r, s.redis_prefix)

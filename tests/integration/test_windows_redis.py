@@ -117,3 +117,29 @@ async def test_negatives_reaching_a_bucket_being_judged_get_it_judged_again(redi
     assert (await w.apply([neg(5, T0 + 2000, "in:0")], SOURCES, now_ms=T0)).statuses == ["counted"]
     await w.settle(judged, [])
     assert (await w.apply([], SOURCES, now_ms=T0 + 1000)).closed == judged
+
+
+async def test_alert_context_quotes_negative_texts_and_counts_topics_per_ticker(redis: Redis) -> None:
+    w = store(redis, "replay")
+    long_text = "word " * 100
+    ups = [
+        WindowUpdate("n1", T0 + 1000, 0, -0.9, [("ticker", "AAA"), ("topic", "Macro")], "in:0", "first bad"),
+        WindowUpdate("n2", T0 + 2000, 0, -0.9, [("ticker", "AAA"), ("topic", "Macro")], "in:1", long_text),
+        WindowUpdate("n3", T0 + 3000, 0, -0.8, [("ticker", "AAA"), ("topic", "Earnings")], "in:0", "third"),
+        WindowUpdate("n4", T0 + 4000, 0, -0.8, [("ticker", "AAA"), ("topic", "Earnings")], "in:0", "fourth"),
+        WindowUpdate("n5", T0 + 5000, 0, -0.7, [("ticker", "AAA"), ("topic", "Macro")], "in:1"),  # no text
+        WindowUpdate("p1", T0 + 6000, 2, 0.9, [("ticker", "AAA"), ("topic", "Earnings")], "in:0"),  # positive
+        WindowUpdate("o1", T0 + 65_000, 0, -0.9, [("ticker", "AAA"), ("topic", "Legal")], "in:1", "next bucket"),
+    ]
+    await w.apply(ups, SOURCES, now_ms=T0)
+    end_s = T0 // 1000 + BUCKET
+    ctx = await w.context("ticker", "AAA", end_s, BUCKET)
+    # The first three negatives of the bucket, with their words (the store keeps what it was given).
+    assert ctx.examples == [("n1", "first bad"), ("n2", long_text), ("n3", "third")]
+    # Negatives per topic in the window only (the positive and the next bucket's event do not count).
+    assert ctx.top_topics == [("Macro", 3), ("Earnings", 2)]
+    # A topic alert names no topics; a wider window reaches the newer bucket's example first.
+    assert (await w.context("topic", "Macro", end_s, BUCKET)).top_topics == []
+    wide = await w.context("ticker", "AAA", end_s + BUCKET, 2 * BUCKET, limit=2)
+    assert wide.examples == [("o1", "next bucket"), ("n1", "first bad")]
+    assert wide.top_topics == [("Macro", 3), ("Earnings", 2), ("Legal", 1)]

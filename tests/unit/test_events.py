@@ -7,10 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from stream.events import (
+    EXAMPLE_TEXT_CHARS,
     MAX_EVENT_MS,
     NewsEvent,
     Rejection,
     ScoredEvent,
+    example_text,
     extract_cashtags,
     ms_to_iso,
     parse_event,
@@ -145,3 +147,11 @@ def test_last_nameable_instant_is_valid() -> None:
         orjson.dumps({"id": "x", "text": "$AAPL up", "published_at": MAX_EVENT_MS}), 256 * 1024, 32 * 1024
     )
     assert isinstance(out, NewsEvent) and ms_to_iso(out.published_at).startswith("9999-12-31T23:59:59")
+
+
+def test_example_text_is_short_and_on_one_line() -> None:
+    assert example_text("  Shares\n\tplunge  after   recall ") == "Shares plunge after recall"
+    long = "x" * 150 + " " + "y" * 150
+    cut = example_text(long)
+    assert len(cut) == EXAMPLE_TEXT_CHARS and cut.endswith("\u2026") and cut.startswith("x" * 150)
+    assert example_text("a" * EXAMPLE_TEXT_CHARS) == "a" * EXAMPLE_TEXT_CHARS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from engine.settings import EngineSettings
 from stream.events import WindowStatus
 from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
 from stream.settings import StreamSettings
-from stream.windows import ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
+from stream.windows import AlertContext, ApplyResult, ClosedBucket, WindowSums, WindowUpdate, bucket_start
 
 
 class MemorySink:
@@ -75,12 +76,14 @@ class MemoryStore:
         for _rule, kind, name, end_ms in cooldowns:
             self.cooldown[(kind, name)] = max(self.cooldown.get((kind, name), -1), end_ms)
 
-    async def examples(self, kind: str, name: str, end_s: int, window_s: int) -> list[str]:
-        return [
-            u.event_id
+    async def context(self, kind: str, name: str, end_s: int, window_s: int) -> AlertContext:
+        neg = [
+            u
             for u in self.updates
             if (kind, name) in u.entities and u.sentiment == 0 and end_s - window_s <= u.ts_ms // 1000 < end_s
-        ][:3]
+        ]
+        topics = Counter(n for u in neg for k, n in u.entities if k == "topic") if kind == "ticker" else Counter()
+        return AlertContext([(u.event_id, u.example) for u in neg[:3]], topics.most_common(3))
 
     async def watermark_ms(self) -> int | None:
         return max((u.ts_ms for u in self.updates), default=None)
@@ -285,6 +288,10 @@ async def test_negative_burst_raises_one_alert_per_entity(
     assert [a["entity"] for a in tickers] == ["ZZQX"]
     assert tickers[0]["count"] == 8 and tickers[0]["observed_share"] == 1.0
     assert len(tickers[0]["example_event_ids"]) == 3
+    # The alert quotes the words of its negative events, and says which topics drove a ticker alert.
+    assert [x["id"] for x in tickers[0]["examples"]] == tickers[0]["example_event_ids"]
+    assert all(x["text"] and "$ZZQX collapses" in x["text"] for x in tickers[0]["examples"])
+    assert sum(t["negative"] for t in tickers[0]["top_topics"]) == 8
 
 
 class SlowStore(MemoryStore):
