@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,6 @@ import numpy as np
 from engine.backends.base import Backend
 from engine.errors import InferenceOutputError
 from engine.tokenize import BatchTokenizer, TokenizedTexts
-from finpulse.stats import percentiles
 
 
 def plan_batches(
@@ -51,15 +49,18 @@ def plan_batches(
 
 @dataclass
 class EngineStats:
-    """Running counters, cheap enough to keep on the hot path (per batch, not per text)."""
+    """Running counters, cheap enough to keep on the hot path (per batch, not per text).
+
+    Latency distributions are not kept here: ``call_observer`` (when set) receives every call's
+    duration, and the worker feeds it to a Prometheus histogram.
+    """
 
     texts: int = 0
     calls: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
     infer_seconds: float = 0.0
-    # The latest call durations, for p50/p99 without unbounded memory.
-    recent_call_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=2048), repr=False)
+    call_observer: Callable[[float], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, texts: int, real: int, padded: int, seconds: float) -> None:
@@ -69,15 +70,13 @@ class EngineStats:
             self.real_tokens += real
             self.padded_tokens += padded
             self.infer_seconds += seconds
-            self.recent_call_seconds.append(seconds)
+        if self.call_observer is not None:
+            self.call_observer(seconds)
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
             pad_ratio = self.padded_tokens / self.real_tokens if self.real_tokens else None
-            call_ms = percentiles((s * 1000 for s in self.recent_call_seconds), (50, 99))
             return {
-                "call_ms_p50": call_ms["p50"],
-                "call_ms_p99": call_ms["p99"],
                 "texts": self.texts,
                 "calls": self.calls,
                 "real_tokens": self.real_tokens,

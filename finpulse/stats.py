@@ -1,4 +1,4 @@
-"""Percentile summaries of latency samples (engine counters, worker metrics, benchmarks)."""
+"""Percentile summaries of latency samples measured by the benchmarks (the worker uses Prometheus histograms)."""
 
 from __future__ import annotations
 

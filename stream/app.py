@@ -218,11 +218,11 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
                 "time_mode": settings.time_mode,
                 "uptime_s": round(time.time() - started, 1),
                 "engine": engine,
-                "engine_stats": classifier.stats.as_dict(),
+                "engine_stats": classifier.stats.as_dict(),  # counters; call-time quantiles are in metrics
                 "gpu_fallback": bool(engine.get("skipped_backends")) and engine.get("device") == "cpu",
                 "redis": redis_ok,
                 "kafka": kafka_ok,
-                "metrics": processor.metrics.as_dict(),
+                "metrics": processor.prom.summary(),
                 "topics": {
                     "input": settings.input_topic,
                     "scored": settings.scored_topic,

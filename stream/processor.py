@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -33,7 +33,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_ran
 from engine.classifier import TextClassifier
 from engine.errors import EngineError
 from engine.heads import SENTIMENT_LABELS
-from finpulse.stats import percentiles
 from stream.alerts import RULE_NAME, SurgeParams, alert_id, evaluate_surge
 from stream.events import (
     Alert,
@@ -78,33 +77,6 @@ class Sink(Protocol):
     async def send_alerts(self, records: Sequence[tuple[bytes, bytes]]) -> None: ...
 
     async def send_dead_letters(self, records: Sequence[tuple[bytes | None, bytes]]) -> None: ...
-
-
-@dataclass
-class ProcessorMetrics:
-    """Per-process counters (the shared, authoritative counts live in Redis)."""
-
-    batches: int = 0
-    received: int = 0
-    scored: int = 0
-    counted: int = 0
-    duplicate: int = 0
-    late: int = 0
-    dead_letters: int = 0
-    alerts: int = 0
-    infra_retries: int = 0
-    retries_by_op: dict[str, int] = field(default_factory=dict)
-    rejections: dict[str, int] = field(default_factory=dict)
-    last_batch_ms: float = 0.0
-    last_infer_ms: float = 0.0
-    # Inference time of recent micro-batches (bounded), for the latency budget in health and benchmarks.
-    recent_infer_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1024))
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items() if k != "recent_infer_ms"}
-        pct = percentiles(self.recent_infer_ms, (50, 99), ndigits=2)
-        out["batch_infer_ms_p50"], out["batch_infer_ms_p99"] = pct["p50"], pct["p99"]
-        return out
 
 
 @dataclass(frozen=True)
@@ -160,12 +132,12 @@ class BatchProcessor:
         self.store = store
         self.sink = sink
         self.executor = executor
-        self.metrics = ProcessorMetrics()
         self.params: SurgeParams = settings.surge_params()
         desc = classifier.describe()
-        # Prometheus view of the same counts (/metrics); ProcessorMetrics keeps /health's summary.
+        # The worker's counters and histograms (/metrics; /health shows a summary of the same).
         self.prom = WorkerMetrics()
         self.prom.set_engine(desc)
+        classifier.stats.call_observer = self.prom.engine_call.observe
         self.model_id = str(desc.get("model_id"))
         self.backend_name = str(desc.get("backend"))
         heads = {h.name: h for h in classifier.heads}
@@ -188,8 +160,6 @@ class BatchProcessor:
     def prepare(self, messages: Sequence[RawMessage]) -> PreparedBatch:
         """Stage 1 (on the event loop): validate every message; nothing here waits on I/O."""
         batch = PreparedBatch(t0=time.perf_counter())
-        self.metrics.batches += 1
-        self.metrics.received += len(messages)
         self.prom.events_in.inc(len(messages))
         self.prom.batch_size.observe(len(messages))
         max_event, max_text = self.settings.max_event_bytes, self.settings.max_text_bytes
@@ -328,15 +298,12 @@ class BatchProcessor:
                     self._judge_closed(applied.closed),
                 )
                 for st, n in Counter(statuses).items():
-                    setattr(self.metrics, st, getattr(self.metrics, st) + n)
                     self.prom.window.labels(st).inc(n)
-                self.metrics.scored += len(events)
                 self.prom.scored.inc(len(events))
                 self.prom.observe_event_lag(int(time.time() * 1000), (e.published_at for e in events))
         finally:
             if dlq is not None:
                 await dlq
-        self.metrics.last_batch_ms = (time.perf_counter() - batch.t0) * 1000
         return BatchResult(scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses)
 
     async def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -345,8 +312,6 @@ class BatchProcessor:
         out, infer_ms = await loop.run_in_executor(self.executor, self._timed_classify, texts)
         # Timed inside the thread: with batches in flight a call may queue behind the previous one,
         # and the latency budget is about inference, not that wait.
-        self.metrics.last_infer_ms = infer_ms
-        self.metrics.recent_infer_ms.append(infer_ms)
         self.prom.inference.observe(infer_ms / 1000)
         for name, arr in out.items():
             if arr.shape[0] != len(texts):
@@ -381,7 +346,6 @@ class BatchProcessor:
                 received_at=now,
             )
             records.append((msg.key, orjson.dumps(dl.model_dump())))
-            self.metrics.rejections[reason] = self.metrics.rejections.get(reason, 0) + 1
             self.prom.dead_letters.labels(reason).inc()
             # One line, no text and no author: only where the message was and why it was refused.
             log.warning(
@@ -394,7 +358,6 @@ class BatchProcessor:
                 size=len(value),
             )
         await self._retry("kafka_dlq", lambda: self.sink.send_dead_letters(records))
-        self.metrics.dead_letters += len(records)
 
     async def _send_scored(
         self,
@@ -533,7 +496,6 @@ class BatchProcessor:
                 severity=a.severity,
                 window_end=a.window_end_iso,
             )
-        self.metrics.alerts += len(alerts)
         for a in alerts:
             self.prom.alerts.labels(a.severity).inc()
         return alerts
@@ -548,8 +510,6 @@ class BatchProcessor:
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            self.metrics.infra_retries += 1
-            self.metrics.retries_by_op[what] = self.metrics.retries_by_op.get(what, 0) + 1
             self.prom.retries.labels(what).inc()
             self.prom.degraded.labels(what).set(1)
             self.degraded[what] = f"{type(exc).__name__}: {str(exc)[:160]}"

@@ -20,3 +20,23 @@ def test_create_app_wires_agent_timer_and_health(tiny_model_dir: Path) -> None:
     # Faust keeps timers among the app's start-up tasks (private, but there is no public listing).
     assert any(getattr(t, "__name__", "") == "close_tick" for t in app._app_tasks)
     assert app.finpulse_processor.store.time.mode == "replay"  # type: ignore[attr-defined]
+
+
+def test_histogram_quantile_interpolates_like_promql() -> None:
+    from stream.metrics import WorkerMetrics, histogram_quantile
+
+    inf = float("inf")
+    # 10 observations: 4 in (0, 1], 4 in (1, 2], 2 in (2, 4]; cumulative counts per upper bound.
+    buckets = [(1.0, 4), (2.0, 8), (4.0, 10), (inf, 10)]
+    assert histogram_quantile(0.5, buckets) == 1.25  # rank 5: a quarter into (1, 2]
+    assert histogram_quantile(0.9, buckets) == 3.0  # rank 9: half into (2, 4]
+    assert histogram_quantile(0.99, [(1.0, 0), (inf, 5)]) == 1.0  # beyond the last bound: that bound
+    assert histogram_quantile(0.5, [(1.0, 0), (inf, 0)]) is None
+    # And through the worker's own registry: quantiles of what was observed, in ms, within a bucket.
+    m = WorkerMetrics()
+    assert m.summary()["batch_infer_ms_p99"] is None
+    for v in [0.010] * 98 + [0.200] * 2:
+        m.inference.observe(v)
+    s = m.summary()
+    assert 0.75 * 10 <= s["batch_infer_ms_p50"] <= 1.25 * 10  # type: ignore[operator]
+    assert 0.75 * 200 <= s["batch_infer_ms_p99"] <= 1.25 * 200  # type: ignore[operator]
