@@ -111,7 +111,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=True,
-        web_host="127.0.0.1",
+        web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
         web_in_thread=False,
         topic_partitions=settings.partitions,

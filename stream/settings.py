@@ -51,6 +51,10 @@ class StreamSettings(BaseSettings):
     )
 
     # --- worker --------------------------------------------------------------------------
+    worker_web_host: str = Field(
+        default="127.0.0.1",
+        description="Address the worker's web server (/health, /metrics) binds; 0.0.0.0 in a container.",
+    )
     worker_web_port: int = 6066
     max_batch_size: int = Field(
         default=256, description="Events taken from Kafka per micro-batch (the engine splits it further)."

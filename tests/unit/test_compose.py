@@ -80,3 +80,52 @@ def test_commands_are_finpulse_cli_commands(service: str) -> None:
 
     cmd = _config()["services"][service]["command"]
     assert cmd[0] == "finpulse" and cmd[1] in cli.commands
+
+
+INFRA = PROJECT_ROOT / "infra"
+
+
+def test_prometheus_scrapes_the_worker_where_it_listens() -> None:
+    svc = _config()["services"]
+    env = svc["worker"]["environment"]
+    # Inside a container the worker must bind every interface, or nothing can scrape it.
+    assert env["FINPULSE_WORKER_WEB_HOST"] == "0.0.0.0"
+    prom = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "finpulse-worker")
+    assert job["metrics_path"] == "/metrics"
+    assert f"worker:{env['FINPULSE_WORKER_WEB_PORT']}" in job["static_configs"][0]["targets"]
+    # Every file compose mounts into Prometheus and Grafana is in the repository.
+    for name in ("prometheus", "grafana"):
+        for vol in svc[name]["volumes"]:
+            src = vol["source"] if isinstance(vol, dict) else vol.split(":")[0]
+            assert (PROJECT_ROOT / src).resolve().exists(), f"{name} mounts {src}, which is missing"
+
+
+def test_grafana_dashboard_queries_only_metrics_the_worker_exposes() -> None:
+    import json
+    import re
+
+    from stream.metrics import WorkerMetrics
+
+    m = WorkerMetrics()
+    # Touch every labelled family once so its samples (and the histogram series) are exposed.
+    m.window.labels("counted").inc()
+    m.dead_letters.labels("not_json").inc()
+    m.alerts.labels("warning").inc()
+    m.retries.labels("redis_apply").inc()
+    m.degraded.labels("redis_apply").set(0)
+    m.set_engine({"backend": "null", "device": "cpu", "precision": "fp32", "model_id": "x"})
+    exposed = {s.name for fam in m.registry.collect() for s in fam.samples} | {"finpulse_consumer_lag"}
+    dash = json.loads((INFRA / "grafana" / "dashboards" / "finpulse.json").read_text())
+    used = {
+        name
+        for panel in dash["panels"]
+        for t in panel["targets"]
+        for name in re.findall(r"\bfinpulse_[a-z_]+\b", t["expr"])
+    }
+    assert used and used <= exposed, f"dashboard queries unknown metrics: {sorted(used - exposed)}"
+    # Each panel reads the provisioned data source.
+    ds = yaml.safe_load((INFRA / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = ds["datasources"][0]["uid"]
+    assert all(p["datasource"]["uid"] == uid for p in dash["panels"])
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
