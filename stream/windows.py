@@ -307,7 +307,8 @@ class WindowStore:
     async def active_entities(self, kind: str, since_ms: int, limit: int) -> list[tuple[str, int]]:
         """(name, newest event ms) of up to ``limit`` entities with an event at or after ``since_ms``, most
         recently active first: one bounded range read of the entity index, never a scan of the keyspace."""
-        rows = await self.redis.zrevrangebyscore(
+        # redis-py types the reply as a list of members; with scores each row is a (member, score) pair.
+        rows: list[Any] = await self.redis.zrevrangebyscore(
             f"{self.prefix}:ent:{kind}", "+inf", since_ms, start=0, num=limit, withscores=True
         )
         return [(n.decode() if isinstance(n, bytes) else str(n), int(ts)) for n, ts in rows]
@@ -322,7 +323,10 @@ class WindowStore:
     ) -> list[EntityTrend]:
         """Per name (same order, zero counts included): totals over the buckets in [start_s, end_s)."""
         sums = await self._sum_buckets(kind, names, start_s, end_s, end_s - start_s, max_commands)
-        return [EntityTrend(kind, name, *s[0][:4], s[0][4] / SCORE_SCALE) for name, s in zip(names, sums, strict=True)]
+        return [
+            EntityTrend(kind, name, n, neg, neu, pos, ssum / SCORE_SCALE)
+            for name, ((n, neg, neu, pos, ssum),) in zip(names, sums, strict=True)
+        ]
 
     async def series(
         self, kind: str, name: str, start_s: int, end_s: int, step_s: int, max_commands: int = 20_000
@@ -331,8 +335,8 @@ class WindowStore:
         bucket), empty slices included."""
         (sums,) = await self._sum_buckets(kind, [name], start_s, end_s, step_s, max_commands)
         return [
-            BucketCounts(start_s + i * step_s, start_s + (i + 1) * step_s, *s[:4], s[4] / SCORE_SCALE)
-            for i, s in enumerate(sums)
+            BucketCounts(start_s + i * step_s, start_s + (i + 1) * step_s, n, neg, neu, pos, ssum / SCORE_SCALE)
+            for i, (n, neg, neu, pos, ssum) in enumerate(sums)
         ]
 
     async def _sum_buckets(

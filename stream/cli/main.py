@@ -190,6 +190,19 @@ def trends(kind: str, window: str, top: int, min_count: int) -> None:
     asyncio.run(show())
 
 
+@cli.command()
+@click.option("--host", default=None, help="Interface to bind (default FINPULSE_API_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default FINPULSE_API_PORT, 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the query API: entity windows and series, alerts, a live alert stream, health, the dashboard."""
+    from api.app import run_server
+    from api.settings import get_api_settings
+
+    api = get_api_settings()
+    api = api.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    run_server(get_settings(), api)
+
+
 def _parse_duration(text: str) -> int:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
