@@ -108,6 +108,19 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return out
 
 
+async def partition_count(bootstrap: str, topic: str, *, timeout: float = 10.0) -> int | None:
+    """How many partitions ``topic`` has, or None when it does not exist."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            return (await _partition_counts(admin, [topic])).get(topic)
+    finally:
+        await admin.close()
+
+
 async def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
     """``{topic: partitions}`` for those of ``names`` that exist."""
     if not names:
