@@ -14,6 +14,7 @@ from bench.cli import bench
 from build_engine.cli import build_engine_cmd
 from engine.settings import EngineSettings
 from finpulse.extras import missing_extra
+from stream.cli.status import status_cmd
 from stream.logs import configure_logging
 from stream.settings import StreamSettings, get_settings
 from training.cli import evaluate_cmd, train_cmd
@@ -249,6 +250,7 @@ cli.add_command(build_engine_cmd, "build-engine")
 cli.add_command(train_cmd, "train")
 cli.add_command(evaluate_cmd, "evaluate")
 cli.add_command(bench, "bench")
+cli.add_command(status_cmd, "status")
 
 
 def main() -> None:
