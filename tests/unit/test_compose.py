@@ -44,8 +44,10 @@ def test_services_present() -> None:
 
 
 def test_env_vars_are_real_settings() -> None:
-    known = _env_names(StreamSettings) | _env_names(EngineSettings)
-    for name in ("worker", "replay"):
+    from api.settings import ApiSettings
+
+    known = _env_names(StreamSettings) | _env_names(EngineSettings) | _env_names(ApiSettings)
+    for name in ("worker", "replay", "api"):
         env = _config()["services"][name].get("environment", {})
         unknown = set(env) - known
         assert not unknown, f"{name} sets variables no settings class reads: {unknown}"
@@ -64,6 +66,8 @@ def test_ports_match_settings_defaults() -> None:
     assert int(s.kafka_bootstrap.rsplit(":", 1)[1]) in published("kafka")
     assert int(s.redis_url.rsplit(":", 1)[1].split("/")[0]) in published("redis")
     assert s.worker_web_port in published("worker")
+    api_env = svc["api"]["environment"]
+    assert int(api_env["FINPULSE_API_PORT"]) in published("api") and api_env["FINPULSE_API_HOST"] == "0.0.0.0"
     worker_env = svc["worker"]["environment"]
     assert worker_env["FINPULSE_KAFKA_BOOTSTRAP"].endswith(":9092")
     assert "kafka" in worker_env["FINPULSE_KAFKA_BOOTSTRAP"] and "redis://redis:" in worker_env["FINPULSE_REDIS_URL"]
@@ -74,7 +78,7 @@ def test_worker_has_gpu_reservation() -> None:
     assert any("gpu" in d.get("capabilities", []) for d in devices)
 
 
-@pytest.mark.parametrize("service", ["worker", "replay"])
+@pytest.mark.parametrize("service", ["worker", "replay", "api"])
 def test_commands_are_finpulse_cli_commands(service: str) -> None:
     from stream.cli.main import cli
 
