@@ -2,14 +2,19 @@
 
 Starts (only if needed) local Kafka and Redis, makes sure the default model and its engine bundle
 exist, starts a worker in its own process, replays part of the StockNet tweet stream, follows the
-scored and alert topics with a progress bar, then prints trends and alerts. Whatever it started is
-stopped at the end or on Ctrl-C.
+scored and alert topics with a progress bar, then prints trends and alerts. The query API and its
+live dashboard (``finpulse serve``) run alongside from the start, so the replay can be watched, and
+keep serving after it until Ctrl-C (``--no-serve`` ends the demo once the tables are printed).
+Whatever it started is stopped at the end or on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 from typing import Any
@@ -24,6 +29,7 @@ from stream.cli.models import ensure_default_model
 from stream.cli.replay import parse_when, produce, read_events
 from stream.cli.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
 from stream.local import LocalServices
+from stream.logs import configure_logging
 from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
@@ -96,6 +102,48 @@ async def follow_outputs(
     return scored, alerts, dead
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+class DashboardServer:
+    """The query API and dashboard under uvicorn in a background thread (its own event loop)."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        import uvicorn
+
+        from api.app import create_app
+        from api.settings import get_api_settings
+
+        self.api = get_api_settings()
+        app = create_app(settings, self.api)
+        config = uvicorn.Config(
+            app, host=self.api.host, port=self.api.port, log_config=None, access_log=False, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.api.host in ("0.0.0.0", "::") else self.api.host
+        return f"http://{host}:{self.api.port}/"
+
+    def start(self, timeout: float = 20.0) -> None:
+        with socket.socket() as probe:
+            if probe.connect_ex((self.api.host if self.api.host != "0.0.0.0" else "127.0.0.1", self.api.port)) == 0:
+                raise OSError(f"port {self.api.port} is already in use (set FINPULSE_API_PORT)")
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise OSError(f"the dashboard did not start on port {self.api.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def run_demo(
     base: StreamSettings,
     engine: EngineSettings,
@@ -103,6 +151,7 @@ def run_demo(
     since: str | None,
     until: str | None,
     keep_services: bool = False,
+    serve: bool = True,
 ) -> int:
     console = make_console()
     # A fresh consumer group per run: the demo recreates its topics, and Kafka keeps a group's
@@ -119,6 +168,7 @@ def run_demo(
     started = services.start()
     console.print("services: " + ", ".join(f"{k} {'started' if v else 'already running'}" for k, v in started.items()))
     worker: subprocess.Popen[bytes] | None = None
+    dashboard: DashboardServer | None = None
     try:
         if engine.model_dir is None:
             model_dir = ensure_default_model(settings)
@@ -140,6 +190,16 @@ def run_demo(
             f"model [bold]{eng['model_id']}[/] on backend [bold]{eng['backend']}[/] ({eng['device']}, "
             f"{eng['precision']})" + (f"; skipped: {eng['skipped_backends']}" if eng.get("skipped_backends") else "")
         )
+        # From here the console belongs to the progress bar and the tables: the dashboard's polling would
+        # otherwise print a request log line every few seconds (warnings and errors still show).
+        configure_logging("WARNING")
+        try:
+            dashboard = DashboardServer(settings)
+            dashboard.start()
+            console.print(f"dashboard: [bold]{dashboard.url}[/] (live while the replay runs)")
+        except OSError as exc:
+            dashboard = None
+            console.print(f"[yellow]dashboard not started: {exc}")
         t0 = time.perf_counter()
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -169,8 +229,20 @@ def run_demo(
             f"({(scored + dead) / elapsed:.0f} events/s end to end); backend {eng['backend']}; "
             f"windows: late={info['metrics'].get('late', 0)} duplicate={info['metrics'].get('duplicate', 0)}"
         )
-        return 0 if scored + dead == len(events) else 2
+        code = 0 if scored + dead == len(events) else 2
+        if serve and dashboard is not None:
+            console.print(f"dashboard still serving at [bold]{dashboard.url}[/]; press Ctrl-C to stop the demo")
+            # A SIGTERM (a service manager, `timeout`) ends the demo as cleanly as Ctrl-C does.
+            signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                while dashboard.thread.is_alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                console.print("stopping")
+        return code
     finally:
+        if dashboard is not None:
+            dashboard.stop()
         if worker is not None:
             stop_process(worker)
         if not keep_services:

@@ -217,12 +217,19 @@ def _parse_duration(text: str) -> int:
 @click.option("--since", default="2014-04-20", show_default=True)
 @click.option("--until", default=None)
 @click.option("--keep-services", is_flag=True, help="Leave Kafka and Redis running afterwards.")
-def demo(limit: int, since: str | None, until: str | None, keep_services: bool) -> None:
-    """Everything at once: services, default model, worker, a real stream replayed, trends and alerts."""
+@click.option(
+    "--serve/--no-serve",
+    default=True,
+    show_default=True,
+    help="Keep the dashboard (and the worker) serving after the replay, until Ctrl-C.",
+)
+def demo(limit: int, since: str | None, until: str | None, keep_services: bool, serve: bool) -> None:
+    """Everything at once: services, default model, worker, a real stream replayed, trends and alerts,
+    and the live dashboard."""
     from stream.cli.demo import run_demo
 
     try:
-        code = run_demo(get_settings(), EngineSettings(), limit, since, until, keep_services)
+        code = run_demo(get_settings(), EngineSettings(), limit, since, until, keep_services, serve)
     except KeyboardInterrupt:
         click.echo("interrupted: stopped what the demo started", err=True)
         code = 130
