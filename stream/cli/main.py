@@ -55,8 +55,8 @@ def down() -> None:
 
 
 @cli.command()
-def status() -> None:
-    """Show whether local Kafka and Redis are running."""
+def services() -> None:
+    """Show whether local Kafka and Redis are running (`finpulse status` shows the consumer group)."""
     from stream.local import LocalServices
 
     click.echo(orjson.dumps(LocalServices(get_settings()).status(), option=orjson.OPT_INDENT_2, default=str).decode())
