@@ -163,7 +163,6 @@ class AlertTail:
         delay = 0.2
         while True:
             consumer = AIOKafkaConsumer(
-                self.topic,
                 bootstrap_servers=self.bootstrap,
                 group_id=None,  # no group: every API replica reads every alert, nothing is committed
                 enable_auto_commit=False,
@@ -174,6 +173,11 @@ class AlertTail:
             try:
                 await consumer.start()
                 self._consumer = consumer
+                # The worker creates the topic; subscribing before it exists makes aiokafka warn on every
+                # metadata refresh, so wait for it quietly (health already says whether Kafka answers).
+                while self.topic not in await consumer.topics():
+                    await asyncio.sleep(2.0)
+                consumer.subscribe([self.topic])
                 log.info("alert_tail_started", topic=self.topic)
                 delay = 0.2
                 while True:

@@ -26,24 +26,11 @@ from api.settings import ApiSettings
 from stream.events import Alert, ms_to_iso
 from stream.settings import StreamSettings
 from stream.windows import SCORE_SCALE
+from tests.support.alerts import make_alert
 
 BUCKET = 60
 WM = 1_700_000_000_000 + 30_000  # watermark (ms), mid-bucket
 END_S = (WM // 1000) - (WM // 1000) % BUCKET + BUCKET  # end of the watermark's bucket
-
-
-class FakePipeline:
-    def __init__(self, r: FakeRedis) -> None:
-        self.r = r
-        self.ops: list[Any] = []
-
-    def hmget(self, key: str, fields: Any) -> None:
-        h = self.r.hashes.get(key)
-        self.ops.append([None if h is None else h.get(f) for f in fields])
-
-    async def execute(self) -> list[Any]:
-        self.r.commands += len(self.ops)
-        return self.ops
 
 
 class FakeRedis:
@@ -53,13 +40,27 @@ class FakeRedis:
         self.hashes: dict[str, dict[str, bytes]] = {}
         self.zsets: dict[str, dict[str, float]] = {}
         self.strings: dict[str, bytes] = {}
-        self.commands = 0
+        self.calls: list[int] = []  # bucket reads per counts.lua call
 
-    def register_script(self, script: str) -> object:
-        return object()
+    def register_script(self, script: str) -> Any:
+        return self._counts if "Window counts summed server-side" in script else None
 
-    def pipeline(self, transaction: bool = True) -> FakePipeline:
-        return FakePipeline(self)
+    async def _counts(self, args: list[Any]) -> list[int]:
+        """counts.lua in Python: per (name, start, end) query, per step slice, the summed count fields."""
+        prefix, kind, bucket, step = args[0], args[1], int(args[2]), int(args[3])
+        self.calls.append(sum((int(args[q + 2]) - int(args[q + 1])) // bucket for q in range(4, len(args), 3)))
+        out: list[int] = []
+        for q in range(4, len(args), 3):
+            name, t, stop = args[q], int(args[q + 1]), int(args[q + 2])
+            while t < stop:
+                row = [0] * 5
+                for b in range(t, min(t + step, stop), bucket):
+                    h = self.hashes.get(f"{prefix}:b:{kind}:{name}:{b}", {})
+                    for f, field in enumerate(("n", "neg", "neu", "pos", "ssum")):
+                        row[f] += int(h.get(field, b"0"))
+                out += row
+                t = min(t + step, stop)
+        return out
 
     async def get(self, key: str) -> bytes | None:
         return self.strings.get(key)
@@ -122,27 +123,7 @@ def client(fake: FakeRedis) -> Iterator[TestClient]:
 
 
 def _alert(i: int, *, entity: str = "AAA", kind: str = "ticker", end_ms: int = WM, severity: str = "warning") -> Alert:
-    return Alert(
-        id=f"a{i}",
-        rule="neg_surge",
-        entity_kind=kind,
-        entity=entity,
-        window_start=end_ms - 900_000,
-        window_end=end_ms,
-        window_start_iso=ms_to_iso(end_ms - 900_000),
-        window_end_iso=ms_to_iso(end_ms),
-        observed_share=0.8,
-        baseline_share=0.2,
-        count=10,
-        negative=8,
-        baseline_count=100,
-        z=3.0,
-        ratio=4.0,
-        severity=severity,  # type: ignore[arg-type]
-        example_event_ids=["e1"],
-        model_id="m",
-        raised_at="2026-01-01T00:00:00Z",
-    )
+    return make_alert(f"a{i}", entity=entity, kind=kind, end_ms=end_ms, severity=severity)  # type: ignore[arg-type]
 
 
 # --- validation: 400 with a reason ----------------------------------------------------------------
@@ -266,12 +247,27 @@ def test_entities_capped_reads_the_most_recent(fake: FakeRedis) -> None:
     assert {e["name"] for e in body["entities"]} == {"AAA", "BBB"}  # CCC is the least recently active
 
 
-def test_entities_commands_are_bounded(fake: FakeRedis) -> None:
-    s, a = _settings(max_entities=2, redis_batch_commands=100)
+def test_redis_work_is_bounded(fake: FakeRedis) -> None:
+    s, a = _settings(max_entities=2, redis_buckets_per_call=1000)
     with TestClient(create_app(s, a, redis=fake)) as c:  # type: ignore[arg-type]
-        fake.commands = 0
+        fake.calls.clear()
         assert c.get("/v1/entities?window=1d").status_code == 200
-    assert fake.commands == 2 * 1440  # max_entities x buckets in a day, however many entities exist
+        # max_entities x buckets in a day however many entities exist, in script calls of at most 1,000 buckets.
+        assert sum(fake.calls) == 2 * 1440 and max(fake.calls) <= 1000
+        fake.calls.clear()
+        r = c.get("/v1/entities/ticker/BBB/series?window=1d&step=1h")
+        assert r.status_code == 200 and sum(p["count"] for p in r.json()["points"]) == 4
+        assert sum(fake.calls) == 1440 and max(fake.calls) <= 1000
+
+
+@pytest.mark.parametrize(("ttl", "reads"), [(5.0, 1), (0.0, 3)])
+def test_entity_reads_are_shared_for_the_cache_ttl(fake: FakeRedis, ttl: float, reads: int) -> None:
+    s, a = _settings(entities_cache_seconds=ttl)
+    with TestClient(create_app(s, a, redis=fake)) as c:  # type: ignore[arg-type]
+        fake.calls.clear()
+        for sort in ("neg_share", "count", "score"):  # same window: only the ordering differs
+            assert c.get(f"/v1/entities?window=1d&sort={sort}").status_code == 200
+    assert len(fake.calls) == reads
 
 
 def test_empty_store_answers_with_no_window() -> None:
