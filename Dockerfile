@@ -13,6 +13,8 @@ COPY engine ./engine
 COPY build_engine ./build_engine
 COPY training ./training
 COPY bench ./bench
+# The query API (finpulse serve; the compose file's api service), with its dashboard under api/static.
+COPY api ./api
 RUN pip install --no-cache-dir --no-deps . \
     && if [ -n "$EXTRAS" ]; then pip install --no-cache-dir ".[$EXTRAS]"; fi
 ENV PYTHONUNBUFFERED=1
