@@ -14,6 +14,7 @@ from bench.cli import bench
 from build_engine.cli import build_engine_cmd
 from engine.settings import EngineSettings
 from finpulse.extras import missing_extra
+from stream.cli.replay.command import replay_cmd
 from stream.cli.status import status_cmd
 from stream.logs import configure_logging
 from stream.settings import StreamSettings, get_settings
@@ -78,32 +79,6 @@ def worker(web_port: int | None, backend: str | None, model_dir: Path | None) ->
     )
     s = _settings(worker_web_port=web_port)
     run_worker(s, eng, resolve_model_dir(s, eng))
-
-
-@cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--limit", type=int, default=None, help="At most this many events.")
-@click.option("--since", default=None, help="Only events at or after this time (ISO-8601).")
-@click.option("--until", default=None, help="Only events before this time (ISO-8601).")
-@click.option("--rate", type=float, default=0.0, help="Events per second (0: as fast as possible).")
-@click.option("--topic", default=None, help="Target topic (default FINPULSE_INPUT_TOPIC).")
-def replay(file: Path, limit: int | None, since: str | None, until: str | None, rate: float, topic: str | None) -> None:
-    """Replay a historical stream (StockNet CSV or JSONL events) into the input topic."""
-    from stream.cli.replay import parse_when, produce, read_events
-
-    s = get_settings()
-    events = read_events(file, since=parse_when(since), until=parse_when(until), limit=limit)
-    stats = asyncio.run(produce(s.kafka_bootstrap, topic or s.input_topic, events, rate=rate))
-    click.echo(
-        orjson.dumps(
-            {
-                "sent": stats.sent,
-                "seconds": round(stats.seconds, 3),
-                "rate": round(stats.rate, 1),
-                "topic": topic or s.input_topic,
-            }
-        ).decode()
-    )
 
 
 @cli.command()
@@ -258,6 +233,7 @@ cli.add_command(train_cmd, "train")
 cli.add_command(evaluate_cmd, "evaluate")
 cli.add_command(bench, "bench")
 cli.add_command(status_cmd, "status")
+cli.add_command(replay_cmd, "replay")
 
 
 def main() -> None:
