@@ -562,11 +562,15 @@ def create_app(stream_settings: StreamSettings, api_settings: ApiSettings, redis
         )
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ok" else 503)
 
-    static = StaticFiles(directory=STATIC_DIR)
+    static_dir = STATIC_DIR  # read here, so a test can point the app at another folder
+    static = StaticFiles(directory=static_dir, check_dir=False)
 
     @app.get("/", include_in_schema=False, dependencies=[Depends(require_token)])
     async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        page = static_dir / "index.html"
+        if not page.is_file():
+            raise HTTPException(404, "no dashboard installed (api/static/index.html)")
+        return FileResponse(page, media_type="text/html")
 
     @app.api_route(
         "/static/{path:path}", methods=["GET", "HEAD"], include_in_schema=False, dependencies=[Depends(require_token)]

@@ -4,12 +4,14 @@ buffer, and the routes over an in-memory stand-in for the few Redis commands the
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
+import api.app
 from api.alerts import AlertBuffer
 from api.app import (
     STATIC_DIR,
@@ -385,12 +387,25 @@ def test_health_is_503_without_kafka(client: TestClient) -> None:
     assert r.json()["redis"] is True and r.json()["kafka"] is False and r.json()["watermark"] == WM
 
 
-def test_index_and_static_files(client: TestClient) -> None:
-    r = client.get("/")
-    # The dashboard's page, whatever it holds (another package owns api/static/).
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    assert r.content == (STATIC_DIR / "index.html").read_bytes()
-    assert client.get("/static/index.html").content == r.content
-    assert client.get("/static/nope.js").status_code == 404
-    assert client.get("/static/../pyproject.toml").status_code == 404
-    assert client.get("/static/%2e%2e/app.py").status_code == 404
+def test_index_and_static_files(fake: FakeRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A folder of our own: api/static/ belongs to the dashboard, whose files change independently of the API.
+    (tmp_path / "index.html").write_text("<!doctype html><title>t</title>")
+    (tmp_path / "js").mkdir()
+    (tmp_path / "js" / "app.js").write_text("1;")
+    monkeypatch.setattr(api.app, "STATIC_DIR", tmp_path)
+    s, a = _settings()
+    with TestClient(create_app(s, a, redis=fake)) as client:  # type: ignore[arg-type]
+        r = client.get("/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert r.content == (tmp_path / "index.html").read_bytes()
+        assert client.get("/static/index.html").content == r.content
+        assert client.get("/static/js/app.js").text == "1;"
+        assert client.get("/static/nope.js").status_code == 404
+        assert client.get("/static/../pyproject.toml").status_code == 404
+        assert client.get("/static/%2e%2e/%2e%2e/pyproject.toml").status_code == 404
+        (tmp_path / "index.html").unlink()
+        assert client.get("/").status_code == 404
+
+
+def test_the_dashboard_folder_is_served() -> None:
+    assert STATIC_DIR == Path(api.app.__file__).parent / "static" and STATIC_DIR.is_dir()
