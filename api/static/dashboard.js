@@ -15,12 +15,14 @@ const STEPS = { "1m": 60, "5m": 300, "15m": 900, "1h": 3600, "1d": 86400 };
 const state = {
   kind: "ticker", // entities table: ticker | topic
   window: "1h", // 15m | 1h | 1d
+  minCount: 3, // entities with fewer events in the window are left out of the table
   rows: 0,
   windowInfo: null,
   selected: null, // {kind, name}: the chart's entity
   series: null, // last series response, normalised
   chart: null,
   chartKey: null,
+  chartRange: null, // [start, end] epoch seconds of the series shown
   chartSeq: 0, // the newest series request: older replies are dropped
   baseStep: null, // seconds: the finest step the series endpoint chose (whole buckets), learned from a reply
   alerts: new Map(), // id -> alert
@@ -152,7 +154,13 @@ function normEntity(e) {
 async function refreshEntities() {
   const box = $("#entities-error");
   try {
-    const body = await getJSON("v1/entities", { kind: state.kind, sort: "neg_share", window: state.window, limit: 25 });
+    const body = await getJSON("v1/entities", {
+      kind: state.kind,
+      sort: "neg_share",
+      window: state.window,
+      min_count: state.minCount,
+      limit: 25,
+    });
     const [start, end] = [toSeconds(body.window_start), toSeconds(body.window_end)];
     state.windowInfo = start === null || end === null ? null : { start, end };
     renderEntities((body.entities ?? []).map(normEntity));
@@ -283,7 +291,8 @@ function makeChart(data) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
     cursor: { drag: { x: true, y: false } },
     scales: {
-      x: { time: true },
+      // The series' own window, also when it holds one point (uPlot would otherwise invent years).
+      x: { time: true, range: (_u, min, max) => state.chartRange ?? [min, max] },
       count: { range: (_u, _min, max) => [0, Math.max(1, max)] },
       share: { range: [0, 1] },
     },
@@ -327,19 +336,19 @@ function makeChart(data) {
 }
 
 /**
- * Series window and step for the table's window. Until the finest step is known (the first reply
- * without a step tells it), the API picks; then the finest step that keeps at most
+ * Series window and step for the table's window: the finest step that keeps at most
  * MAX_CHART_POINTS bars, and a series window of at least one step (15m on hourly buckets: 1h).
+ * Until the finest step is known, the API picks.
  */
 function seriesQuery() {
   const base = state.baseStep;
   if (!base) return { window: state.window };
   const windows = Object.entries(SERIES_WINDOWS).filter(([, w]) => w >= SERIES_WINDOWS[state.window] && w % base === 0);
   if (!windows.length) return { window: state.window };
-  const [window, w] = windows[0];
+  const [name, w] = windows[0];
   const steps = Object.entries(STEPS).filter(([, st]) => st % base === 0 && w % st === 0);
   const fit = steps.find(([, st]) => w / st <= MAX_CHART_POINTS) ?? steps[steps.length - 1];
-  return fit ? { window, step: fit[0] } : { window };
+  return fit ? { window: name, step: fit[0] } : { window: name };
 }
 
 async function refreshChart() {
@@ -347,20 +356,18 @@ async function refreshChart() {
   if (!sel) return;
   const box = $("#chart-error");
   const seq = ++state.chartSeq;
+  const path = `v1/entities/${encodeURIComponent(sel.kind)}/${encodeURIComponent(sel.name)}/series`;
   try {
-    const query = seriesQuery();
-    const body = await getJSON(
-      `v1/entities/${encodeURIComponent(sel.kind)}/${encodeURIComponent(sel.name)}/series`,
-      query,
-    );
-    if (seq !== state.chartSeq) return; // a newer request (other entity, window or step) is under way
-    if (!query.step && num(body.step_seconds) && !state.baseStep) {
-      state.baseStep = body.step_seconds;
-      if (seriesQuery().step) {
-        refreshChart(); // again, with the step now known
-        return;
-      }
+    if (!state.baseStep) {
+      // Once per page: the finest step over a day (every bucket size that divides a day has one)
+      // is the bucket size as far as steps go; the API has no other way to say it.
+      const probe = await getJSON(path, { window: "1d" });
+      if (num(probe.step_seconds)) state.baseStep = probe.step_seconds;
     }
+    const body = await getJSON(path, seriesQuery());
+    if (seq !== state.chartSeq) return; // a newer request (other entity, window or step) is under way
+    const [ws, we] = [toSeconds(body.window_start), toSeconds(body.window_end)];
+    state.chartRange = ws !== null && we !== null ? [ws, we] : null;
     const buckets = (body.points ?? []).map(normBucket);
     buckets.sort((a, b) => a.t - b.t);
     state.series = buckets;
@@ -566,6 +573,13 @@ function setKind(kind) {
   }
 }
 
+function setMinCount(n) {
+  state.minCount = n;
+  const sel = $("#min-count");
+  if (![...sel.options].some((o) => o.value === String(n))) sel.append(el("option", { value: n, text: `≥ ${n}` }));
+  sel.value = String(n);
+}
+
 function setWindow(w) {
   state.window = w;
   for (const b of document.querySelectorAll(".seg button[data-window]")) {
@@ -578,6 +592,7 @@ function writeHash() {
   const p = new URLSearchParams();
   if (state.window !== "1h") p.set("window", state.window);
   if (state.kind !== "ticker") p.set("kind", state.kind);
+  if (state.minCount !== 3) p.set("min", String(state.minCount));
   if (state.selected && !state.selected.auto) p.set(state.selected.kind, state.selected.name);
   const hash = p.toString();
   history.replaceState(null, "", hash ? `#${hash}` : location.pathname + location.search);
@@ -588,6 +603,8 @@ function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
   const w = p.get("window");
   if (w && document.querySelector(`.seg button[data-window="${CSS.escape(w)}"]`)) setWindow(w);
+  const min = Number(p.get("min"));
+  if (Number.isInteger(min) && min >= 1 && min <= 1_000_000) setMinCount(min);
   const k = p.get("kind");
   if (k === "ticker" || k === "topic") setKind(k);
   for (const kind of ["ticker", "topic"]) {
@@ -612,6 +629,11 @@ function wire() {
       refreshChart();
     });
   }
+  $("#min-count").addEventListener("change", (ev) => {
+    setMinCount(Number(ev.target.value));
+    writeHash();
+    refreshEntities();
+  });
   $("#pick").addEventListener("submit", (ev) => {
     ev.preventDefault();
     select($("#pick-kind").value, $("#pick-name").value);

@@ -4,8 +4,9 @@ A worker process with the tiny keyword model scores a replayed slice of the real
 negative burst on this test's own ticker; the query service (``api.app.create_app`` under a real
 uvicorn server) serves the page; headless Chromium (Debian's, driven by Playwright) opens it before
 the replay starts. The page must show the burst's alert as it is raised (over the alert stream),
-rank entities in its table, chart the burst ticker with its alert marker, show the alert again after
-a reload (seeded from ``/v1/alerts``), and raise no script or console error on the way.
+rank entities in its table, chart the burst ticker with its alert marker, keep its view in the address
+and work behind a path prefix (the alert seeded from ``/v1/alerts`` there), chart a topic clicked in the
+table, and raise no script, console or server error on the way.
 
 A screenshot is kept as an artifact: ``$FINPULSE_ARTIFACTS_DIR/dashboard.png``, or
 ``.local/artifacts/dashboard.png`` (git-ignored).
@@ -47,6 +48,7 @@ CHROMIUM = "/usr/bin/chromium"
 SAMPLE = 300
 BURST_TICKER = "ZQDASH"  # this test's own ticker: no real event names it
 UI_TIMEOUT_MS = 90_000
+PREFIX = "/desk"  # the page is also opened behind this path prefix
 
 
 def _free_port() -> int:
@@ -64,8 +66,10 @@ def _artifact_path(settings: StreamSettings) -> Path:
     return folder / "dashboard.png"
 
 
-class _Recorder:
-    """ASGI wrapper that keeps every request's server-side exception and 5xx status (the test asserts none)."""
+class _Front:
+    """ASGI wrapper in front of the API: keeps every request's server-side exception and 5xx status (the
+    test asserts none), and serves the API under ``PREFIX`` too, the way a reverse proxy that strips a
+    path prefix does (the page must work there: relative URLs only)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -73,6 +77,8 @@ class _Recorder:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
+        if scope["type"] in ("http", "websocket") and path.startswith(PREFIX + "/"):
+            scope = {**scope, "path": path[len(PREFIX) :], "raw_path": scope["raw_path"][len(PREFIX) :]}
 
         async def send_checked(message: Any) -> None:
             if message.get("type") == "http.response.start" and message.get("status", 200) >= 500:
@@ -176,7 +182,7 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
     started = time.monotonic()
     try:
         await asyncio.to_thread(wait_worker_ready, proc, s.worker_web_port, log_path, 180)
-        app = _Recorder(create_app(s, ApiSettings(host="127.0.0.1", port=_free_port())))
+        app = _Front(create_app(s, ApiSettings(host="127.0.0.1", port=_free_port())))
         with _serve(app, _free_port()) as base_url:
             async with async_playwright() as pw:
                 args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -219,16 +225,27 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
                         await _hook(page, "window.finpulse.alertMarkers() > 0")
                         assert await page.locator("#chart canvas").count() > 0
 
-                        # 4. after a reload the alert is still there (seeded from /v1/alerts), and so is the view
-                        # (the view lives in the address: window and the entity picked by hand)
-                        await page.reload(wait_until="load")
+                        # 4. the view lives in the address: open it behind a path prefix. The alert is there
+                        # again (seeded from /v1/alerts), and so are the window and the entity picked by hand.
+                        fragment = page.url.partition("#")[2]
+                        assert f"ticker={BURST_TICKER}" in fragment and "window=1d" in fragment
+                        await page.goto(f"{base_url.rstrip('/')}{PREFIX}/#{fragment}", wait_until="load")
                         await _hook(page, "window.finpulse.alertsShown().includes(arg)", alert["id"])
                         assert await page.evaluate("[window.finpulse.chartEntity(), window.finpulse.window()]") == [
                             f"ticker:{BURST_TICKER}",
                             "1d",
                         ]
-                        await _hook(page, "window.finpulse.chartPoints() > 0 && window.finpulse.entityRows() > 0")
-                        await _hook(page, "window.finpulse.alertMarkers() > 0")
+                        await _hook(page, "window.finpulse.chartPoints() > 0 && window.finpulse.alertMarkers() > 0")
+                        await _hook(page, "window.finpulse.entityRows() > 0")
+
+                        # 5. topics: the table switches, and a click on a row charts that topic
+                        await page.click(".seg button[data-kind='topic']")
+                        await _hook(page, "document.querySelector('#entities tbody tr[data-kind=topic]')")
+                        row = page.locator("#entities tbody tr[data-kind='topic']").first
+                        topic = await row.get_attribute("data-entity")
+                        await row.click()
+                        await _hook(page, "window.finpulse.chartEntity() === arg", f"topic:{topic}")
+                        await _hook(page, "window.finpulse.chartPoints() > 0")
                         assert await page.evaluate("window.finpulse.errors()") == []
                     finally:
                         await page.screenshot(path=str(shot), full_page=True)
@@ -240,7 +257,7 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
                         print(f"server failures: {app.failures}")
                 finally:
                     await browser.close()
-        # 5. no script error, no failed request and no server error anywhere on the way
+        # 6. no script error, no failed request and no server error anywhere on the way
         assert page_errors == []
         assert console_errors == []
         assert app.failures == []
