@@ -669,6 +669,10 @@ window.finpulse = {
   select: (kind, name) => select(kind, name),
 };
 
+// Uncaught errors are kept too (the test hook reports them; the browser console shows them as well).
+window.addEventListener("error", (ev) => noteError("script", ev.error ?? ev.message));
+window.addEventListener("unhandledrejection", (ev) => noteError("script", ev.reason));
+
 function main() {
   if (!window.uPlot) throw new Error("uPlot did not load (static/vendor/uPlot.iife.min.js)");
   wire();

@@ -78,7 +78,8 @@ class _Front:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if scope["type"] in ("http", "websocket") and path.startswith(PREFIX + "/"):
-            scope = {**scope, "path": path[len(PREFIX) :], "raw_path": scope["raw_path"][len(PREFIX) :]}
+            raw = scope.get("raw_path") or path.encode()
+            scope = {**scope, "path": path[len(PREFIX) :], "raw_path": raw[len(PREFIX) :]}
 
         async def send_checked(message: Any) -> None:
             if message.get("type") == "http.response.start" and message.get("status", 200) >= 500:
@@ -136,8 +137,16 @@ async def _wait_for_alert(settings: StreamSettings, entity: str, timeout: float)
 
 
 async def _hook(page: Page, expr: str, arg: Any = None, timeout: float = UI_TIMEOUT_MS) -> None:
-    """Wait until ``expr`` (a function of ``arg`` over the page's ``window.finpulse`` hook) is truthy."""
-    await page.wait_for_function(f"(arg) => window.finpulse && ({expr})", arg=arg, timeout=timeout)
+    """Wait until ``expr`` (a function of ``arg`` over the page's ``window.finpulse`` hook) is truthy.
+
+    Fails at once, with the page's own words, when the page has noted an error (a failed request or
+    an uncaught script error) instead of waiting out the timeout.
+    """
+    await page.wait_for_function(
+        f"(arg) => window.finpulse && (({expr}) || window.finpulse.errors().length > 0)", arg=arg, timeout=timeout
+    )
+    errors = await page.evaluate("window.finpulse.errors()")
+    assert errors == [], f"the page noted errors while waiting for {expr}: {errors}"
 
 
 async def test_dashboard_shows_live_alert_entities_and_chart(
