@@ -8,7 +8,8 @@ rank entities in its table, chart the burst ticker with its alert marker, keep i
 and work behind a path prefix (the alert seeded from ``/v1/alerts`` there), chart a topic clicked in the
 table, and raise no script, console or server error on the way.
 
-A screenshot is kept as an artifact: ``$FINPULSE_ARTIFACTS_DIR/dashboard.png``, or
+A screenshot of the burst ticker's view is kept as an artifact (of the page as it was, when the test
+fails before it): ``$FINPULSE_ARTIFACTS_DIR/dashboard.png``, or
 ``.local/artifacts/dashboard.png`` (git-ignored).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import threading
 import time
@@ -44,7 +46,8 @@ from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium (scripts/bootstrap.sh installs it; Playwright's own browser download is not used).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SAMPLE = 300
 BURST_TICKER = "ZQDASH"  # this test's own ticker: no real event names it
 UI_TIMEOUT_MS = 90_000
@@ -186,6 +189,7 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
     log_path = tmp_path / "worker.log"
     proc = start_worker_process(s, engine, log_path)
     shot = _artifact_path(s)
+    shot_taken = False
     page_errors: list[str] = []
     console_errors: list[str] = []
     started = time.monotonic()
@@ -247,6 +251,11 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
                         await _hook(page, "window.finpulse.chartPoints() > 0 && window.finpulse.alertMarkers() > 0")
                         await _hook(page, "window.finpulse.entityRows() > 0")
 
+                        # The artifact: the burst ticker's chart with its alert marker, the table and the feed.
+                        await page.screenshot(path=str(shot), full_page=True)
+                        shot_taken = True
+                        print(f"dashboard screenshot: {shot}")
+
                         # 5. topics: the table switches, and a click on a row charts that topic
                         await page.click(".seg button[data-kind='topic']")
                         await _hook(page, "document.querySelector('#entities tbody tr[data-kind=topic]')")
@@ -257,8 +266,9 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
                         await _hook(page, "window.finpulse.chartPoints() > 0")
                         assert await page.evaluate("window.finpulse.errors()") == []
                     finally:
-                        await page.screenshot(path=str(shot), full_page=True)
-                        print(f"dashboard screenshot: {shot}")
+                        if not shot_taken:  # failed before it: the page as it was then
+                            await page.screenshot(path=str(shot), full_page=True)
+                            print(f"dashboard screenshot: {shot}")
                         state = await page.evaluate(
                             "window.finpulse && [finpulse.chartEntity(), finpulse.entityRows(), finpulse.errors()]"
                         )
