@@ -18,6 +18,8 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from stream.events import Alert
+from stream.security import kafka_client_kwargs
+from stream.settings import StreamSettings
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +109,7 @@ class AlertTail:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | StreamSettings,
         topic: str,
         buffer: AlertBuffer,
         *,
@@ -163,7 +165,7 @@ class AlertTail:
         delay = 0.2
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **kafka_client_kwargs(self.bootstrap),
                 group_id=None,  # no group: every API replica reads every alert, nothing is committed
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

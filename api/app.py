@@ -20,13 +20,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlencode
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import AfterValidator, BaseModel, Field
 from redis.asyncio import Redis
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -35,6 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from api.alerts import AlertBuffer, AlertTail
 from api.settings import ApiSettings
+from stream import security
 from stream.events import Alert, ms_to_iso, parse_event_time
 from stream.settings import StreamSettings
 from stream.windows import BucketCounts, EntityTrend, WindowStore, bucket_start
@@ -59,10 +61,25 @@ ENTITY_PATTERN = r"^(?:(?:ticker|topic):)?[A-Za-z0-9][A-Za-z0-9 .&/\-]{0,63}$"
 
 
 # --- auth -----------------------------------------------------------------------------------------
+#: The cookie ``/?token=...`` sets, so the dashboard page (which calls /v1 from the browser) needs no change.
+TOKEN_COOKIE = "finpulse_token"
+
+
 async def require_token(request: Request) -> None:
-    """The one place where a bearer-token check goes (a later issue): every /v1 route, / and /static
-    depend on it; /healthz does not. Today it admits every request."""
-    return None
+    """Bearer-token check for every /v1 route, / and /static (/healthz stays open).
+
+    With no tokens configured (``FINPULSE_API_TOKENS``) every request passes. Otherwise a request needs
+    ``Authorization: Bearer <token>`` or the ``finpulse_token`` cookie holding one of them, else 401.
+    """
+    tokens = request.app.state.api_tokens
+    # The dashboard page itself may also be opened as /?token=T (a browser cannot send a header on its own);
+    # the index route then moves the token into a cookie. Anywhere else a query token is ignored: it would
+    # end up in logs and browser history.
+    page_token = request.query_params.get("token") if request.url.path == "/" else None
+    if not security.bearer_token_ok(
+        request.headers.get("authorization"), tokens, fallbacks=(request.cookies.get(TOKEN_COOKIE), page_token)
+    ):
+        raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="finpulse"'})
 
 
 # --- response models --------------------------------------------------------------------------------
@@ -311,8 +328,7 @@ State = Annotated[ApiState, Depends(get_state)]
 
 def redis_from_settings(s: StreamSettings) -> Redis:
     """A Redis client for the API: short timeouts, so a Redis outage turns into fast 503s, not hung requests."""
-    pw = s.redis_password.get_secret_value() if s.redis_password else None
-    return Redis.from_url(s.redis_url, password=pw, socket_timeout=5, socket_connect_timeout=2)
+    return security.redis_from_settings(s, socket_timeout=5, socket_connect_timeout=2)
 
 
 def _router(api: ApiSettings) -> APIRouter:
@@ -494,7 +510,7 @@ def create_app(stream_settings: StreamSettings, api_settings: ApiSettings, redis
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         r = redis if redis is not None else redis_from_settings(s)
         buffer = AlertBuffer(api_settings.alert_buffer_size, api_settings.sse_queue_size)
-        tail = AlertTail(s.kafka_bootstrap, s.alerts_topic, buffer)
+        tail = AlertTail(s, s.alerts_topic, buffer)
         store = WindowStore(r, s.redis_prefix, s.bucket_seconds, s.retention_seconds, s.allowed_lateness_seconds)
         cache = WindowCache(api_settings.entities_cache_seconds)
         app.state.api = ApiState(s, api_settings, r, store, buffer, tail, cache)
@@ -514,6 +530,7 @@ def create_app(stream_settings: StreamSettings, api_settings: ApiSettings, redis
         description="Entity windows and series (Redis), alerts (Kafka), a live alert stream and health.",
         lifespan=lifespan,
     )
+    app.state.api_tokens = list(api_settings.tokens)  # read by require_token on every guarded request
     app.include_router(_router(api_settings))
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
@@ -566,7 +583,24 @@ def create_app(stream_settings: StreamSettings, api_settings: ApiSettings, redis
     static = StaticFiles(directory=static_dir, check_dir=False)
 
     @app.get("/", include_in_schema=False, dependencies=[Depends(require_token)])
-    async def index() -> FileResponse:
+    async def index(request: Request, token: str | None = None) -> Response:
+        if token is not None and api_settings.tokens:
+            # /?token=T got past require_token, so T is valid: it becomes an HttpOnly cookie and the browser is
+            # sent on to the same page without it, so the token leaves the address bar (and history) and the
+            # page's own /v1 calls carry the cookie. SameSite=Strict: other sites cannot make the browser use it.
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+            # Relative, so that it also lands on the page when a proxy serves the API under a path prefix.
+            target = "./" + ("?" + urlencode(rest) if rest else "")
+            response = RedirectResponse(target, status_code=303)
+            response.set_cookie(
+                TOKEN_COOKIE,
+                token,
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+                path="/",
+            )
+            return response
         page = static_dir / "index.html"
         if not page.is_file():
             raise HTTPException(404, "no dashboard installed (api/static/index.html)")

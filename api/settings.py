@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,6 +50,11 @@ class ApiSettings(BaseSettings):
     )
     health_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long /healthz waits for Redis or Kafka before calling it down."
+    )
+    tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens accepted by /v1/*, the dashboard and /static (a JSON list, several allowed for "
+        "rotation); empty: no authentication. /healthz stays open.",
     )
 
 

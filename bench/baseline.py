@@ -22,15 +22,17 @@ import orjson
 
 from bench.common import machine_info, now_iso, stream_texts
 from engine.settings import DEFAULT_MAX_SEQ_LEN
+from stream.security import kafka_client_kwargs, redis_from_settings
+from stream.settings import StreamSettings
 
 
 async def run_baseline(
-    bootstrap: str, redis_url: str, events: list[dict[str, Any]], model_dir: Path, pad_to_max: bool = False
+    settings: StreamSettings, events: list[dict[str, Any]], model_dir: Path, pad_to_max: bool = False
 ) -> dict[str, Any]:
+    """The naive per-event pipeline (consume, classify one event, write Redis) against ``settings``' Kafka and Redis."""
     import torch
     from aiokafka import AIOKafkaConsumer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from redis.asyncio import Redis
     from transformers import AutoTokenizer
 
     from engine.bundle import EngineBundle, is_bundle
@@ -45,15 +47,15 @@ async def run_baseline(
 
     tag = uuid.uuid4().hex[:8]
     topic = f"baseline.{tag}.events"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
     await admin.start()
     await admin.create_topics([NewTopic(topic, 4, 1)])
     await admin.close()
-    await produce(bootstrap, topic, events)
+    await produce(settings, topic, events)
 
-    redis = Redis.from_url(redis_url)
+    redis = redis_from_settings(settings)
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"baseline-{tag}", auto_offset_reset="earliest"
+        topic, **kafka_client_kwargs(settings), group_id=f"baseline-{tag}", auto_offset_reset="earliest"
     )
     await consumer.start()
     done = 0
@@ -83,7 +85,7 @@ async def run_baseline(
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
         await admin.start()
         await admin.delete_topics([topic])
         await admin.close()
@@ -124,7 +126,7 @@ def bench_baseline_cmd(n: int, model_dir: Path | None, pad_to_max: bool, out: Pa
     try:
         mdir = model_dir or resolve_model_dir(s, EngineSettings())
         events = stream_texts(s.require_data_dir(), n)
-        res = asyncio.run(run_baseline(s.kafka_bootstrap, s.redis_url, events, mdir, pad_to_max))
+        res = asyncio.run(run_baseline(s, events, mdir, pad_to_max))
     finally:
         services.stop([k for k, v in started.items() if v])
     doc = {"benchmark": "baseline", "date": now_iso(), "machine": machine_info(), **res}

@@ -30,6 +30,7 @@ from stream.cli.models import resolve_model_dir
 from stream.cli.replay import produce
 from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
 from stream.local import LocalServices
+from stream.security import kafka_client_kwargs
 from stream.settings import StreamSettings, get_settings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
@@ -90,7 +91,7 @@ async def _collect_scored(
 
     c = AIOKafkaConsumer(
         settings.scored_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_kwargs(settings),
         group_id=None,
         auto_offset_reset="latest" if ready is not None else "earliest",
     )
@@ -120,7 +121,7 @@ async def _produce_times(settings: StreamSettings) -> dict[str, int]:
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(
-        settings.input_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=None, auto_offset_reset="earliest"
+        settings.input_topic, **kafka_client_kwargs(settings), group_id=None, auto_offset_reset="earliest"
     )
     await c.start()
     out: dict[str, int] = {}
@@ -170,7 +171,7 @@ def run_one(
         port = s.getsockname()[1]
     tag = uuid.uuid4().hex[:8]
     settings = _isolated(base, tag, port)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
+    asyncio.run(ensure_topics(settings, topic_plan(settings)))
     _, mem0 = asyncio.run(_redis_counted(settings))
     log_path = log_dir / f"bench-worker-{tag}.log"
     proc = start_worker_process(settings, engine, log_path)
@@ -180,7 +181,7 @@ def run_one(
         info = wait_worker_ready(proc, settings.worker_web_port, log_path, timeout=300)
         # Warm the consumer group and the model before timing.
         warm = _with_ids(events[:64], "warm")
-        asyncio.run(produce(settings.kafka_bootstrap, settings.input_topic, warm))
+        asyncio.run(produce(settings, settings.input_topic, warm))
         asyncio.run(_collect_scored(settings, len(warm), 120))
 
         burst = _with_ids(events, "tput")
@@ -196,7 +197,7 @@ def run_one(
 
             r = redis_client(settings)
             try:
-                await produce(settings.kafka_bootstrap, settings.input_topic, burst)
+                await produce(settings, settings.input_topic, burst)
                 while time.perf_counter() - t0 < 900:
                     m = await r.hmget(f"{settings.redis_prefix}:metrics", "counted", "late")
                     if sum(int(v or 0) for v in m) >= len(warm) + len(burst):
@@ -226,7 +227,7 @@ def run_one(
                 _collect_scored(settings, len(lat_events), 900, ready=at_end, prefix="lat-")
             )
             await at_end.wait()
-            await produce(settings.kafka_bootstrap, settings.input_topic, lat_events, rate=offered)
+            await produce(settings, settings.input_topic, lat_events, rate=offered)
             return await collector
 
         scored_all = asyncio.run(paced())
@@ -269,7 +270,7 @@ def run_one(
     finally:
         sampler.stop()
         stop_process(proc)
-        asyncio.run(delete_topics(settings.kafka_bootstrap, list(topic_plan(settings))))
+        asyncio.run(delete_topics(settings, list(topic_plan(settings))))
         asyncio.run(clear_redis_prefix(settings))
 
 
@@ -355,10 +356,8 @@ def bench_pipeline_cmd(
             from bench.baseline import run_baseline
 
             # The per-message loop as a transformers pipeline runs it (no padding), and padded to 128.
-            base_res = asyncio.run(run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir))
-            padded = asyncio.run(
-                run_baseline(base.kafka_bootstrap, base.redis_url, events[:baseline_events], mdir, pad_to_max=True)
-            )
+            base_res = asyncio.run(run_baseline(base, events[:baseline_events], mdir))
+            padded = asyncio.run(run_baseline(base, events[:baseline_events], mdir, pad_to_max=True))
             results["baseline"] = base_res
             results["baseline_padded"] = padded
             for run in results["runs"]:

@@ -48,6 +48,7 @@ import psutil
 from bench.common import append_markdown_row, machine_info, now_iso, stream_texts
 from engine.settings import EngineSettings
 from stream.cli.supervise import unlink_prefix
+from stream.security import kafka_client_kwargs
 from stream.settings import StreamSettings, get_settings
 
 #: Events read from the stream (the whole StockNet stream from its default start is fewer).
@@ -108,7 +109,7 @@ class EventSource:
 
 
 async def _produce_paced(
-    bootstrap: str,
+    bootstrap: str | StreamSettings,
     topic: str,
     source: EventSource,
     start: int,
@@ -121,7 +122,7 @@ async def _produce_paced(
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 * 1024, acks="all", enable_idempotence=True
+        **kafka_client_kwargs(bootstrap), linger_ms=20, max_batch_size=256 * 1024, acks="all", enable_idempotence=True
     )
     await producer.start()
     if ready is not None:
@@ -160,7 +161,7 @@ async def _produce_paced(
 
 
 def _producer_main(
-    bootstrap: str,
+    bootstrap: str | StreamSettings,
     topic: str,
     data_dir: str,
     run: str,
@@ -225,9 +226,9 @@ class Probe:
 
         s = self.settings
         self.tps = [TopicPartition(s.input_topic, p) for p in range(s.partitions)]
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
+        self.consumer = AIOKafkaConsumer(**kafka_client_kwargs(s), group_id=None, enable_auto_commit=False)
         await self.consumer.start()
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        self.admin = AIOKafkaAdminClient(**kafka_client_kwargs(s))
         await self.admin.start()
         self.redis = redis_client(s)
 
@@ -260,13 +261,15 @@ class Probe:
         }
 
 
-async def _read_topic(bootstrap: str, topic: str, partitions: int, reasons: bool = False) -> dict[str, Any]:
+async def _read_topic(
+    bootstrap: str | StreamSettings, topic: str, partitions: int, reasons: bool = False
+) -> dict[str, Any]:
     """Every record of ``topic`` up to its current end: record count, distinct keys (and the DLQ's reasons)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     c = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(bootstrap),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -371,7 +374,7 @@ def run_soak(
     source = EventSource(stream_texts(data_dir, _ALL_EVENTS), run)
     # One event loop for every phase: the probe's Kafka and Redis clients live across them.
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
+    loop.run_until_complete(ensure_topics(settings, topic_plan(settings)))
     log_path = settings.log_dir / f"soak-worker-{tag}.log"
     proc = start_worker_process(settings, engine, log_path)
     peak = PeakRss(proc.pid)
@@ -393,14 +396,14 @@ def run_soak(
 
         async def phase_probe() -> dict[str, Any]:
             await probe.start()
-            await _produce_paced(settings.kafka_bootstrap, settings.input_topic, source, 0, _WARM_EVENTS, 0)
+            await _produce_paced(settings, settings.input_topic, source, 0, _WARM_EVENTS, 0)
             t_end = time.monotonic() + 300
             while (f := await probe.redis_figures())["counted"] + f["late"] < _WARM_EVENTS and time.monotonic() < t_end:
                 await asyncio.sleep(0.2)
             if sustainable_rate:
                 return {"given": sustainable_rate}
             t0 = time.perf_counter()
-            await _produce_paced(settings.kafka_bootstrap, settings.input_topic, source, _WARM_EVENTS, probe_events, 0)
+            await _produce_paced(settings, settings.input_topic, source, _WARM_EVENTS, probe_events, 0)
             while True:
                 f = await probe.redis_figures()
                 if f["counted"] + f["late"] >= _WARM_EVENTS + probe_events or time.perf_counter() - t0 > 1800:
@@ -428,7 +431,7 @@ def run_soak(
             name="soak-producer",
             daemon=True,
             args=(
-                settings.kafka_bootstrap,
+                settings,
                 settings.input_topic,
                 str(data_dir),
                 run,
@@ -554,9 +557,9 @@ def run_soak(
 
         async def phase_check() -> dict[str, Any]:
             total = start + count
-            scored = await _read_topic(settings.kafka_bootstrap, settings.scored_topic, settings.partitions)
-            dlq = await _read_topic(settings.kafka_bootstrap, settings.dlq_topic, 1, reasons=True)
-            alerts = await _read_topic(settings.kafka_bootstrap, settings.alerts_topic, settings.partitions)
+            scored = await _read_topic(settings, settings.scored_topic, settings.partitions)
+            dlq = await _read_topic(settings, settings.dlq_topic, 1, reasons=True)
+            alerts = await _read_topic(settings, settings.alerts_topic, settings.partitions)
             red = await probe.redis_figures()
             ids = {source.event_id(i).encode() for i in range(total)}
             missing_scored = ids - scored["keys"]
@@ -594,7 +597,7 @@ def run_soak(
                 await probe.stop()
             except Exception:  # noqa: BLE001 - the probe may never have started
                 pass
-            await delete_topics(settings.kafka_bootstrap, list(topic_plan(settings)))
+            await delete_topics(settings, list(topic_plan(settings)))
             r = redis_client(settings)
             try:
                 await unlink_prefix(r, settings.redis_prefix)

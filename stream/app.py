@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from engine.classifier import TextClassifier
 from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
+from stream.security import bearer_token_ok, diagnose_kafka, explain_kafka_error, faust_auth_kwargs, redis_from_settings
 from stream.settings import StreamSettings
 from stream.windows import WindowStore
 
@@ -54,10 +55,8 @@ class FaustSink:
 
 
 def redis_client(settings: StreamSettings) -> Redis:
-    pw = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return Redis.from_url(
-        settings.redis_url, password=pw, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-    )
+    """The worker's Redis client: ACL user, password and TLS from the settings (stream.security)."""
+    return redis_from_settings(settings, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
 
 
 def _acker(stream: faust.StreamT, taken: list[Any]) -> Callable[[BatchResult], Awaitable[None]]:
@@ -70,21 +69,22 @@ def _acker(stream: faust.StreamT, taken: list[Any]) -> Callable[[BatchResult], A
     return ack
 
 
-async def _kafka_reachable(app: faust.App, timeout: float = 2.0) -> bool:
+async def _kafka_reachable(app: faust.App, settings: StreamSettings, timeout: float = 2.0) -> str | None:
     """Whether any broker answers a metadata request, through the worker's own producer client.
 
     A broker outage does not surface as errors in the worker while no batch is in flight: aiokafka's
-    consumer waits inside its reconnect loop. So health asks Kafka directly.
+    consumer waits inside its reconnect loop. So health asks Kafka directly. Returns None when a broker
+    answered, else why not (unreachable, TLS or authentication refused).
     """
     # Faust exposes the aiokafka producer only as a private attribute; no producer yet means not started.
     client = getattr(getattr(app.producer, "_producer", None), "client", None)
     if client is None:
-        return True
+        return None
     try:
         await asyncio.wait_for(client.fetch_all_metadata(), timeout)
-    except Exception:  # noqa: BLE001 - health reports the failure instead of raising
-        return False
-    return True
+    except Exception as exc:  # noqa: BLE001 - health reports the failure (why, nothing secret) instead of raising
+        return await diagnose_kafka(settings, timeout) or explain_kafka_error(exc, settings)
+    return None
 
 
 def _consumer_lag(app: faust.App, topic: str) -> dict[tuple[str, int], int]:
@@ -108,6 +108,8 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        # TLS / SASL for every Faust client (producer, consumer, topic creation), as every other client has.
+        **faust_auth_kwargs(settings),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=True,
@@ -193,6 +195,13 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
+        # Metrics name tickers, topics and volumes: with tokens configured only their holders may read them.
+        if not bearer_token_ok(request.headers.get("Authorization"), settings.worker_metrics_tokens):
+            return web.json(
+                {"error": "a bearer token is required"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
         # Prometheus text format; aiohttp refuses a charset inside content_type (UTF-8 is the default).
         body = processor.prom.exposition(lambda: _consumer_lag(app, settings.input_topic))
         return web.bytes(body, content_type="text/plain; version=0.0.4")
@@ -204,13 +213,14 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
             await r.ping()
         except Exception:  # noqa: BLE001 - health reports the failure instead of raising
             redis_ok = False
-        kafka_ok = await _kafka_reachable(app)
+        kafka_problem = await _kafka_reachable(app, settings)
+        kafka_ok = kafka_problem is None
         engine = classifier.describe()
         status, reasons = processor.health_state()
         if not redis_ok:
             status, reasons = "degraded", [*reasons, "redis ping failed"]
         if not kafka_ok:
-            status, reasons = "degraded", [*reasons, "kafka: no broker answered a metadata request"]
+            status, reasons = "degraded", [*reasons, f"no broker answered a metadata request: {kafka_problem}"]
         return web.json(
             {
                 "status": status,

@@ -169,8 +169,12 @@ class DeadLetter(BaseModel):
     partition: int
     offset: int
     key: str | None = None
-    value_b64: str
-    value_preview: str | None = None
+    value_b64: str | None = Field(
+        default=None, description="The original bytes, base64 (None when FINPULSE_DLQ_KEEP_RAW is off)."
+    )
+    value_preview: str | None = Field(
+        default=None, description="The first FINPULSE_DLQ_PREVIEW_CHARS characters when the bytes are UTF-8 text."
+    )
     received_at: str
 
 

@@ -112,6 +112,22 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError, asyncio.TimeoutError, OSError))
 
 
+def _preview(value: bytes, chars: int) -> str | None:
+    """The first ``chars`` characters of ``value`` as UTF-8 text (a cut multi-byte character dropped); None when
+    the bytes are not text or no preview is wanted."""
+    if chars <= 0:
+        return None
+    # At most 4 bytes a character: decode just enough, tolerating a character cut at the end.
+    head = value[: chars * 4]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return None  # not text at all (a cut only ever spoils the last 3 bytes)
+        text = head[: exc.start].decode("utf-8")
+    return text[:chars]
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -329,11 +345,9 @@ class BatchProcessor:
         records: list[tuple[bytes | None, bytes]] = []
         for msg, reason, detail in dead:
             value = msg.value or b""
-            preview: str | None
-            try:
-                preview = value[:512].decode("utf-8")
-            except UnicodeDecodeError:
-                preview = None
+            # A short prefix only: enough to recognise the input, little of any personal data in it. The
+            # whole input stays recoverable from value_b64 unless dlq_keep_raw is off (losing input is worse).
+            preview = _preview(value, self.settings.dlq_preview_chars)
             dl = DeadLetter(
                 reason=reason,
                 detail=detail,
@@ -341,7 +355,7 @@ class BatchProcessor:
                 partition=msg.partition,
                 offset=msg.offset,
                 key=msg.key.decode("utf-8", "replace") if msg.key else None,
-                value_b64=base64.b64encode(value).decode(),
+                value_b64=base64.b64encode(value).decode() if self.settings.dlq_keep_raw else None,
                 value_preview=preview,
                 received_at=now,
             )

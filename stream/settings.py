@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finpulse.paths import PROJECT_ROOT
@@ -39,10 +39,35 @@ class StreamSettings(BaseSettings):
     dlq_topic: str = "finpulse.dlq"
     partitions: int = 4
     consumer_group: str = "finpulse-worker"
+    # Security of every Kafka client (stream.security turns these into aiokafka / Faust arguments).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="PLAINTEXT (local only), SSL (TLS; with a client certificate: mutual TLS), SASL_SSL (TLS plus a "
+        "username and password), SASL_PLAINTEXT (password in clear on the wire: avoid).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(default=None, description="CA bundle that signs the brokers (PEM).")
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate chain for mutual TLS (PEM).")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="The client certificate's private key (PEM).")
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="Check that the broker certificate names the host connected to."
+    )
 
     # --- Redis ---------------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="redis:// or rediss:// (TLS). A user and password written into the URL are moved to "
+        "redis_username/redis_password when the settings are read, so the URL itself never holds a secret.",
+    )
+    redis_username: str | None = Field(default=None, description="Redis ACL user (None: the default user).")
     redis_password: SecretStr | None = None
+    redis_ssl_ca_file: Path | None = Field(default=None, description="CA that signs the Redis server (rediss://).")
+    redis_ssl_cert_file: Path | None = Field(default=None, description="Client certificate when Redis asks for one.")
+    redis_ssl_key_file: Path | None = None
+    redis_ssl_check_hostname: bool = True
     redis_prefix: str = "finpulse"
     redis_appendfsync: Literal["always", "everysec"] = Field(
         default="always",
@@ -74,6 +99,26 @@ class StreamSettings(BaseSettings):
     )
     max_text_bytes: int = 32 * 1024
     max_event_bytes: int = 256 * 1024
+    worker_metrics_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description="Bearer tokens that may read the worker's /metrics (a JSON list); empty: /metrics is open. "
+        "/health stays open and holds nothing secret.",
+    )
+
+    # --- personal data -------------------------------------------------------------------------
+    pseudonym_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for author pseudonyms; unset: a random key kept in <local_dir>/pseudonym.key (one "
+        "machine only). Changing it changes every pseudonym.",
+    )
+    dlq_keep_raw: bool = Field(
+        default=True,
+        description="Dead letters keep the refused message's original bytes (value_b64) so nothing is lost; "
+        "false keeps only where it was and why (the bytes may hold personal data).",
+    )
+    dlq_preview_chars: int = Field(
+        default=64, ge=0, le=512, description="Characters of the refused message's text kept as a readable preview."
+    )
 
     # --- windows ---------------------------------------------------------------------------
     bucket_seconds: int = 60
@@ -149,6 +194,38 @@ class StreamSettings(BaseSettings):
     default_model_dir: Path = Field(
         default=PROJECT_ROOT / ".local" / "models", description="Cache of the default model and its bundle."
     )
+
+    @model_validator(mode="after")
+    def _check_security(self) -> StreamSettings:
+        """Credentials out of the URL into the secret fields, and contradictions refused with the setting named."""
+        from stream.security import SecurityConfigError, split_url_credentials
+
+        clean, user, password = split_url_credentials(self.redis_url)
+        if clean != self.redis_url:
+            if password and self.redis_password is not None and self.redis_password.get_secret_value() != password:
+                raise SecurityConfigError(
+                    "FINPULSE_REDIS_URL", "holds a password that differs from FINPULSE_REDIS_PASSWORD"
+                )
+            if user and self.redis_username and user != self.redis_username:
+                raise SecurityConfigError(
+                    "FINPULSE_REDIS_URL", "names a user that differs from FINPULSE_REDIS_USERNAME"
+                )
+            self.redis_url = clean
+            if user:
+                self.redis_username = user
+            if password:
+                self.redis_password = SecretStr(password)
+        if self.redis_ssl_cert_file is not None and self.redis_ssl_key_file is None:
+            raise SecurityConfigError("FINPULSE_REDIS_SSL_KEY_FILE", "a client certificate needs its key")
+        if self.redis_ssl_ca_file is not None and not self.redis_url.startswith("rediss://"):
+            raise SecurityConfigError("FINPULSE_REDIS_URL", "TLS files are set but the URL is not rediss://")
+        if self.kafka_security_protocol.startswith("SASL_") and (not self.kafka_username or not self.kafka_password):
+            raise SecurityConfigError(
+                "FINPULSE_KAFKA_USERNAME", f"{self.kafka_security_protocol} needs FINPULSE_KAFKA_USERNAME and _PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise SecurityConfigError("FINPULSE_KAFKA_SSL_KEYFILE", "a client certificate and its key go together")
+        return self
 
     def surge_params(self) -> SurgeParams:
         from stream.alerts import SurgeParams

@@ -12,11 +12,14 @@ from typing import Any
 
 import structlog
 
+from stream.security import kafka_client_kwargs
+from stream.settings import StreamSettings
+
 log = structlog.get_logger(__name__)
 
 
 async def ensure_topics(
-    bootstrap: str,
+    bootstrap: str | StreamSettings,
     topics: Mapping[str, int],
     *,
     replication_factor: int = 1,
@@ -33,7 +36,7 @@ async def ensure_topics(
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap), request_timeout_ms=int(timeout * 1000))
     created: list[str] = []
     try:
         async with asyncio.timeout(timeout):
@@ -71,13 +74,13 @@ async def ensure_topics(
     return created
 
 
-async def delete_topics(bootstrap: str, topics: Iterable[str], *, timeout: float = 30.0) -> list[str]:
+async def delete_topics(bootstrap: str | StreamSettings, topics: Iterable[str], *, timeout: float = 30.0) -> list[str]:
     """Delete the topics that exist (unknown names are ignored); return the names deleted."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
     names = list(topics)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap), request_timeout_ms=int(timeout * 1000))
     deleted: list[str] = []
     try:
         async with asyncio.timeout(timeout):
@@ -108,11 +111,11 @@ def _topic_errors(response: Any) -> list[tuple[str, int, str | None]]:
     return out
 
 
-async def partition_count(bootstrap: str, topic: str, *, timeout: float = 10.0) -> int | None:
+async def partition_count(bootstrap: str | StreamSettings, topic: str, *, timeout: float = 10.0) -> int | None:
     """How many partitions ``topic`` has, or None when it does not exist."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap), request_timeout_ms=int(timeout * 1000))
     try:
         async with asyncio.timeout(timeout):
             await admin.start()

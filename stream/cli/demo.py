@@ -30,6 +30,7 @@ from stream.cli.replay import parse_when, produce, read_events
 from stream.cli.supervise import clear_redis_prefix, health, start_worker_process, stop_process, wait_worker_ready
 from stream.local import LocalServices
 from stream.logs import configure_logging
+from stream.security import kafka_client_kwargs
 from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
@@ -68,7 +69,7 @@ async def follow_outputs(
         settings.scored_topic,
         settings.alerts_topic,
         settings.dlq_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
+        **kafka_client_kwargs(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -173,9 +174,9 @@ def run_demo(
         if engine.model_dir is None:
             model_dir = ensure_default_model(settings)
             engine = engine.model_copy(update={"model_dir": model_dir})
-        asyncio.run(delete_topics(settings.kafka_bootstrap, list(topic_plan(settings))))
+        asyncio.run(delete_topics(settings, list(topic_plan(settings))))
         asyncio.run(clear_redis_prefix(settings))
-        asyncio.run(ensure_topics(settings.kafka_bootstrap, topic_plan(settings)))
+        asyncio.run(ensure_topics(settings, topic_plan(settings)))
 
         events = read_events(stream_file, since=parse_when(since), until=parse_when(until), limit=limit)
         if not events:
@@ -212,7 +213,7 @@ def run_demo(
                     follow_outputs(settings, len(events), progress, done_task, idle_timeout=90)
                 )
                 await produce(
-                    settings.kafka_bootstrap,
+                    settings,
                     settings.input_topic,
                     events,
                     progress=lambda n: progress.advance(sent_task, n),

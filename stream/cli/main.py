@@ -17,6 +17,7 @@ from finpulse.extras import missing_extra
 from stream.cli.replay.command import replay_cmd
 from stream.cli.status import status_cmd
 from stream.logs import configure_logging
+from stream.security import kafka_client_kwargs
 from stream.settings import StreamSettings, get_settings
 from training.cli import evaluate_cmd, train_cmd
 
@@ -98,7 +99,7 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
     async def follow() -> None:
         consumer = AIOKafkaConsumer(
             s.alerts_topic,
-            bootstrap_servers=s.kafka_bootstrap,
+            **kafka_client_kwargs(s),
             group_id=None,
             auto_offset_reset="earliest" if from_beginning else "latest",
         )

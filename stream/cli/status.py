@@ -17,6 +17,7 @@ import click
 import orjson
 from rich.table import Table
 
+from stream.security import kafka_bootstrap_of, kafka_client_kwargs
 from stream.settings import StreamSettings, get_settings
 from stream.topics import partition_count
 
@@ -60,18 +61,18 @@ class GroupStatus:
         }
 
 
-async def group_status(bootstrap: str, group: str, topic: str, interval_s: float = 2.0) -> GroupStatus:
+async def group_status(bootstrap: str | StreamSettings, group: str, topic: str, interval_s: float = 2.0) -> GroupStatus:
     """Read committed and end offsets twice, ``interval_s`` apart (0: once, and no rate)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     n = await partition_count(bootstrap, topic)
     if not n:
-        raise click.ClickException(f"topic {topic!r} does not exist on {bootstrap}")
+        raise click.ClickException(f"topic {topic!r} does not exist on {kafka_bootstrap_of(bootstrap)}")
     tps = [TopicPartition(topic, i) for i in range(n)]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap), request_timeout_ms=10_000)
     # A consumer outside the group (no group_id): it only asks for end offsets and never joins.
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10_000)
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(bootstrap), enable_auto_commit=False, request_timeout_ms=10_000)
     await admin.start()
     await consumer.start()
     try:
@@ -127,7 +128,7 @@ def status_table(st: GroupStatus) -> Table:
 def status_cmd(interval: float, group: str | None, topic: str | None, as_json: bool) -> None:
     """Consumer lag per input partition and events/s, for the whole consumer group."""
     s: StreamSettings = get_settings()
-    st = asyncio.run(group_status(s.kafka_bootstrap, group or s.consumer_group, topic or s.input_topic, interval))
+    st = asyncio.run(group_status(s, group or s.consumer_group, topic or s.input_topic, interval))
     if as_json:
         click.echo(orjson.dumps(st.as_dict()).decode())
         return

@@ -8,22 +8,46 @@ log4j2 binding into one classpath folder, and the broker is started as
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import SecretStr
 
 from finpulse.paths import PROJECT_ROOT
 from stream.local.process import LocalService, ServiceError, parse_host_port, run_checked
+from stream.security import kafka_client_kwargs
+from stream.settings import StreamSettings
 
 log = structlog.get_logger(__name__)
 
 KAFKA_INFRA_DIR = PROJECT_ROOT / "infra" / "kafka"
 KAFKA_POM = KAFKA_INFRA_DIR / "pom.xml"
 KAFKA_LOG4J2 = KAFKA_INFRA_DIR / "log4j2.properties"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """A secured local broker: a SASL_SSL listener on the bootstrap port (SCRAM-SHA-512 and PLAIN) and,
+    optionally, a mutual-TLS listener (``SSL``, client certificate required) on ``mtls_port``.
+
+    SCRAM users are created by Kafka's own ``StorageTool format --add-scram`` (KRaft keeps them in its
+    metadata log); PLAIN users live in the listener's JAAS line. The first SCRAM user is also the
+    broker's own inter-broker login. The controller listener stays PLAINTEXT on loopback.
+    """
+
+    keystore: Path  # PKCS12: the broker's key and certificate chain
+    keystore_password: SecretStr
+    truststore: Path  # PEM: the CA whose client certificates the mTLS listener accepts
+    scram_users: Mapping[str, SecretStr]
+    plain_users: Mapping[str, SecretStr] = field(default_factory=dict)
+    mtls_port: int | None = None
 
 
 class LocalKafka(LocalService):
@@ -36,6 +60,10 @@ class LocalKafka(LocalService):
     name = "kafka"
     cmdline_marker = "kafka.Kafka"
     _STAMP = ".finpulse-stamp"
+
+    def __init__(self, settings: StreamSettings | None = None, security: BrokerSecurity | None = None) -> None:
+        super().__init__(settings)
+        self.security = security
 
     @property
     def host(self) -> str:
@@ -185,11 +213,63 @@ class LocalKafka(LocalService):
             "log.retention.check.interval.ms": "300000",
         }
 
+    def _secured_properties(self, sec: BrokerSecurity) -> dict[str, str]:
+        """Listener, TLS and SASL properties of a secured broker (see :class:`BrokerSecurity`)."""
+        if not sec.scram_users:
+            raise ServiceError(self.name, "a secured broker needs at least one SCRAM user (its inter-broker login)")
+        host, port, ctrl = self.host, self.port, self.controller_port
+        admin, admin_pw = next(iter(sec.scram_users.items()))
+        listeners = [f"SASL_SSL://{host}:{port}", f"CONTROLLER://{host}:{ctrl}"]
+        advertised = [f"SASL_SSL://{host}:{port}"]
+        protocol_map = ["CONTROLLER:PLAINTEXT", "SASL_SSL:SASL_SSL"]
+        if sec.mtls_port is not None:
+            listeners.insert(1, f"SSL://{host}:{sec.mtls_port}")
+            advertised.append(f"SSL://{host}:{sec.mtls_port}")
+            protocol_map.append("SSL:SSL")
+
+        def jaas(value: str) -> str:
+            return value.replace("\\", "\\\\").replace('"', '\\"')
+
+        plain = {admin: admin_pw, **sec.plain_users}
+        plain_users = " ".join(f'user_{u}="{jaas(p.get_secret_value())}"' for u, p in plain.items())
+        return {
+            "listeners": ",".join(listeners),
+            "advertised.listeners": ",".join(advertised),
+            "listener.security.protocol.map": ",".join(protocol_map),
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,PLAIN",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{jaas(admin)}" password="{jaas(admin_pw.get_secret_value())}";'
+            ),
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{jaas(admin)}" password="{jaas(admin_pw.get_secret_value())}" {plain_users};'
+            ),
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(sec.keystore),
+            "ssl.keystore.password": sec.keystore_password.get_secret_value(),
+            "ssl.key.password": sec.keystore_password.get_secret_value(),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(sec.truststore),
+            # Only the SSL listener demands a client certificate (mutual TLS); SASL_SSL authenticates by password.
+            "listener.name.ssl.ssl.client.auth": "required",
+            "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        }
+
     def _write_config(self) -> None:
         lines = ["# Written by stream/local/kafka.py; edits are overwritten on start."]
-        lines += [f"{k}={v}" for k, v in self.server_properties().items()]
+        props = self.server_properties()
+        if self.security is not None:
+            props.update(self._secured_properties(self.security))
+        lines += [f"{k}={v}" for k, v in props.items()]
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text("\n".join(lines) + "\n")
+        # 0600 from the start: a secured broker's file holds its keystore and JAAS passwords.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(self.config_path, 0o600)
 
     def _java(self, main_class: str, *args: str, heap: str | None = None) -> list[str]:
         java = shutil.which("java") or "java"
@@ -229,10 +309,22 @@ class LocalKafka(LocalService):
             .strip()
         )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # SCRAM credentials go into the KRaft metadata at format time (there is no ZooKeeper to hold them, and
+        # the broker could not start its SASL inter-broker login without them). Only the salted hash is stored.
+        scram: list[str] = []
+        for user, pw in self.security.scram_users.items() if self.security else ():
+            scram += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={pw.get_secret_value()}]"]
         run_checked(
             self.name,
             self._java(
-                "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(self.config_path)
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_path),
+                *scram,
             ),
             log_path=install_log,
             what="StorageTool format",
@@ -250,9 +342,7 @@ class LocalKafka(LocalService):
         """A metadata request through aiokafka's admin client (proves the broker serves)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
-        )
+        admin = AIOKafkaAdminClient(**kafka_client_kwargs(self.settings), request_timeout_ms=int(timeout * 1000))
         try:
             async with asyncio.timeout(timeout):
                 await admin.start()

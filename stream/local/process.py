@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,11 +151,22 @@ def run_blocking(factory: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, _main()).result()
 
 
+_PASSWORD_ARG = re.compile(r"(password=)[^,\]\s]*", re.IGNORECASE)
+
+
+def _mask_passwords(arg: str) -> str:
+    return _PASSWORD_ARG.sub(r"\1***", arg)
+
+
 def run_checked(
     service: str, argv: list[str], *, log_path: Path, cwd: Path | None = None, timeout: float = 600.0, what: str
 ) -> str:
-    """Run a short command to completion, appending its output to ``log_path``; stdout returned."""
-    log.info("run", service=service, what=what, argv=" ".join(argv))
+    """Run a short command to completion, appending its output to ``log_path``; stdout returned.
+
+    The command line is logged with passwords masked (``password=...`` arguments, as Kafka's
+    ``StorageTool --add-scram`` takes them)."""
+    shown = " ".join(_mask_passwords(a) for a in argv)
+    log.info("run", service=service, what=what, argv=shown)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(
@@ -165,7 +177,7 @@ def run_checked(
     except subprocess.TimeoutExpired as exc:
         raise ServiceError(service, f"{what} took longer than {timeout:.0f}s", log_path) from exc
     with log_path.open("a", encoding="utf-8") as fh:
-        fh.write(f"$ {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        fh.write(f"$ {shown}\n{proc.stdout}{proc.stderr}")
     if proc.returncode != 0:
         raise ServiceError(service, f"{what} failed with exit code {proc.returncode}", log_path)
     return proc.stdout

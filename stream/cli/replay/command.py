@@ -79,8 +79,8 @@ async def _send(settings: StreamSettings, topic: str, events: Any, **kw: Any) ->
     from stream.topics import ensure_topics
 
     # The broker does not create topics on first use: a fresh target gets the worker's partition count.
-    await ensure_topics(settings.kafka_bootstrap, {topic: settings.partitions})
-    return await produce(settings.kafka_bootstrap, topic, events, **kw)
+    await ensure_topics(settings, {topic: settings.partitions})
+    return await produce(settings, topic, events, **kw)
 
 
 def _fail(exc: Exception) -> click.ClickException:
@@ -178,7 +178,7 @@ def replay_cmd(
                 end = parse_input_time(until, zone) if until else None
             except ValueError as exc:
                 raise click.BadParameter(str(exc), param_hint="--from/--to") from exc
-            records = topic_range(s.kafka_bootstrap, from_topic, start, end)
+            records = topic_range(s, from_topic, start, end)
             with _progress(progress_on, limit) as meter:
                 stats = asyncio.run(
                     _send(s, target, _limited(records, limit), rate=rate, speed=speed, max_gap_s=max_gap, on_send=meter)

@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream.cli.replay.errors import TopicRangeError
 from stream.events import parse_event_time
+from stream.security import kafka_bootstrap_of, kafka_client_kwargs
+from stream.settings import StreamSettings
 from stream.topics import partition_count
 
 ACK_BATCH = 2000  # sends awaited together (and reported to ``progress``)
@@ -124,7 +126,7 @@ async def _items(events: Iterable[Sendable] | AsyncIterable[Sendable]) -> AsyncI
 
 
 async def produce(
-    bootstrap: str,
+    bootstrap: str | StreamSettings,
     topic: str,
     events: Iterable[Sendable] | AsyncIterable[Sendable],
     rate: float = 0.0,
@@ -142,7 +144,7 @@ async def produce(
     event's time as it is handed to the producer.
     """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka_client_kwargs(bootstrap),
         linger_ms=20,
         max_batch_size=256 * 1024,
         acks="all",
@@ -200,7 +202,7 @@ def parse_when(value: str | None) -> str | None:
 
 
 async def topic_range(
-    bootstrap: str, topic: str, start_ms: int | None, end_ms: int | None, idle_timeout_s: float = 30.0
+    bootstrap: str | StreamSettings, topic: str, start_ms: int | None, end_ms: int | None, idle_timeout_s: float = 30.0
 ) -> AsyncIterator[RawRecord]:
     """The records of ``topic`` with a timestamp in ``[start_ms, end_ms)``, merged across partitions by timestamp.
 
@@ -211,13 +213,13 @@ async def topic_range(
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
         raise TopicRangeError(f"empty time range: --to must be after --from (topic {topic!r})")
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        **kafka_client_kwargs(bootstrap), group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
         n_parts = await partition_count(bootstrap, topic)
         if not n_parts:
-            raise TopicRangeError(f"no topic {topic!r} on {bootstrap}")
+            raise TopicRangeError(f"no topic {topic!r} on {kafka_bootstrap_of(bootstrap)}")
         tps = [TopicPartition(topic, p) for p in range(n_parts)]
         ends = await consumer.end_offsets(tps)
         starts: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)

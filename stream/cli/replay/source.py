@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,14 +26,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 from pydantic import ValidationError
 
+from stream import security
 from stream.cli.replay.errors import BadRowError, ReplayError
 from stream.cli.replay.formats import BadLine, RowSource, folder_files, format_of
 from stream.cli.replay.mapping import ColumnFlags, ColumnMapping, choose_mapping
 from stream.events import NewsEvent, ms_to_iso
+from stream.settings import get_settings
 
 DEFAULT_SORT_BUFFER = 10_000
 DEFAULT_BAD_SAMPLE = 100
-PSEUDONYM_RE = re.compile(r"^u_[0-9a-f]{12}$")
+# Already a keyed pseudonym (an export of finpulse events replayed again): sent as is. The old unkeyed
+# form (u_ + 12 hex, before issue 14) is not trusted: it is keyed again like any other author.
+PSEUDONYM_RE = security.PSEUDONYM_RE
 _TICKER_SPLIT = re.compile(r"[,;|\s]+")
 # Beyond these, a clock is broken (or the number is not a time): a bad row, not a 1970 or 5138 date.
 MIN_MS = 0
@@ -41,9 +46,20 @@ MAX_MS = 253_402_300_799_999
 _EXTRA_TIME_FORMATS = ("%a %b %d %H:%M:%S %z %Y", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M", "%Y/%m/%d")
 
 
-def pseudonymise(user_id: str) -> str:
-    """The author as sent: a stable pseudonym, so the raw user id never leaves this process."""
-    return "u_" + hashlib.sha256(f"finpulse:{user_id}".encode()).hexdigest()[:12]
+@lru_cache(maxsize=1)
+def _process_key() -> bytes:
+    return security.pseudonym_key(get_settings())
+
+
+def pseudonymise(user_id: str, key: bytes | None = None) -> str:
+    """The author as sent: a keyed pseudonym (HMAC, ``FINPULSE_PSEUDONYM_KEY``), so the raw user id never
+    leaves this process and nobody without the key can match a pseudonym to a known user id.
+
+    Migration (issue 14): pseudonyms were ``u_`` + an unkeyed SHA-256 (48 bits) before; they are now ``p_`` +
+    80 bits of HMAC-SHA256, so every author's pseudonym changed, and so did the derived id of events
+    without an id column (see :func:`derive_id`).
+    """
+    return security.pseudonymise(user_id, key if key is not None else _process_key())
 
 
 def resolve_tz(name: str | None) -> tzinfo:
@@ -136,6 +152,8 @@ def derive_id(text: str, title: str | None, author: str | None, ms: int) -> str:
 
     Tickers are left out on purpose: a headline listed once per ticker becomes one event with all of them.
     """
+    # ``author`` is the pseudonym, never the raw user id: the id is sent beside the title, text and time,
+    # so hashing the raw id into it would let anyone test candidate user ids against it.
     h = hashlib.sha256("\x1f".join((title or "", text, author or "", str(ms))).encode("utf-8", "surrogatepass"))
     return "h_" + h.hexdigest()[:24]
 
@@ -341,7 +359,7 @@ class ReplaySource:
             author = raw_author if PSEUDONYM_RE.match(raw_author) else pseudonymise(raw_author)
         raw_id = _text(v.get(m.id)) if m.id else None
         ev: dict[str, Any] = {
-            "id": raw_id.strip() if raw_id and raw_id.strip() else derive_id(text, title, raw_author, ms),
+            "id": raw_id.strip() if raw_id and raw_id.strip() else derive_id(text, title, author, ms),
             "text": text,
             "published_at": ms_to_iso(ms),
             "source": (_text(v.get(m.source)) if m.source else None) or m.default_source,
