@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,20 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from engine.settings import EngineSettings
 from stream.settings import StreamSettings
 
 
+def _env_value(value: Any) -> str:
+    """How pydantic-settings reads a value back: SecretStr revealed, lists as JSON."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, list):
+        return json.dumps([v.get_secret_value() if isinstance(v, SecretStr) else v for v in value])
+    return str(value)
+
+
 def settings_env(settings: StreamSettings, engine: EngineSettings) -> dict[str, str]:
     """The environment that makes a child process see exactly these settings."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude={"redis_password"}).items():
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
         if value is not None:
-            env[f"FINPULSE_{name.upper()}"] = str(value)
-    if settings.redis_password is not None:
-        env["FINPULSE_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+            # Secrets revealed here on purpose: the child reads them from its environment (never from argv).
+            env[f"FINPULSE_{name.upper()}"] = _env_value(value)
     for name, value in engine.model_dump().items():
         if value is not None:
             env[f"FINPULSE_ENGINE_{name.upper()}"] = str(value)
