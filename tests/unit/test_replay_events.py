@@ -133,7 +133,13 @@ def test_strict_stops_at_the_first_bad_row(tmp_path: Path) -> None:
 
 def test_jsonl_lines_that_are_not_objects(tmp_path: Path) -> None:
     f = tmp_path / "e.jsonl"
-    good = {"id": "a", "text": "hi $AAPL", "published_at": MS_2020, "source": "news", "author": "p_0123456789abcdef0123"}
+    good = {
+        "id": "a",
+        "text": "hi $AAPL",
+        "published_at": MS_2020,
+        "source": "news",
+        "author": "p_0123456789abcdef0123",
+    }
     f.write_bytes(orjson.dumps(good) + b"\n{not json\n[1,2]\n\n")
     report = ReplayReport()
     events = list(ReplaySource(f, report=report))
