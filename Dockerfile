@@ -15,6 +15,8 @@ COPY training ./training
 COPY bench ./bench
 # The query API (finpulse serve; the compose file's api service), with its dashboard under api/static.
 COPY api ./api
+# The feed ingester (finpulse ingest feeds).
+COPY ingest ./ingest
 RUN pip install --no-cache-dir --no-deps . \
     && if [ -n "$EXTRAS" ]; then pip install --no-cache-dir ".[$EXTRAS]"; fi
 ENV PYTHONUNBUFFERED=1

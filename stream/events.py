@@ -118,6 +118,17 @@ class NewsEvent(BaseModel):
         return f"{self.title}. {self.text}" if self.title else self.text
 
 
+def partition_key(event: NewsEvent) -> bytes:
+    """The Kafka key an event is produced with by the ingesters (feeds, HTTP): its first ticker, else its id.
+
+    Keyed by ticker, every event about one company lands on one partition, so one worker sees that
+    ticker's news in the order it was sent, and a re-send of the same event (same tickers) goes where the
+    original went. An event without a ticker is keyed by its id: spread evenly, and still one partition
+    per event. (A very hot ticker makes a hot partition: the price of per-ticker order.)
+    """
+    return (event.tickers[0] if event.tickers else event.id).encode()
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why an input could not become an event."""
