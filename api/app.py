@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from api.alerts import AlertBuffer, AlertTail
+from api.ingest import ingest_router
 from api.settings import ApiSettings
 from stream import security
 from stream.events import Alert, ms_to_iso, parse_event_time
@@ -532,6 +533,7 @@ def create_app(stream_settings: StreamSettings, api_settings: ApiSettings, redis
     )
     app.state.api_tokens = list(api_settings.tokens)  # read by require_token on every guarded request
     app.include_router(_router(api_settings))
+    app.include_router(ingest_router(s, api_settings))  # POST /v1/events, with the Kafka producer it owns
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
     @app.exception_handler(RequestValidationError)

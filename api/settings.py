@@ -56,6 +56,17 @@ class ApiSettings(BaseSettings):
         description="Bearer tokens accepted by /v1/*, the dashboard and /static (a JSON list, several allowed for "
         "rotation); empty: no authentication. /healthz stays open.",
     )
+    ingest_max_events: int = Field(
+        default=500, ge=1, le=100_000, description="Most events one POST /v1/events may carry (more: 413)."
+    )
+    ingest_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Largest POST /v1/events body in bytes (more: 413)."
+    )
+    ingest_kafka_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long POST /v1/events waits for Kafka (connecting, then acknowledging) before a 503.",
+    )
 
 
 @lru_cache(maxsize=1)
