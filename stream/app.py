@@ -224,6 +224,8 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         return web.json(
             {
                 "status": status,
+                # Which process answers: a supervisor can tell its own worker from an older one on the port.
+                "pid": os.getpid(),
                 "degraded_reasons": reasons,
                 "time_mode": settings.time_mode,
                 "uptime_s": round(time.time() - started, 1),

@@ -104,6 +104,13 @@ def wait_worker_ready(
             raise RuntimeError("worker exited during start-up:\n" + "\n".join(tail))
         h = health(port)
         if h is not None:
+            if h.get("pid") not in (None, proc.pid):
+                # Another worker (say, one left behind by a killed demo) holds the port: its health
+                # says nothing about the one just started, which cannot bind it.
+                raise RuntimeError(
+                    f"port {port} is served by another process (pid {h.get('pid')}), not the worker just started "
+                    f"(pid {proc.pid}): stop the old worker or set FINPULSE_WORKER_WEB_PORT"
+                )
             return h
         time.sleep(0.5)
     raise TimeoutError(f"worker not healthy after {timeout:.0f}s (log: {log_path})")
