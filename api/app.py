@@ -113,6 +113,7 @@ class EntitiesResponse(BaseModel):
     kind: Kind
     window: str
     sort: SortKey
+    bucket_seconds: int = Field(description="the store's bucket: windows are read in whole buckets")
     window_start: int | None = Field(description="epoch ms; null while the store holds no events")
     window_end: int | None = Field(description="epoch ms (exclusive): end of the watermark's bucket")
     window_start_iso: str | None
@@ -148,6 +149,7 @@ class SeriesResponse(BaseModel):
     window: str
     step: str
     step_seconds: int
+    bucket_seconds: int = Field(description="the store's bucket: the finest step there is")
     window_start: int
     window_end: int
     last_seen: int
@@ -355,6 +357,7 @@ def _router(api: ApiSettings) -> APIRouter:
             kind=kind,
             window=window,
             sort=sort,
+            bucket_seconds=bucket,
             window_start=None,
             window_end=None,
             window_start_iso=None,
@@ -413,7 +416,9 @@ def _router(api: ApiSettings) -> APIRouter:
         step: Annotated[Step | None, Query(description="default: the smallest step that fits")] = None,
     ) -> SeriesResponse:
         bucket = st.stream.bucket_seconds
-        window_s = DURATIONS[window]
+        # Whole buckets, as /v1/entities reads them: a window shorter than a bucket (15m on hourly
+        # buckets) is the last bucket, so the two endpoints answer the same window.
+        window_s = math.ceil(DURATIONS[window] / bucket) * bucket
         try:
             step_s = choose_step(window_s, step, bucket, st.api.max_series_points)
         except ValueError as exc:
@@ -431,6 +436,7 @@ def _router(api: ApiSettings) -> APIRouter:
             window=window,
             step=step or f"{step_s}s",
             step_seconds=step_s,
+            bucket_seconds=bucket,
             window_start=start_s * 1000,
             window_end=end_s * 1000,
             last_seen=last,

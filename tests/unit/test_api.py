@@ -79,9 +79,11 @@ class FakeRedis:
         rows = sorted(((m, s) for m, s in self.zsets.get(key, {}).items() if s >= min), key=lambda x: -x[1])
         return [(m.encode(), s) for m, s in rows[start : start + num]]
 
-    def add(self, prefix: str, kind: str, name: str, ts_ms: int, sentiment: str, score: float) -> None:
+    def add(
+        self, prefix: str, kind: str, name: str, ts_ms: int, sentiment: str, score: float, bucket: int = BUCKET
+    ) -> None:
         """Count one event as apply.lua does (bucket hash fields, entity index, watermark)."""
-        b = (ts_ms // 1000) - (ts_ms // 1000) % BUCKET
+        b = (ts_ms // 1000) - (ts_ms // 1000) % bucket
         h = self.hashes.setdefault(f"{prefix}:b:{kind}:{name}:{b}", {})
         for f, d in ((sentiment, 1), ("n", 1), ("ssum", round(score * SCORE_SCALE))):
             h[f] = str(int(h.get(f, b"0")) + d).encode()
@@ -409,3 +411,20 @@ def test_index_and_static_files(fake: FakeRedis, tmp_path: Path, monkeypatch: py
 
 def test_the_dashboard_folder_is_served() -> None:
     assert STATIC_DIR == Path(api.app.__file__).parent / "static" and STATIC_DIR.is_dir()
+
+
+def test_a_window_shorter_than_a_bucket_reads_the_last_bucket_in_both_endpoints(fake: FakeRedis) -> None:
+    # Hourly buckets (the demo's): 15m is the last whole bucket, for the ranking and for the series alike.
+    s, a = _settings()
+    s = s.model_copy(update={"bucket_seconds": 3600})
+    fake.add(PREFIX, "ticker", "HRS", WM, "neg", -0.9, bucket=3600)
+    with TestClient(create_app(s, a, redis=fake)) as c:  # type: ignore[arg-type]
+        ent = c.get("/v1/entities?kind=ticker&window=15m").json()
+        ser = c.get("/v1/entities/ticker/HRS/series?window=15m")
+    assert ser.status_code == 200, ser.text
+    body = ser.json()
+    assert ent["bucket_seconds"] == body["bucket_seconds"] == 3600
+    assert (body["window_start"], body["window_end"]) == (ent["window_start"], ent["window_end"])
+    assert body["step_seconds"] == 3600 and len(body["points"]) == 1
+    hrs = next(e for e in ent["entities"] if e["name"] == "HRS")
+    assert body["points"][0]["count"] == hrs["count"] and body["points"][0]["neg"] == hrs["neg"] >= 1
