@@ -432,6 +432,9 @@ def expected_window_state(scored: Iterable[dict[str, Any]], bucket_s: int) -> di
                 acc[key][fld] += 1
                 acc[key]["n"] += 1
                 acc[key]["ssum"] += score
+            # A ticker's bucket also counts its negatives per topic (what a ticker alert names).
+            if kind == "ticker" and fld == "neg" and e.get("topic"):
+                acc[f"b:{kind}:{name}:{b}"][f"nt:{e['topic']['label']}"] += 1
     # HINCRBY by 0 never creates a field: a sum of exactly 0 may be absent in Redis.
     return {k: dict(v) for k, v in acc.items()}
 
