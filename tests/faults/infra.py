@@ -20,6 +20,7 @@ from pathlib import Path
 
 from stream.local import LocalKafka, LocalServices
 from stream.settings import StreamSettings, get_settings
+from tests.support.kafka_jars import link_main_jars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,17 +73,7 @@ class FaultInfra:
     # --- set-up ---------------------------------------------------------------------------
     def link_kafka_jars(self) -> None:
         """Point ``<local_dir>/kafka/libs`` at the main local classpath (resolved once by Maven)."""
-        main = LocalKafka(get_settings())
-        main.ensure_installed()  # a no-op after `make bootstrap`
-        libs = self.kafka.libs_dir
-        libs.parent.mkdir(parents=True, exist_ok=True)
-        if libs.is_symlink() and libs.resolve() == main.libs_dir.resolve():
-            return
-        if libs.is_symlink() or libs.is_file():
-            libs.unlink()
-        elif libs.exists():
-            shutil.rmtree(libs)
-        libs.symlink_to(main.libs_dir.resolve(), target_is_directory=True)
+        link_main_jars(self.kafka)
 
     def start_fresh(self) -> None:
         """Stop what an earlier fault session left running, wipe its data, start both services."""

@@ -42,6 +42,7 @@ from stream.events import parse_event_time
 from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
+from tests.support.surge import REPLAY_SURGE
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -155,18 +156,7 @@ async def _hook(page: Page, expr: str, arg: Any = None, timeout: float = UI_TIME
 async def test_dashboard_shows_live_alert_entities_and_chart(
     isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path
 ) -> None:
-    s = isolated_settings.model_copy(
-        update={
-            "bucket_seconds": 60,
-            "alert_window_seconds": 900,
-            "alert_baseline_seconds": 3 * 3600,
-            "alert_min_count": 5,
-            "allowed_lateness_seconds": 3600,
-            "max_batch_size": 32,
-            "max_wait_ms": 100,
-            "time_mode": "replay",
-        }
-    )
+    s = isolated_settings.model_copy(update=REPLAY_SURGE)
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=32)
     events = read_events(s.require_data_dir() / "stocknet-tweets" / "stream.csv", since="2014-05-01", limit=SAMPLE)
     times = sorted(parse_event_time(e["published_at"]) for e in events)

@@ -28,6 +28,7 @@ from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.windows import SENTIMENT_FIELDS, bucket_start
 from stream.worker import topic_plan
+from tests.support.surge import REPLAY_SURGE
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -113,18 +114,7 @@ async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
 
 
 async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path) -> None:
-    s = isolated_settings.model_copy(
-        update={
-            "bucket_seconds": 60,
-            "alert_window_seconds": 900,
-            "alert_baseline_seconds": 3 * 3600,
-            "alert_min_count": 5,
-            "allowed_lateness_seconds": 3600,
-            "max_batch_size": 32,
-            "max_wait_ms": 100,
-            "time_mode": "replay",
-        }
-    )
+    s = isolated_settings.model_copy(update=REPLAY_SURGE)
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=32)
     events = read_events(_stream_file(s), since="2014-05-01T00:00:00Z", limit=SAMPLE)
     assert len(events) == SAMPLE

@@ -26,6 +26,7 @@ from stream.local.kafka import BrokerSecurity
 from stream.local.process import port_open
 from stream.settings import StreamSettings, get_settings
 from tests.support.certs import Pki, make_pki
+from tests.support.kafka_jars import link_main_jars
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECURE_DIR = REPO_ROOT / ".local" / "secure"
@@ -92,20 +93,6 @@ def secure_settings(pki: Pki) -> StreamSettings:
     )
 
 
-def _link_jars(kafka: LocalKafka) -> None:
-    main = LocalKafka(get_settings())
-    main.ensure_installed()
-    libs = kafka.libs_dir
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    if libs.is_symlink() and libs.resolve() == main.libs_dir.resolve():
-        return
-    if libs.is_symlink() or libs.is_file():
-        libs.unlink()
-    elif libs.exists():
-        shutil.rmtree(libs)
-    libs.symlink_to(main.libs_dir.resolve(), target_is_directory=True)
-
-
 def start_secure_kafka(pki: Pki, settings: StreamSettings) -> LocalKafka:
     """A fresh secured broker (data wiped: SCRAM users are created at format time)."""
     sec = BrokerSecurity(
@@ -121,7 +108,7 @@ def start_secure_kafka(pki: Pki, settings: StreamSettings) -> LocalKafka:
     if port_open("127.0.0.1", SECURE_KAFKA_PORT):
         raise RuntimeError(f"port {SECURE_KAFKA_PORT} is taken by something the security tests did not start")
     shutil.rmtree(kafka.data_dir, ignore_errors=True)
-    _link_jars(kafka)
+    link_main_jars(kafka)
     kafka.start(wait=True, timeout=120)
     return kafka
 
