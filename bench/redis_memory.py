@@ -138,8 +138,11 @@ async def _run_rate(
     end_mem = int((await r.info("memory"))["used_memory"])
     fams = await _families(r, prefix)
     span_s = events / rate
-    bounded = {"seen", "seenk", "seenn", "exk", "ex"}
-    plateau = sum(v["bytes"] for k, v in fams.items() if k in bounded and _has_horizon())
+    # Dropped by event time behind the dedupe floor: constant at steady state, whatever the retention.
+    bounded = {"seenb", "seenk", "seenn", "seenfloor", "exb"}
+    plateau = sum(v["bytes"] for k, v in fams.items() if k in bounded)
+    held_ids = sum(int(x) for x in await r.hvals(f"{prefix}:seenn")) if "seenn" in fams else 0
+    seen_bytes = fams.get("seenb", {}).get("bytes", 0)
     steady = (end_mem - half_mem) / max(1, events - half_n)
     out: dict[str, Any] = {
         "rate_events_per_event_s": rate,
@@ -152,6 +155,11 @@ async def _run_rate(
         "bytes_per_event_total": round((end_mem - base) / events, 1),
         "steady_bytes_per_event": round(steady, 1),
         "plateau_bytes": plateau,
+        "seen_ids_held": held_ids,
+        "seen_bytes_per_held_id": round(seen_bytes / held_ids, 1) if held_ids else None,
+        # The plateau scales with the event time it covers: lateness + horizon (+ about two buckets).
+        "plateau_bytes_at_defaults": round(plateau * (1800 + 3600 + 120) / (lateness_s + horizon_s + 120)),
+        "apply_events_per_s": round(events / elapsed),
         "families": {k: {**v, "bytes_per_event": round(v["bytes"] / events, 1)} for k, v in sorted(fams.items())},
     }
     await _unlink(r, prefix)
@@ -170,7 +178,10 @@ async def _unlink(r: Redis, prefix: str) -> None:
 
 @click.command("redis-memory")
 @click.option("--rates", default="5,1000", show_default=True, help="Event-time rates (events per event-second).")
-@click.option("--events", type=int, default=60_000, show_default=True, help="Events per rate.")
+@click.option(
+    "--span-s", type=int, default=720, show_default=True, help="Event time covered per rate (at least --min-events)."
+)
+@click.option("--min-events", type=int, default=30_000, show_default=True)
 @click.option("--batch", type=int, default=256, show_default=True)
 @click.option("--tickers", type=int, default=88, show_default=True)
 @click.option("--topics", type=int, default=20, show_default=True)
@@ -181,7 +192,8 @@ async def _unlink(r: Redis, prefix: str) -> None:
 @click.option("--redis-url", default=None, help="Use this Redis instead of a private one (used_memory then sees all).")
 def bench_redis_memory_cmd(
     rates: str,
-    events: int,
+    span_s: int,
+    min_events: int,
     batch: int,
     tickers: int,
     topics: int,
@@ -195,7 +207,9 @@ def bench_redis_memory_cmd(
         r = Redis.from_url(url)
         try:
             return [
-                await _run_rate(r, float(x), events, batch, tickers, topics, lateness_s, horizon_s)
+                await _run_rate(
+                    r, float(x), max(min_events, int(float(x) * span_s)), batch, tickers, topics, lateness_s, horizon_s
+                )
                 for x in rates.split(",")
             ]
         finally:

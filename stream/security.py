@@ -17,7 +17,7 @@ import re
 import secrets
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import SecretStr
@@ -263,9 +263,19 @@ def redis_connection_kwargs(s: StreamSettings) -> dict[str, Any]:
 
 
 def redis_from_settings(s: StreamSettings, **client_kwargs: Any) -> Redis:
-    """An asyncio Redis client with the configured ACL user, password and TLS (plus ``client_kwargs``)."""
+    """An asyncio Redis client with the configured ACL user, password and TLS (plus ``client_kwargs``).
+
+    With ``redis_cluster`` it is a ``RedisCluster`` that starts from the node in ``redis_url`` and follows
+    the slot map; it answers the same commands (typed as ``Redis`` so callers need not care).
+    """
     from redis.asyncio import Redis
 
+    if s.redis_cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        # health_check_interval is a per-connection option of the single-node client only.
+        kwargs = {k: v for k, v in client_kwargs.items() if k != "health_check_interval"}
+        return cast(Redis, RedisCluster.from_url(s.redis_url, **redis_connection_kwargs(s), **kwargs))
     return Redis.from_url(s.redis_url, **redis_connection_kwargs(s), **client_kwargs)
 
 

@@ -68,7 +68,15 @@ class StreamSettings(BaseSettings):
     redis_ssl_cert_file: Path | None = Field(default=None, description="Client certificate when Redis asks for one.")
     redis_ssl_key_file: Path | None = None
     redis_ssl_check_hostname: bool = True
-    redis_prefix: str = "finpulse"
+    redis_prefix: str = Field(
+        default="{finpulse}",
+        description="Start of every key finpulse writes. The braces are a Redis Cluster hash tag: the whole window "
+        "store lives in one slot, so each of its Lua calls touches one slot (required on a cluster).",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="redis_url names one node of a Redis Cluster: clients discover the others and follow slots.",
+    )
     redis_appendfsync: Literal["always", "everysec"] = Field(
         default="always",
         description="AOF fsync policy of the Redis that finpulse starts (local and docker-compose): 'always' loses "
@@ -124,6 +132,12 @@ class StreamSettings(BaseSettings):
     bucket_seconds: int = 60
     retention_seconds: int = 7 * 24 * 3600
     allowed_lateness_seconds: int = 30 * 60
+    dedupe_horizon_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="Seen event ids are kept this long in event time behind the lateness cut (low watermark minus "
+        "allowed lateness), then dropped; an event older than that is refused as late, never counted twice.",
+    )
 
     # --- event time ------------------------------------------------------------------------
     time_mode: Literal["live", "replay"] = Field(
@@ -249,6 +263,7 @@ class StreamSettings(BaseSettings):
             idle_partition_s=self.idle_partition_s,
             live_close_delay_s=self.live_close_delay_s,
             alert_lease_s=self.alert_lease_s,
+            dedupe_horizon_s=float(self.dedupe_horizon_seconds),
         )
 
     @property

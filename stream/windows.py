@@ -1,12 +1,18 @@
 """Event-time windows in Redis: 1-bucket granularity, longer windows answered by summing buckets.
 
 All writes for a batch go in one Lua script call, so they are atomic and cost one round trip, and
-idempotent: an event id is claimed with ``SET NX`` in the same script that counts it, so a replayed
-event changes nothing. Event time is authoritative: a low watermark over the input partitions decides
-lateness and which buckets have closed (see ``stream/lua/apply.lua`` for live vs replay time).
+idempotent: an event id is claimed in a compact per-bucket seen hash in the same script that counts it,
+so a replayed event changes nothing; seen ids are dropped by event time behind a dedupe horizon, and an
+event older than that is refused as late, so dedupe stays exact with bounded memory. Event time is
+authoritative: a low watermark over the input partitions decides lateness and which buckets have closed
+(see ``stream/lua/apply.lua`` for live vs replay time).
 
 Closed buckets are handed to the alert stage under a lease and leave the pending set only when
 ``settle`` is called after their alerts were acknowledged by Kafka, so a crash never loses an alert.
+
+Redis Cluster: every key of a store starts with its prefix, and on a cluster the prefix must carry a
+hash tag (``{finpulse}``, the default): the whole store lives in one slot, so each Lua call stays on
+one slot and every read (per entity or across entities) is one node's work. See README "Sizing".
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from stream.events import WindowStatus
 
@@ -42,6 +49,13 @@ def bucket_start(ts_ms: int, bucket_s: int) -> int:
     """Start (epoch seconds) of the bucket holding ``ts_ms``."""
     sec = ts_ms // 1000
     return sec - sec % bucket_s
+
+
+def hash_tag(prefix: str) -> str | None:
+    """The hash tag Redis Cluster reads from a key starting with ``prefix`` (text in the first ``{...}``), if any."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start >= 0 else -1
+    return prefix[start + 1 : end] if start >= 0 and end > start + 1 else None
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,8 @@ class TimePolicy:
     idle_partition_s: float = 30.0
     live_close_delay_s: float = 60.0
     alert_lease_s: float = 30.0
+    # Seen ids are kept this long (event time) behind the lateness cut; older events are refused as late.
+    dedupe_horizon_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -152,15 +168,23 @@ class WindowStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         prefix: str,
         bucket_s: int,
         retention_s: int,
         lateness_s: int,
         time_policy: TimePolicy | None = None,
     ) -> None:
+        if isinstance(redis, RedisCluster) and hash_tag(prefix) is None:
+            # Without a tag each key of a Lua call hashes to its own slot, and Redis refuses the call.
+            raise ValueError(
+                f"FINPULSE_REDIS_PREFIX {prefix!r} has no hash tag: on Redis Cluster the prefix must hold one, "
+                "such as '{finpulse}', so that each window script touches one slot"
+            )
         self.redis = redis
         self.prefix = prefix
+        # Any key of the store: named to the script as KEYS[1] so a cluster client routes it to the tag's slot.
+        self._route = [f"{prefix}:wm"]
         self.bucket_s = bucket_s
         self.retention_s = retention_s
         self.lateness_ms = lateness_s * 1000
@@ -198,6 +222,7 @@ class WindowStore:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         t = self.time
         res, closed_raw = await self._apply(
+            keys=self._route,
             args=[
                 self.prefix,
                 self.retention_s,
@@ -210,7 +235,8 @@ class WindowStore:
                 int(t.idle_partition_s * 1000),
                 int(t.live_close_delay_s * 1000),
                 int(t.alert_lease_s * 1000),
-            ]
+                int(t.dedupe_horizon_s * 1000),
+            ],
         )
         # cjson encodes an empty Lua table as an object, which Redis returns as an empty reply.
         res = res or []
@@ -232,12 +258,13 @@ class WindowStore:
         if not judged and not cooldowns:
             return
         await self._settle(
+            keys=self._route,
             args=[
                 self.prefix,
                 self.retention_s,
                 orjson.dumps([c.member for c in judged]),
                 orjson.dumps([[f"{rule}:{kind}:{name}", end_ms] for rule, kind, name, end_ms in cooldowns]),
-            ]
+            ],
         )
 
     async def context(
@@ -247,14 +274,15 @@ class WindowStore:
         examples (newest bucket first) and, for a ticker, the ``top`` topics of its negative events."""
         pipe = self.redis.pipeline(transaction=False)
         starts = list(range(end_s - self.bucket_s, end_s - window_s - 1, -self.bucket_s))
+        fields = [f"{kind}|{name}|{i}" for i in range(1, 4)]
         for b in starts:
-            pipe.lrange(f"{self.prefix}:ex:{kind}:{name}:{b}", 0, limit - 1)
+            pipe.hmget(f"{self.prefix}:exb:{b}", fields)
         if kind == "ticker":
             for b in starts:
                 pipe.hgetall(f"{self.prefix}:b:{kind}:{name}:{b}")
         res = await pipe.execute()
         examples: list[tuple[str, str | None]] = []
-        for raw in (x for xs in res[: len(starts)] for x in xs):
+        for raw in (x for xs in res[: len(starts)] for x in xs if x is not None):
             if len(examples) >= limit:
                 break
             examples.append(_parse_example(raw.decode() if isinstance(raw, bytes) else raw))
@@ -291,7 +319,7 @@ class WindowStore:
         for kind, name, end_s in queries:
             mid = end_s - recent_s
             args += [kind, name, mid - baseline_s, mid, end_s]
-        flat = await self._sums(args=args)
+        flat = await self._sums(keys=self._route, args=args)
         return [WindowSums(*map(int, flat[i : i + 5])) for i in range(0, len(flat), 5)]
 
     async def metrics(self) -> dict[str, int]:
@@ -367,7 +395,9 @@ class WindowStore:
         acc = [[[0, 0, 0, 0, 0] for _ in range(-(-(end_s - start_s) // step_s))] for _ in names]
 
         async def run(call: list[tuple[int, str, int, int]]) -> None:
-            flat = await self._counts(args=[self.prefix, kind, b, step_s, *(x for q in call for x in q[1:])])
+            flat = await self._counts(
+                keys=self._route, args=[self.prefix, kind, b, step_s, *(x for q in call for x in q[1:])]
+            )
             k = 0
             for i, _, t0, t1 in call:
                 first = (t0 - start_s) // step_s

@@ -1,9 +1,12 @@
-"""A ``redis-server`` on this machine (the Debian package, installed with apt when missing)."""
+"""A ``redis-server`` on this machine (the Debian package, installed with apt when missing), and a local
+Redis Cluster of a few masters for the cluster tests."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -107,3 +110,92 @@ class LocalRedis(LocalService):
                 raise ConnectionError("PING returned false")
         finally:
             await client.aclose()
+
+
+class LocalRedisCluster:
+    """A throwaway Redis Cluster of ``len(ports)`` masters on 127.0.0.1, no replicas, no persistence.
+
+    For tests and benchmarks of the cluster path: ``redis-server --cluster-enabled yes`` per port (data
+    and ``nodes.conf`` under ``folder``), then ``redis-cli --cluster create`` splits the 16,384 slots
+    between them. :meth:`stop` ends exactly the processes :meth:`start` started.
+    """
+
+    def __init__(self, folder: Path, ports: list[int]) -> None:
+        self.folder = folder
+        self.ports = ports
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL: a cluster client discovers the others from it."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start every node, create the cluster, and wait until each node reports ``cluster_state:ok``."""
+        server = shutil.which("redis-server") or "redis-server"
+        cli = shutil.which("redis-cli") or "redis-cli"
+        try:
+            for port in self.ports:
+                node_dir = self.folder / str(port)
+                node_dir.mkdir(parents=True, exist_ok=True)
+                log = open(node_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child process
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            server,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            str(node_dir / "nodes.conf"),
+                            "--dir",
+                            str(node_dir),
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                        ],  # fmt: skip
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+            deadline = time.monotonic() + timeout
+            for port in self.ports:
+                while subprocess.run([cli, "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+                    if time.monotonic() > deadline:
+                        raise ServiceError("redis-cluster", f"node {port} did not answer PING")
+                    time.sleep(0.1)
+            nodes = [f"127.0.0.1:{p}" for p in self.ports]
+            run_checked(
+                "redis-cluster",
+                [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+                log_path=self.folder / "create.log",
+                what="redis-cli --cluster create",
+            )
+            for port in self.ports:
+                while (
+                    b"cluster_state:ok"
+                    not in subprocess.run([cli, "-p", str(port), "cluster", "info"], capture_output=True).stdout
+                ):
+                    if time.monotonic() > deadline:
+                        raise ServiceError("redis-cluster", f"node {port} never reached cluster_state:ok")
+                    time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the nodes this object started (by their own pids)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.procs = []

@@ -2,8 +2,10 @@
 -- to be judged by the alert rule. One atomic call per batch (also called with no events by the
 -- worker's periodic tick, so buckets close and abandoned ones are re-offered without new input).
 --
+-- KEYS: one key of the store (p:wm), so that a cluster client routes the call to the slot of the
+--       store's hash tag; every key the script touches starts with the prefix, which carries that tag.
 -- ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s,
---       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms
+--       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms, horizon_ms
 -- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source,
 --                example], ...]
 --   example: what an alert shows for a negative event (a JSON string [id, text cut short]), or ''.
@@ -31,6 +33,18 @@
 -- a ticker's bucket also counts its negative events per topic, in fields 'nt:<topic>', so that an
 -- alert on a ticker can say which topics drove it.
 --
+-- Exact dedupe with bounded memory: an event id is claimed in the seen hash of its event-time bucket,
+-- sharded so that each hash stays small enough for Redis' compact listpack encoding (about 10-25 bytes
+-- an id instead of about 120 for a key per id): p:seenb:<bucket_start>:<shard>, shard = sha1(id) mod k,
+-- k fixed per bucket when the bucket's first id arrives (p:seenk) from the densest bucket still held
+-- (p:seenn counts ids per bucket). The seen hashes are dropped by event time, not by the wall clock:
+-- once the lateness cut (low watermark - lateness) is past a bucket's end by the dedupe horizon. That
+-- point, the dedupe floor (p:seenfloor, ms), only ever moves forward, even when the low watermark moves
+-- back (live mode: an idle partition rejoins), and an event older than the floor is refused as late
+-- before anything else: an id whose seen record may be gone can never be counted a second time.
+-- The alert examples of a bucket (p:exb:<bucket_start>, fields 'kind|name|1..3') are dropped at the same
+-- point: by then every window that quotes them has been judged.
+--
 -- Returns {statuses (0 counted, 1 duplicate, 2 late), offered ("kind|name|bucket_end_s", oldest first)}.
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -43,6 +57,7 @@ local live = ARGV[8] == 'live'
 local idle_ms = tonumber(ARGV[9])
 local close_delay = tonumber(ARGV[10])
 local lease_ms = tonumber(ARGV[11])
+local horizon = tonumber(ARGV[12])
 local pending_key, lease_key, redo_key = p .. ':pending', p .. ':lease', p .. ':redo'
 local fields = {'neg', 'neu', 'pos'}
 local wm_key, wmp_key, wmt_key = p .. ':wm', p .. ':wmp', p .. ':wmt'
@@ -57,6 +72,42 @@ if live then
 end
 local changed = {}
 local touched = {}
+local seenk_key, seenn_key, floor_key = p .. ':seenk', p .. ':seenn', p .. ':seenfloor'
+local floor = tonumber(redis.call('GET', floor_key) or '-1')
+-- Ids per seen hash: Redis keeps a hash of up to 128 short fields (hash-max-listpack-entries) as one
+-- compact listpack; aim below that so a bucket somewhat denser than the last ones still fits.
+local SHARD_TARGET = 96
+local shards = {}
+local new_ids, new_order = {}, {}
+local function shard_count(bucket)
+  local k = shards[bucket]
+  if k ~= nil then return k end
+  local b = string.format('%d', bucket)
+  k = tonumber(redis.call('HGET', seenk_key, b) or '0')
+  if k == 0 then
+    local est = 0
+    for _, c in ipairs(redis.call('HVALS', seenn_key)) do
+      c = tonumber(c)
+      if c > est then est = c end
+    end
+    k = math.max(1, math.ceil(est * 1.25 / SHARD_TARGET))
+    redis.call('HSET', seenk_key, b, k)
+    redis.call('EXPIRE', seenk_key, ttl)
+  end
+  shards[bucket] = k
+  return k
+end
+-- True when the id was not seen before (and is now claimed).
+local function claim(id, bucket)
+  local k = shard_count(bucket)
+  local shard = 0
+  if k > 1 then shard = tonumber(string.sub(redis.sha1hex(id), 1, 7), 16) % k end
+  local key = p .. ':seenb:' .. string.format('%d', bucket) .. ':' .. shard
+  if redis.call('HSETNX', key, id, '') == 0 then return false end
+  if new_ids[key] == nil then new_ids[key] = 0; table.insert(new_order, {key, bucket}) end
+  new_ids[key] = new_ids[key] + 1
+  return true
+end
 
 local function low_watermark()
   local m, newest = nil, nil
@@ -95,14 +146,19 @@ end
 local ent_ts, ent_order = {}, {}
 local pend, pend_order = {}, {}
 local ex, ex_order = {}, {}
-local counted, late = 0, 0
+local counted, late, past_horizon = 0, 0, 0
 local status = {}
 for i, e in ipairs(events) do
   local id, ts, bucket, cls, score, ents, src = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
   local example = e[8]
   if example == nil or example == '' then example = id end
   local low = low_watermark()
-  if not redis.call('SET', p .. ':seen:' .. id, '1', 'NX', 'EX', ttl) then
+  if ts < floor then
+    -- Older than the dedupe floor: its seen record may be gone, so it is never counted (again).
+    status[i] = 2
+    late = late + 1
+    past_horizon = past_horizon + 1
+  elseif not claim(id, bucket) then
     status[i] = 1
   elseif low ~= nil and ts < low - lateness then
     status[i] = 2
@@ -132,7 +188,7 @@ for i, e in ipairs(events) do
         -- Only a bucket that received negative events can start a surge: only those are judged.
         local member = kind .. '|' .. name .. '|' .. string.format('%d', bucket + bucket_s)
         if pend[member] == nil then pend[member] = bucket + bucket_s; table.insert(pend_order, member) end
-        local xk = p .. ':ex:' .. kind .. ':' .. name .. ':' .. bucket
+        local xk = string.format('%d', bucket) .. '\0' .. kind .. '|' .. name
         local l = ex[xk]
         if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
         if #l < 3 then table.insert(l, example) end
@@ -161,17 +217,52 @@ for _, member in ipairs(pend_order) do
   redis.call('ZADD', pending_key, 'NX', pend[member], member)
 end
 if #pend_order > 0 then redis.call('EXPIRE', pending_key, ttl) end
+local ex_keys = {}
 for _, xk in ipairs(ex_order) do
-  local have = redis.call('LLEN', xk)
-  local ids = ex[xk]
-  for j = 1, math.min(#ids, 3 - have) do redis.call('RPUSH', xk, ids[j]) end
-  redis.call('EXPIRE', xk, ttl)
+  local b, ent = string.match(xk, '^([^%z]*)%z(.*)$')
+  local key = p .. ':exb:' .. b
+  local items, j = ex[xk], 1
+  -- Up to three examples per entity and bucket, in arrival order: fields ent|1, ent|2, ent|3.
+  for slot = 1, 3 do
+    if j > #items then break end
+    if redis.call('HSETNX', key, ent .. '|' .. slot, items[j]) == 1 then j = j + 1 end
+  end
+  ex_keys[key] = true
 end
+for key, _ in pairs(ex_keys) do redis.call('EXPIRE', key, ttl) end
+for _, t in ipairs(new_order) do
+  redis.call('EXPIRE', t[1], ttl)
+  redis.call('HINCRBY', seenn_key, string.format('%d', t[2]), new_ids[t[1]])
+end
+if #new_order > 0 then redis.call('EXPIRE', seenn_key, ttl) end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
 for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
 for src, _ in pairs(touched) do redis.call('HSET', wmt_key, src, string.format('%d', pt[src])) end
 if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
 if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
+if past_horizon > 0 then redis.call('HINCRBY', p .. ':metrics', 'late_past_dedupe_horizon', past_horizon) end
+
+-- Move the dedupe floor (whole buckets, forward only) and drop the seen ids and examples behind it.
+local cut = low_watermark()
+if cut ~= nil then
+  local f = cut - lateness - horizon
+  f = (f - f % (bucket_s * 1000))
+  if f > floor then
+    redis.call('SET', floor_key, string.format('%d', f), 'EX', ttl)
+    local held = redis.call('HGETALL', seenk_key)
+    for i = 1, #held, 2 do
+      local b = tonumber(held[i])
+      if (b + bucket_s) * 1000 <= f then
+        for shard = 0, tonumber(held[i + 1]) - 1 do
+          redis.call('UNLINK', p .. ':seenb:' .. held[i] .. ':' .. shard)
+        end
+        redis.call('UNLINK', p .. ':exb:' .. held[i])
+        redis.call('HDEL', seenk_key, held[i])
+        redis.call('HDEL', seenn_key, held[i])
+      end
+    end
+  end
+end
 
 -- Which buckets have closed, and which of them may be handed to this caller now.
 local close_ms = low_watermark()

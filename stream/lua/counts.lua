@@ -2,6 +2,7 @@
 -- bucket (measured: 1,000 entities x 1,440 one-minute buckets took about 63 s as pipelined HMGETs from
 -- Python, about 3 s as this script). Read-only.
 --
+-- KEYS: one key of the store (p:wm), only so that a cluster client routes the call to the prefix's slot.
 -- ARGV: prefix, kind, bucket_s, step_s, then per query: name, start_s, end_s (whole buckets)
 -- Returns, per query and per step slice of [start_s, end_s) in order (the last slice may be short):
 -- n, neg, neu, pos, ssum (score in micro-units). A missing bucket counts as zero.

@@ -2,6 +2,7 @@
 -- pending set and their leases, and each entity's cooldown moves to its newest alert window end.
 -- Until this runs, a crash only makes the buckets come back (same alert ids): duplicates at worst.
 --
+-- KEYS: one key of the store (p:wm), only so that a cluster client routes the call to the prefix's slot.
 -- ARGV: prefix, ttl_s, members_json ["kind|name|bucket_end_s", ...],
 --       cooldowns_json [["rule:kind:name", window_end_ms], ...]
 local p = ARGV[1]

@@ -1,5 +1,6 @@
 -- Window sums for the alert rule, one round trip for every bucket a call judges.
 --
+-- KEYS: one key of the store (p:wm), only so that a cluster client routes the call to the prefix's slot.
 -- ARGV: prefix, bucket_s, min_count, floor, rule, then per query: kind, name, start_s, mid_s, end_s
 -- Returns per query: n and neg in [mid, end) (recent), n and neg in [start, mid) (baseline), and the
 -- entity's last alert window end in ms (-1 if none) for the cooldown.

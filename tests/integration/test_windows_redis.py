@@ -143,3 +143,27 @@ async def test_alert_context_quotes_negative_texts_and_counts_topics_per_ticker(
     wide = await w.context("ticker", "AAA", end_s + BUCKET, 2 * BUCKET, limit=2)
     assert wide.examples == [("o1", "next bucket"), ("n1", "first bad")]
     assert wide.top_topics == [("Macro", 3), ("Earnings", 2), ("Legal", 1)]
+
+
+async def test_seen_ids_are_dropped_behind_the_horizon_and_older_events_are_never_counted_twice(
+    redis: Redis,
+) -> None:
+    """Live mode: an idle partition stops holding the watermark, the dedupe floor passes its bucket and the
+    seen ids there are dropped; when it rejoins with a replay of an old event, the watermark moves back
+    far enough for the lateness rule to admit it, but the floor refuses it: late, not counted again."""
+    pol = TimePolicy(mode="live", idle_partition_s=30, live_close_delay_s=3600, alert_lease_s=5, dedupe_horizon_s=60)
+    w = WindowStore(redis, f"test:{uuid.uuid4().hex[:10]}", BUCKET, 3600, lateness_s=120, time_policy=pol)
+    assert (await w.apply([neg(1, T0 + 1000, "in:0")], SOURCES, now_ms=T0)).statuses == ["counted"]
+    assert (await w.apply([neg(1, T0 + 1000, "in:0")], SOURCES, now_ms=T0)).statuses == ["duplicate"]
+    # in:0 falls silent; in:1 is ten minutes of event time ahead and alone sets the low watermark.
+    r = await w.apply([neg(2, T0 + 600_000, "in:1", "BBB")], SOURCES, now_ms=T0 + 40_000)
+    assert r.statuses == ["counted"]
+    floor = int(await redis.get(f"{w.prefix}:seenfloor"))
+    assert floor == T0 + 600_000 - 120_000 - 60_000
+    assert [k async for k in redis.scan_iter(match=f"{w.prefix}:seenb:{T0 // 1000}:*")] == []
+    # in:0 rejoins with the old event again, and a new one of the same minute.
+    r = await w.apply([neg(1, T0 + 1000, "in:0"), neg(3, T0 + 2000, "in:0")], SOURCES, now_ms=T0 + 41_000)
+    assert r.statuses == ["late", "late"]
+    assert int(await redis.hget(f"{w.prefix}:b:ticker:AAA:{T0 // 1000}", "n")) == 1
+    m = await w.metrics()
+    assert (m["counted"], m["late"], m["late_past_dedupe_horizon"]) == (2, 2, 2)

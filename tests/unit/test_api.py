@@ -47,8 +47,11 @@ class FakeRedis:
     def register_script(self, script: str) -> Any:
         return self._counts if "Window counts summed server-side" in script else None
 
-    async def _counts(self, args: list[Any]) -> list[int]:
-        """counts.lua in Python: per (name, start, end) query, per step slice, the summed count fields."""
+    async def _counts(self, args: list[Any], keys: list[str] | None = None) -> list[int]:
+        """counts.lua in Python: per (name, start, end) query, per step slice, the summed count fields.
+
+        ``keys`` only routes the call to the store's slot on a Redis Cluster: it must be a key of the store."""
+        assert keys is None or all(k.startswith(f"{args[0]}:") for k in keys)
         prefix, kind, bucket, step = args[0], args[1], int(args[2]), int(args[3])
         self.calls.append(sum((int(args[q + 2]) - int(args[q + 1])) // bucket for q in range(4, len(args), 3)))
         out: list[int] = []
