@@ -15,6 +15,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "onnx": "build",
     "onnxscript": "build",
     "tensorrt": "gpu",
+    "matplotlib": "backtest",
 }
 
 

@@ -103,6 +103,36 @@ async def follow_outputs(
     return scored, alerts, dead
 
 
+def reset_run(settings: StreamSettings) -> None:
+    """Start a run from nothing: its topics deleted and made again, its Redis prefix emptied (demo, backtest)."""
+    asyncio.run(delete_topics(settings, list(topic_plan(settings))))
+    asyncio.run(clear_redis_prefix(settings))
+    asyncio.run(ensure_topics(settings, topic_plan(settings)))
+
+
+def replay_and_follow(
+    settings: StreamSettings, events: list[dict[str, Any]], console: Any, idle_timeout: float = 90
+) -> tuple[int, list[dict[str, Any]], int]:
+    """Replay ``events`` into the input topic while following the outputs, with progress bars (demo, backtest).
+
+    Returns (scored, alerts, dead-lettered), as :func:`follow_outputs`.
+    """
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        sent_task = progress.add_task("replayed", total=len(events))
+        done_task = progress.add_task("scored  ", total=len(events))
+
+        async def both() -> tuple[int, list[dict[str, Any]], int]:
+            follower = asyncio.create_task(
+                follow_outputs(settings, len(events), progress, done_task, idle_timeout=idle_timeout)
+            )
+            await produce(settings, settings.input_topic, events, progress=lambda n: progress.advance(sent_task, n))
+            return await follower
+
+        return asyncio.run(both())
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -174,9 +204,7 @@ def run_demo(
         if engine.model_dir is None:
             model_dir = ensure_default_model(settings)
             engine = engine.model_copy(update={"model_dir": model_dir})
-        asyncio.run(delete_topics(settings, list(topic_plan(settings))))
-        asyncio.run(clear_redis_prefix(settings))
-        asyncio.run(ensure_topics(settings, topic_plan(settings)))
+        reset_run(settings)
 
         events = read_events(stream_file, since=parse_when(since), until=parse_when(until), limit=limit)
         if not events:
@@ -202,25 +230,7 @@ def run_demo(
             dashboard = None
             console.print(f"[yellow]dashboard not started: {exc}")
         t0 = time.perf_counter()
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as progress:
-            sent_task = progress.add_task("replayed", total=len(events))
-            done_task = progress.add_task("scored  ", total=len(events))
-
-            async def both() -> tuple[int, list[dict[str, Any]], int]:
-                follower = asyncio.create_task(
-                    follow_outputs(settings, len(events), progress, done_task, idle_timeout=90)
-                )
-                await produce(
-                    settings,
-                    settings.input_topic,
-                    events,
-                    progress=lambda n: progress.advance(sent_task, n),
-                )
-                return await follower
-
-            scored, alerts, dead = asyncio.run(both())
+        scored, alerts, dead = replay_and_follow(settings, events, console)
         elapsed = time.perf_counter() - t0
         info = health(settings.worker_web_port) or info
         asyncio.run(_print_trends(console, settings))

@@ -15,6 +15,7 @@ from build_engine.cli import build_engine_cmd
 from engine.settings import EngineSettings
 from finpulse.extras import missing_extra
 from ingest.cli import ingest_cmd
+from stream.cli.backtest.command import backtest_cmd
 from stream.cli.replay.command import replay_cmd
 from stream.cli.status import status_cmd
 from stream.logs import configure_logging
@@ -237,6 +238,7 @@ cli.add_command(bench, "bench")
 cli.add_command(status_cmd, "status")
 cli.add_command(replay_cmd, "replay")
 cli.add_command(ingest_cmd, "ingest")
+cli.add_command(backtest_cmd, "backtest")
 
 
 def main() -> None:
