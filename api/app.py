@@ -39,6 +39,7 @@ from api.ingest import ingest_router
 from api.settings import ApiSettings
 from stream import security
 from stream.events import Alert, ms_to_iso, parse_event_time
+from stream.indices import DEFAULT_BASELINE, INDEX_WINDOWS, MAX_BASELINE, EntityIndex, entity_indices, index_buckets
 from stream.settings import StreamSettings
 from stream.windows import BucketCounts, EntityTrend, WindowStore, bucket_start
 
@@ -154,6 +155,51 @@ class SeriesResponse(BaseModel):
     window_end: int
     last_seen: int
     points: list[SeriesPoint]
+
+
+class IndexPoint(BaseModel):
+    """One entity's index over one window length."""
+
+    window: str = Field(description="1m, 5m, 15m, 1h or 1d")
+    window_seconds: int = Field(description="read in whole buckets: a window shorter than a bucket is one bucket")
+    start: int = Field(description="epoch ms")
+    end: int = Field(description="epoch ms (exclusive)")
+    count: int = Field(description="buzz: events in the window")
+    neg_share: float
+    pos_share: float
+    mean_score: float = Field(description="mean of P(positive) - P(negative)")
+    baseline_windows: int = Field(description="past windows of the same length compared with (within retention)")
+    baseline_mean: float
+    baseline_std: float
+    buzz_z: float | None = Field(description="(count - baseline_mean) / max(baseline_std, 1); null without a baseline")
+
+
+class IndicesResponse(BaseModel):
+    """One entity's indices at 1m, 5m, 15m, 1h and 1d, ending at the store's event time."""
+
+    kind: Kind
+    name: str
+    bucket_seconds: int
+    baseline: int = Field(description="past windows asked for")
+    last_seen: int
+    indices: list[IndexPoint]
+
+
+def index_point(x: EntityIndex) -> IndexPoint:
+    return IndexPoint(
+        window=x.window,
+        window_seconds=x.window_seconds,
+        start=x.start_s * 1000,
+        end=x.end_s * 1000,
+        count=x.count,
+        neg_share=round(x.neg_share, 4),
+        pos_share=round(x.pos_share, 4),
+        mean_score=round(x.mean_score, 4),
+        baseline_windows=x.baseline_windows,
+        baseline_mean=round(x.baseline_mean, 4),
+        baseline_std=round(x.baseline_std, 4),
+        buzz_z=None if x.buzz_z is None else round(x.buzz_z, 4),
+    )
 
 
 class AlertsResponse(BaseModel):
@@ -441,6 +487,46 @@ def _router(api: ApiSettings) -> APIRouter:
             window_end=end_s * 1000,
             last_seen=last,
             points=[series_point(p) for p in points],
+        )
+
+    @r.get(
+        "/entities/{kind}/{name:path}/indices",
+        response_model=IndicesResponse,
+        responses={404: {"model": ErrorResponse, "description": "no such entity"}},
+        summary="One entity's indices: buzz, shares, mean score and buzz z-score at 1m to 1d",
+    )
+    async def indices(
+        st: State,
+        kind: Annotated[Kind, PathParam()],
+        name: Annotated[
+            str, PathParam(pattern=NAME_PATTERN, description="ticker or topic label", examples=["AAA", "Earnings"])
+        ],
+        baseline: Annotated[
+            int,
+            Query(ge=1, le=MAX_BASELINE, description="past windows of the same length the buzz z-score compares with"),
+        ] = DEFAULT_BASELINE,
+    ) -> IndicesResponse:
+        bucket = st.stream.bucket_seconds
+        # Bounded Redis work: the bucket reads are known before any is made (a day of minute buckets times the
+        # baseline is the large term), and refused with the reason when over the cap.
+        cost = index_buckets(bucket, st.stream.retention_seconds, baseline, list(INDEX_WINDOWS))
+        cap = 10 * st.api.redis_buckets_per_call
+        if cost > cap:
+            raise bad_request("baseline", f"{cost} bucket reads > {cap}: ask for a smaller baseline")
+        last = await st.store.last_seen_ms(kind, name)
+        if last is None:
+            raise HTTPException(404, f"no {kind} named {name!r}")
+        wm = await st.store.watermark_ms()
+        rows = await entity_indices(
+            st.store, kind, name, max(wm or 0, last), baseline=baseline, max_buckets=st.api.redis_buckets_per_call
+        )
+        return IndicesResponse(
+            kind=kind,
+            name=name,
+            bucket_seconds=bucket,
+            baseline=baseline,
+            last_seen=last,
+            indices=[index_point(x) for x in rows],
         )
 
     @r.get("/alerts", response_model=AlertsResponse, summary="Recent alerts, newest first")

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from stream.indices import INDEX_WINDOWS, EntityIndex
 from stream.windows import EntityTrend
 
 
@@ -71,3 +72,22 @@ def make_console() -> Console:
 
     # Tables of tickers, topics and alerts need about 120 columns; wider terminals get their width.
     return Console(highlight=False, width=max(120, shutil.get_terminal_size((120, 40)).columns))
+
+
+def indices_table(title: str, rows: Iterable[tuple[str, EntityIndex]]) -> Table:
+    """Entity indices, one row per (entity, window): buzz, shares, mean score, buzz z against its baseline."""
+    t = Table(title=title, title_justify="left")
+    for col in ("entity", "window", "buzz", "neg share", "pos share", "mean score", "baseline", "buzz z"):
+        t.add_column(col, justify="left" if col in ("entity", "window") else "right")
+    for name, x in rows:
+        t.add_row(
+            name,
+            x.window if x.window_seconds == INDEX_WINDOWS.get(x.window) else f"{x.window} ({x.window_seconds // 60}m)",
+            str(x.count),
+            f"{x.neg_share:.1%}",
+            f"{x.pos_share:.1%}",
+            f"{x.mean_score:+.3f}",
+            f"{x.baseline_mean:.1f} \u00b1 {x.baseline_std:.1f} ({x.baseline_windows})",
+            "-" if x.buzz_z is None else f"{x.buzz_z:+.1f}",
+        )
+    return t

@@ -146,10 +146,33 @@ def alerts(from_beginning: bool, timeout: float | None, as_json: bool) -> None:
 )
 @click.option("--top", type=int, default=15)
 @click.option("--min-count", type=int, default=1)
-def trends(kind: str, window: str, top: int, min_count: int) -> None:
-    """Print current windows from Redis, entities ranked by negative share."""
+@click.option(
+    "--indices",
+    is_flag=True,
+    help="Also the entity indices (buzz, neg/pos share, mean score, buzz z) at 1m, 5m, 15m, 1h and 1d for the "
+    "top entities (or --entity).",
+)
+@click.option("--entity", "entity_names", multiple=True, help="With --indices: only these names (repeatable).")
+@click.option(
+    "--baseline",
+    type=click.IntRange(1, 48),
+    default=24,
+    show_default=True,
+    help="Past windows the buzz z compares with.",
+)
+def trends(
+    kind: str,
+    window: str,
+    top: int,
+    min_count: int,
+    indices: bool,
+    entity_names: tuple[str, ...],
+    baseline: int,
+) -> None:
+    """Print current windows from Redis, entities ranked by negative share (and, with --indices, their indices)."""
     from stream.app import redis_client
-    from stream.cli.console import make_console, trends_table
+    from stream.cli.console import indices_table, make_console, trends_table
+    from stream.indices import entity_indices
     from stream.windows import WindowStore
 
     s = get_settings()
@@ -160,9 +183,17 @@ def trends(kind: str, window: str, top: int, min_count: int) -> None:
         r = redis_client(s)
         try:
             store = WindowStore(r, s.redis_prefix, s.bucket_seconds, s.retention_seconds, s.allowed_lateness_seconds)
+            wm = await store.watermark_ms()
             for k in ["ticker", "topic"] if kind == "both" else [kind]:
-                console.print(trends_table(f"{k}s, window {window}", await store.trends(k, window_s), top, min_count))
-            console.print(f"watermark: {await store.watermark_ms()}  metrics: {await store.metrics()}")
+                rows = await store.trends(k, window_s)
+                console.print(trends_table(f"{k}s, window {window}", rows, top, min_count))
+                if indices and wm is not None:
+                    # The same entities as the table above (ranked by negative share), or the ones named.
+                    ranked = sorted((x for x in rows if x.n >= min_count), key=lambda x: (-x.negative_share, -x.n))
+                    names = list(entity_names) or [x.name for x in ranked[:top]]
+                    table = [(n, x) for n in names for x in await entity_indices(store, k, n, wm, baseline=baseline)]
+                    console.print(indices_table(f"{k} indices (buzz z: vs the previous {baseline} windows)", table))
+            console.print(f"watermark: {wm}  metrics: {await store.metrics()}")
         finally:
             await r.aclose()
 
