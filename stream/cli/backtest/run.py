@@ -68,7 +68,8 @@ def backtest_settings(base: StreamSettings, overrides: dict[str, Any] | None = N
         "alerts_topic": f"finpulse.backtest.{tag}.alerts",
         "dlq_topic": f"finpulse.backtest.{tag}.dlq",
         "consumer_group": f"finpulse-backtest-{tag}",
-        "redis_prefix": f"finpulse:backtest:{tag}",
+        # In braces: a Redis Cluster hash tag, as the default prefix has, so the run's windows share one slot.
+        "redis_prefix": f"{{finpulse:backtest:{tag}}}",
         "worker_web_port": _free_port(),
     }
     return base.model_copy(update={**BACKTEST_OVERRIDES, **(overrides or {}), **names})
