@@ -250,6 +250,7 @@ def run_one(
                 **info["engine"].get("batch_policy", {}),
             },
             "events": len(burst),
+            "processes": settings.worker_processes,
             "throughput_events_per_s": round(rate, 1),
             "seconds_to_last_scored": round(t_scored, 3),
             "seconds_to_redis_complete": round(t_redis, 3),
@@ -313,6 +314,13 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
     show_default=True,
     help="Also run `bench baseline` on this many of the same events (0: skip).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Workers in the consumer group (finpulse worker --processes N); CPU and RSS are worker 0's.",
+)
 def bench_pipeline_cmd(
     n: int,
     latency_events: int,
@@ -323,9 +331,10 @@ def bench_pipeline_cmd(
     out: Path | None,
     record: Path | None,
     baseline_events: int,
+    processes: int,
 ) -> None:
     """End-to-end events/s and produce-to-scored latency, against the raw engine, in one run."""
-    base = get_settings()
+    base = get_settings().model_copy(update={"worker_processes": processes})
     if data_dir:
         base = base.model_copy(update={"data_dir": data_dir})
     services = LocalServices(base)

@@ -125,6 +125,7 @@ async def _run_rate(
     t0 = 1_700_000_000_000
     evs = _events(events, rate, t0, tickers, topics, seed=int(rate * 7) + 1)
     base = int((await r.info("memory"))["used_memory"])
+    await r.config_resetstat()
     half_mem, half_n = 0, 0
     t_start = time.perf_counter()
     for i in range(0, len(evs), batch):
@@ -136,6 +137,8 @@ async def _run_rate(
             half_mem = int((await r.info("memory"))["used_memory"])
     elapsed = time.perf_counter() - t_start
     end_mem = int((await r.info("memory"))["used_memory"])
+    # Server-side time of the window script alone (no client, no network): what one slot can take.
+    lua = (await r.info("commandstats")).get("cmdstat_evalsha", {})
     fams = await _families(r, prefix)
     span_s = events / rate
     # Dropped by event time behind the dedupe floor: constant at steady state, whatever the retention.
@@ -160,6 +163,7 @@ async def _run_rate(
         # The plateau scales with the event time it covers: lateness + horizon (+ about two buckets).
         "plateau_bytes_at_defaults": round(plateau * (1800 + 3600 + 120) / (lateness_s + horizon_s + 120)),
         "apply_events_per_s": round(events / elapsed),
+        "redis_lua_us_per_event": round(float(lua.get("usec", 0)) / events, 2),
         "families": {k: {**v, "bytes_per_event": round(v["bytes"] / events, 1)} for k, v in sorted(fams.items())},
     }
     await _unlink(r, prefix)

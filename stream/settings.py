@@ -89,6 +89,13 @@ class StreamSettings(BaseSettings):
         description="Address the worker's web server (/health, /metrics) binds; 0.0.0.0 in a container.",
     )
     worker_web_port: int = 6066
+    worker_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="`finpulse worker` runs this many workers of one consumer group on this machine (web ports "
+        "worker_web_port, +1, ...); more than the input partitions leaves some idle.",
+    )
     max_batch_size: int = Field(
         default=256, description="Events taken from Kafka per micro-batch (the engine splits it further)."
     )

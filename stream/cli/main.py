@@ -71,9 +71,17 @@ def services() -> None:
 @click.option("--web-port", type=int, default=None, help="Health endpoint port (default FINPULSE_WORKER_WEB_PORT).")
 @click.option("--backend", default=None, help="Engine backend (default FINPULSE_ENGINE_BACKEND or auto).")
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None)
-def worker(web_port: int | None, backend: str | None, model_dir: Path | None) -> None:
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Run N workers of one consumer group here: this process and N-1 children on the next web ports "
+    "(default FINPULSE_WORKER_PROCESSES; useful up to the input partition count).",
+)
+def worker(web_port: int | None, backend: str | None, model_dir: Path | None, processes: int | None) -> None:
     """Run a Faust worker: consume events, classify in micro-batches, update Redis, publish scores and alerts."""
     from stream.cli.models import resolve_model_dir
+    from stream.cli.workers import SiblingWorkers
     from stream.worker import run_worker
 
     eng = EngineSettings()
@@ -81,7 +89,16 @@ def worker(web_port: int | None, backend: str | None, model_dir: Path | None) ->
         update={k: v for k, v in {"backend": backend, "model_dir": model_dir}.items() if v is not None}
     )
     s = _settings(worker_web_port=web_port)
-    run_worker(s, eng, resolve_model_dir(s, eng))
+    resolved = resolve_model_dir(s, eng)
+    n = processes or s.worker_processes
+    siblings = SiblingWorkers(s, eng.model_copy(update={"model_dir": resolved}), n - 1) if n > 1 else None
+    if siblings is not None:
+        siblings.start()
+    try:
+        run_worker(s, eng, resolved)
+    finally:
+        if siblings is not None:
+            siblings.stop()
 
 
 @cli.command()

@@ -230,10 +230,14 @@ for _, xk in ipairs(ex_order) do
   ex_keys[key] = true
 end
 for key, _ in pairs(ex_keys) do redis.call('EXPIRE', key, ttl) end
+local per_bucket, bucket_order = {}, {}
 for _, t in ipairs(new_order) do
   redis.call('EXPIRE', t[1], ttl)
-  redis.call('HINCRBY', seenn_key, string.format('%d', t[2]), new_ids[t[1]])
+  local b = string.format('%d', t[2])
+  if per_bucket[b] == nil then per_bucket[b] = 0; table.insert(bucket_order, b) end
+  per_bucket[b] = per_bucket[b] + new_ids[t[1]]
 end
+for _, b in ipairs(bucket_order) do redis.call('HINCRBY', seenn_key, b, per_bucket[b]) end
 if #new_order > 0 then redis.call('EXPIRE', seenn_key, ttl) end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
 for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
