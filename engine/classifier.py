@@ -129,15 +129,25 @@ class TextClassifier:
             self.tokenizer.max_seq_len,
         )
 
-    def classify(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Probabilities per head, shape (len(texts), n_labels), in input order. Empty in, empty out."""
+    def classify(self, texts: Sequence[str], tokenized: TokenizedTexts | None = None) -> dict[str, np.ndarray]:
+        """Probabilities per head, shape (len(texts), n_labels), in input order. Empty in, empty out.
+
+        ``tokenized``: these texts already through :meth:`tokenize` (on another thread, ahead of time).
+        """
+        return self.classify_tokenized(tokenized if tokenized is not None else self.tokenize(texts))
+
+    def tokenize(self, texts: Sequence[str]) -> TokenizedTexts:
+        """Stage one of :meth:`classify`, callable on its own thread: the Rust tokenizer releases the
+        GIL, so a caller can tokenize the next batch while :meth:`classify_tokenized` runs this one."""
         if len(texts) == 0:
-            return {h.name: np.zeros((0, len(h.labels)), dtype=np.float32) for h in self.heads}
-        tok = self.tokenizer.tokenize(texts)
-        return self.classify_tokenized(tok)
+            return TokenizedTexts(ids=[], lengths=np.zeros(0, dtype=np.int64))
+        return self.tokenizer.tokenize(texts)
 
     def classify_tokenized(self, tok: TokenizedTexts) -> dict[str, np.ndarray]:
+        """Stage two of :meth:`classify`: plan, collate and run the backend on tokenized texts."""
         n = len(tok.ids)
+        if n == 0:
+            return {h.name: np.zeros((0, len(h.labels)), dtype=np.float32) for h in self.heads}
         out = {h.name: np.empty((n, len(h.labels)), dtype=np.float32) for h in self.heads}
         filled = np.zeros(n, dtype=bool)
         for idx in self.plan(tok):

@@ -6,10 +6,11 @@ names its reason, so the worker can route it and go on.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import orjson
@@ -169,6 +170,156 @@ def parse_event(raw: bytes | str | None, max_event_bytes: int, max_text_bytes: i
         if tags:
             event = event.model_copy(update={"tickers": tags})
     return event
+
+
+class InputEvent:
+    """A valid input event as the worker's hot path carries it: the fields it uses, nothing per field to validate.
+
+    :class:`NewsEvent` stays the one schema of an input event (the API, the ingesters and replay validate
+    with it, and it documents the format); :func:`decode_event` is its compiled fast path, accepting
+    exactly what :func:`parse_event` accepts with the same result (tests compare them input for input),
+    and building this small object instead of a pydantic model (about 5 us each at 10,000 events/s).
+    """
+
+    __slots__ = ("id", "text", "published_at", "source", "title", "tickers")
+
+    def __init__(
+        self, id: str, text: str, published_at: int, source: str, title: str | None, tickers: list[str]
+    ) -> None:
+        self.id = id
+        self.text = text
+        self.published_at = published_at
+        self.source = source
+        self.title = title
+        self.tickers = tickers
+
+    @classmethod
+    def from_news(cls, e: NewsEvent) -> InputEvent:
+        return cls(e.id, e.text, e.published_at, e.source, e.title, list(e.tickers))
+
+    @property
+    def classify_text(self) -> str:
+        """What the model reads: the title (when there is one) and the body (as :attr:`NewsEvent.classify_text`)."""
+        return f"{self.title}. {self.text}" if self.title else self.text
+
+    def __repr__(self) -> str:
+        return f"InputEvent(id={self.id!r}, published_at={self.published_at}, tickers={self.tickers!r})"
+
+
+_OPTIONAL_STR = ("title", "author", "url", "lang")
+# Ticker spellings already seen -> normalised form: most events name a few hundred tickers at most.
+_TICKERS: dict[str, str] = {}
+_TICKER_CACHE_MAX = 50_000
+
+
+def _normalise_ticker(t: object) -> str | None:
+    """NewsEvent's ticker rule for one item (None when invalid), remembered for the next event."""
+    if type(t) is not str:
+        return None
+    norm = t.strip().lstrip("$").upper()
+    if not TICKER_RE.match(norm):
+        return None
+    if len(_TICKERS) >= _TICKER_CACHE_MAX:
+        _TICKERS.clear()
+    _TICKERS[t] = norm
+    return norm
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_ms(day: str) -> int | None:
+    """Epoch ms of a ``YYYY-MM-DD`` day at 00:00 UTC (the parser ``datetime.fromisoformat`` uses for the
+    date part), or None when it is no valid date."""
+    try:
+        return (date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL) * 86_400_000
+    except ValueError:
+        return None
+
+
+def _iso_z_ms(s: str) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (the usual form) as epoch ms, exactly as :func:`parse_event_time` reads it;
+    None for any other form or an invalid value (the caller then asks parse_event_time)."""
+    if s[10] != "T" or s[13] != ":" or s[16] != ":" or s[19] != "Z":
+        return None
+    hh, mm, ss = s[11:13], s[14:16], s[17:19]
+    if not (hh.isdigit() and mm.isdigit() and ss.isdigit() and hh.isascii() and mm.isascii() and ss.isascii()):
+        return None
+    h, m, sec = int(hh), int(mm), int(ss)
+    if h > 23 or m > 59 or sec > 59:
+        return None
+    day = _day_ms(s[:10]) if s[4] == "-" and s[7] == "-" else None
+    return None if day is None else day + h * 3_600_000 + m * 60_000 + sec * 1000
+
+
+def decode_event(raw: bytes, max_event_bytes: int, max_text_bytes: int) -> InputEvent | None:
+    """The fast path of :func:`parse_event` for one raw value: an :class:`InputEvent`, or None when the
+    input is not a plainly valid event (the caller then asks :func:`parse_event`, which names the reason).
+
+    orjson plus a few checks, each the rule a :class:`NewsEvent` field applies: anything unusual falls
+    back rather than being judged here, so dead-letter reasons and details stay exactly parse_event's.
+    Never raises.
+    """
+    if len(raw) > max_event_bytes:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict:
+        return None
+    eid = data.get("id")
+    text = data.get("text")
+    if type(eid) is not str or type(text) is not str or not 0 < len(eid) <= 256 or not text.strip():
+        return None
+    # A JSON string never decodes to more UTF-8 bytes than its literal took, so a small input needs no count.
+    if len(raw) > max_text_bytes and len(text.encode("utf-8", "surrogatepass")) > max_text_bytes:
+        return None
+    source = data.get("source", "unknown")
+    if type(source) is not str:
+        return None
+    for name in _OPTIONAL_STR:
+        v = data.get(name)
+        if v is not None and type(v) is not str:
+            return None
+    if "published_at" not in data:
+        return None
+    when = data["published_at"]
+    published_at = _iso_z_ms(when) if type(when) is str and len(when) == 20 else None
+    if published_at is None:
+        try:
+            published_at = parse_event_time(when)
+        except (ValueError, TypeError, OverflowError):
+            return None
+    title = data.get("title")
+    raw_tickers = data.get("tickers")
+    tickers: list[str] = []
+    if type(raw_tickers) is list:
+        for t in raw_tickers:
+            norm = _TICKERS.get(t) if type(t) is str else None
+            if norm is None:
+                norm = _normalise_ticker(t)
+                if norm is None:
+                    return None
+            if norm not in tickers:
+                tickers.append(norm)
+        del tickers[MAX_TICKERS:]
+    elif raw_tickers is not None:
+        return None
+    if not tickers:
+        tickers = extract_cashtags(title, text)
+    return InputEvent(eid, text, published_at, source, title, tickers)
+
+
+def decode_event_or_reject(raw: bytes | None, max_event_bytes: int, max_text_bytes: int) -> InputEvent | Rejection:
+    """:func:`decode_event`, falling back to :func:`parse_event` for whatever the fast path does not accept."""
+    if raw is not None and not isinstance(raw, str):
+        fast = decode_event(raw, max_event_bytes, max_text_bytes)
+        if fast is not None:
+            return fast
+    parsed = parse_event(raw, max_event_bytes, max_text_bytes)
+    return parsed if isinstance(parsed, Rejection) else InputEvent.from_news(parsed)
 
 
 class DeadLetter(BaseModel):

@@ -153,7 +153,7 @@ async def test_engine_failure_dead_letters_the_batch(
 ) -> None:
     p, store, sink = processor
 
-    def broken(texts: list[str]) -> dict[str, np.ndarray]:
+    def broken(texts: list[str], **_: object) -> dict[str, np.ndarray]:
         raise InferenceOutputError("backend returned 1 row for 2 texts")
 
     monkeypatch.setattr(p.classifier, "classify", broken)
@@ -171,7 +171,7 @@ async def test_poison_event_is_bisected_out(
     orig = p.classifier.classify
     calls: list[int] = []
 
-    def picky(texts: list[str]) -> dict[str, np.ndarray]:
+    def picky(texts: list[str], **_: object) -> dict[str, np.ndarray]:
         calls.append(len(texts))
         if any("POISON" in t for t in texts):
             raise InferenceOutputError("backend choked on this input")
@@ -207,7 +207,7 @@ async def test_alert_stays_pending_until_kafka_acknowledges(
     p, store, sink = processor
     orig = p.classifier.classify
 
-    def all_negative(texts: list[str]) -> dict[str, np.ndarray]:
+    def all_negative(texts: list[str], **_: object) -> dict[str, np.ndarray]:
         out = orig(texts)
         out["sentiment"] = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (len(texts), 1))
         return out
@@ -273,7 +273,7 @@ async def test_negative_burst_raises_one_alert_per_entity(
     p, store, sink = processor
     orig = p.classifier.classify
 
-    def all_negative(texts: list[str]) -> dict[str, np.ndarray]:
+    def all_negative(texts: list[str], **_: object) -> dict[str, np.ndarray]:
         out = orig(texts)
         out["sentiment"] = np.tile(np.array([[0.9, 0.05, 0.05]], dtype=np.float32), (len(texts), 1))
         return out
@@ -325,7 +325,7 @@ def _traced_pipeline(
     p.store = store  # type: ignore[assignment]
     orig = p.classifier.classify
 
-    def traced(texts: list[str]) -> dict[str, np.ndarray]:
+    def traced(texts: list[str], **_: object) -> dict[str, np.ndarray]:
         trace.append(f"infer {len(texts)}")
         return orig(texts)
 
@@ -391,6 +391,7 @@ async def test_an_event_that_breaks_the_parser_is_dead_lettered(
         return real(raw, max_event, max_text)
 
     monkeypatch.setattr(proc, "parse_event", buggy)
+    monkeypatch.setattr(proc, "decode_event", buggy)  # the compiled fast path runs first
     res = await p.process([msg(good(1, "$AAPL boom"), 0), msg(good(2), 1)])
     assert res.scored == 1 and [orjson.loads(v)["reason"] for _, v in sink.dlq] == ["unparseable"]
 
