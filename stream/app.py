@@ -1,24 +1,31 @@
-"""The Faust worker: topics, the classify agent (micro-batches via ``take_events``) and the health view.
+"""The Faust worker: the batch consume task, the close tick and the health and metrics pages.
 
-``create_app`` wires an already-loaded classifier and Redis into a Faust app; the heavy lifting is in
-``stream.processor.BatchProcessor`` so the agent stays a thin loop.
+``create_app`` wires an already-loaded classifier and Redis into a Faust app. Faust owns the process
+(lifecycle, signals, the producer, timers, web); the input topic is read in batches by
+``stream.consumer.BatchConsumer`` and each batch is handled by ``stream.processor.BatchProcessor``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.partitioner import murmur2
+from faust.app.base import BootStrategy
 from redis.asyncio import Redis
 
 from engine.classifier import TextClassifier
-from stream.processor import BatchPipeline, BatchProcessor, BatchResult, RawMessage
+from stream.consumer import BatchConsumer
+from stream.processor import BatchProcessor
 from stream.security import bearer_token_ok, diagnose_kafka, explain_kafka_error, faust_auth_kwargs, redis_from_settings
 from stream.settings import StreamSettings
 from stream.windows import WindowStore
@@ -27,12 +34,14 @@ log = structlog.get_logger(__name__)
 
 
 class FaustSink:
-    """Sends processor output straight through the app's aiokafka producer.
+    """Sends processor output through the aiokafka producer beneath the app, one batch per partition.
 
-    Faust's ``Topic.send`` wraps every record in a FutureMessage and may attach it to the current
-    event; going to the producer directly keeps per-record Python work minimal. Awaiting the
-    delivery futures makes a batch's outputs durable before ``take_events`` acks (and so commits)
-    the inputs they came from.
+    Faust's ``Topic.send`` wraps every record in a FutureMessage, and even its ``Producer.send`` runs
+    sensors and aiokafka's per-record path; here records are partitioned as aiokafka's default
+    partitioner would (murmur2 of the key, Java-compatible, so a key's partition is unchanged), appended
+    to one ``BatchBuilder`` per partition and handed over with ``send_batch``: one flush per output
+    topic per micro-batch. Awaiting the delivery futures makes a batch's outputs durable before its
+    input offsets may be committed.
     """
 
     def __init__(self, app: faust.App, scored: str, alerts: str, dlq: str) -> None:
@@ -40,8 +49,30 @@ class FaustSink:
         self.scored, self.alerts, self.dlq = scored, alerts, dlq
 
     async def _send_all(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        producer = self.app.producer
-        futs = [await producer.send(topic, k, v, None, None, None) for k, v in records]
+        if not records:
+            return
+        # Faust exposes the aiokafka producer only through a private helper.
+        producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+        await producer.client._wait_on_metadata(topic)
+        parts = sorted(producer.client.cluster.partitions_for_topic(topic) or ())
+        if not parts:
+            raise KafkaTimeoutError(f"no partitions known for {topic}")
+        builders: dict[int, Any] = {}
+        futs: list[asyncio.Future[Any]] = []
+        for p, key, value in zip(
+            partitions_for(records, parts), (k for k, _ in records), (v for _, v in records), strict=True
+        ):
+            b = builders.get(p)
+            if b is None:
+                b = builders[p] = producer.create_batch()
+            if b.append(key=key, value=value, timestamp=None) is None:
+                # Full (the producer's batch size): send it and go on with a fresh one.
+                futs.append(await producer.send_batch(b, topic, partition=p))
+                b = builders[p] = producer.create_batch()
+                if b.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"record of {len(value)} bytes exceeds the producer's batch size")
+        for p, b in builders.items():
+            futs.append(await producer.send_batch(b, topic, partition=p))
         await asyncio.gather(*futs)
 
     async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None:
@@ -54,19 +85,22 @@ class FaustSink:
         await self._send_all(self.dlq, records)
 
 
+def partitions_for(records: Sequence[tuple[bytes | None, bytes]], parts: Sequence[int]) -> list[int]:
+    """The partition aiokafka's default partitioner picks for each record: murmur2 of the key, or a
+    random one for a record without a key."""
+    n = len(parts)
+    out: list[int] = []
+    for key, _ in records:
+        if key is None:
+            out.append(parts[random.randrange(n)])
+        else:
+            out.append(parts[(murmur2(key) & 0x7FFFFFFF) % n])
+    return out
+
+
 def redis_client(settings: StreamSettings) -> Redis:
     """The worker's Redis client: ACL user, password and TLS from the settings (stream.security)."""
     return redis_from_settings(settings, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
-
-
-def _acker(stream: faust.StreamT, taken: list[Any]) -> Callable[[BatchResult], Awaitable[None]]:
-    """The callback that acks one batch's input events (called once its outputs are durable)."""
-
-    async def ack(_: BatchResult) -> None:
-        for e in taken:
-            await stream.ack(e)
-
-    return ack
 
 
 async def _kafka_reachable(app: faust.App, settings: StreamSettings, timeout: float = 2.0) -> str | None:
@@ -85,22 +119,6 @@ async def _kafka_reachable(app: faust.App, settings: StreamSettings, timeout: fl
     except Exception as exc:  # noqa: BLE001 - health reports the failure (why, nothing secret) instead of raising
         return await diagnose_kafka(settings, timeout) or explain_kafka_error(exc, settings)
     return None
-
-
-def _consumer_lag(app: faust.App, topic: str) -> dict[tuple[str, int], int]:
-    """High watermark minus committed offset for every input partition assigned to this worker."""
-    consumer = app.consumer
-    # Faust keeps the committed offsets it has seen in a private map; there is no public accessor.
-    committed = getattr(consumer, "_committed_offset", {})
-    out: dict[tuple[str, int], int] = {}
-    for tp in consumer.assignment():
-        if tp.topic != topic:
-            continue
-        high = consumer.highwater(tp)
-        done = committed.get(tp)
-        if high is not None and high >= 0:
-            out[(tp.topic, tp.partition)] = max(0, high - (done or 0))
-    return out
 
 
 def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
@@ -126,9 +144,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         stream_buffer_maxsize=max(4096, settings.max_batch_size * 4),
         table_standby_replicas=0,
     )
-    source = app.topic(
-        settings.input_topic, value_type=bytes, key_type=bytes, value_serializer="raw", key_serializer="raw"
-    )
+    app.boot_strategy = _NoFaustConsumer(app)
 
     r = redis or redis_client(settings)
     store = WindowStore(
@@ -147,45 +163,33 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         store,
         FaustSink(app, settings.scored_topic, settings.alerts_topic, settings.dlq_topic),
         executor,
+        # Its own thread, so the next batch is tokenized while this one is inferred (a GPU never waits).
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
     )
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]
 
-    @app.agent(source, name="classify")
-    async def classify(stream: faust.StreamT) -> None:
-        pipeline = BatchPipeline(processor, settings.pipeline_depth)
-        # noack_take hands over the events themselves and leaves acking to us: an input is acked
-        # (and so may be committed) only after its batch's outputs are durable, in take order.
-        try:
-            # faust.Stream has noack_take; the StreamT protocol that agents are typed with does not.
-            take = stream.noack_take  # type: ignore[attr-defined]
-            async for events in take(settings.max_batch_size, within=settings.max_wait_ms / 1000):
-                msgs = [
-                    RawMessage(
-                        e.message.value,
-                        e.message.key,
-                        e.message.topic,
-                        e.message.partition,
-                        e.message.offset,
-                        e.message.timestamp and int(e.message.timestamp * 1000),
-                    )
-                    for e in events
-                ]
+    batches = BatchConsumer(settings, processor)
+    app.finpulse_consumer = batches  # type: ignore[attr-defined]
 
-                await pipeline.submit(msgs, _acker(stream, list(events)))
-        except asyncio.CancelledError:
-            raise  # a stop or a rebalance: Faust restarts the agent on the new assignment
-        except Exception as exc:  # noqa: BLE001 - every non-transient failure must end the process, see below
-            # Transient Redis/Kafka errors never get here (they are retried forever): this is a bug
-            # or a permanent misconfiguration. Faust would restart the agent in-process past the
-            # failed batch's unacked events, whose offsets could then never be committed, while the
-            # worker kept looking healthy. Dying loudly lets the supervisor restart the worker and
-            # Kafka redeliver the batch (Redis dedupes what was already counted).
-            log.critical("agent_failed_exiting", error=type(exc).__name__, detail=str(exc)[:500])
-            os._exit(70)
-        finally:
-            # On a stop or a rebalance, finish what is in flight if Kafka and Redis let us, quickly.
-            await pipeline.close(timeout=settings.broker_session_timeout_s / 2)
+    health_answered = asyncio.Event()
+
+    @app.task
+    async def consume() -> None:
+        if settings.fault_crash_point:
+            # Fault injection only: join the group once /health has answered, so that a worker told to
+            # crash at its first batch is seen up before it dies (the group join used to take Faust
+            # seconds; this consumer takes its first batch within milliseconds of start-up).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(health_answered.wait(), timeout=30)
+        # The hot path: batches straight from the worker's aiokafka consumer (stream.consumer).
+        await batches.run()
+
+    @app.on_before_shutdown.connect
+    async def finish_batches(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Faust sends this before it stops its producer: batches in flight can still send their
+        # outputs, and their offsets are committed before the consumer leaves the group.
+        await batches.stop()
 
     @app.timer(interval=settings.close_tick_s)
     async def close_tick() -> None:
@@ -203,11 +207,12 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
             )
         # Prometheus text format; aiohttp refuses a charset inside content_type (UTF-8 is the default).
-        body = processor.prom.exposition(lambda: _consumer_lag(app, settings.input_topic))
+        body = processor.prom.exposition(batches.lag)
         return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
+        health_answered.set()
         redis_ok = True
         try:
             await r.ping()
@@ -245,3 +250,10 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         )
 
     return app
+
+
+class _NoFaustConsumer(BootStrategy):
+    """Faust without its own Kafka consumer: the input topic is read by ``stream.consumer`` in the
+    worker's group, and a second member of another protocol (Faust's assignor) would split it."""
+
+    enable_kafka_consumer = False

@@ -1,4 +1,4 @@
-"""The Faust app can be built (agent, timer and web page wired) without any service running."""
+"""The Faust app can be built (batch consumer, timer and web page wired) without any service running."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from stream.app import create_app
 from stream.settings import StreamSettings
 
 
-def test_create_app_wires_agent_timer_and_health(tiny_model_dir: Path) -> None:
+def test_create_app_wires_consumer_timer_and_health(tiny_model_dir: Path) -> None:
     clf = load_classifier(EngineSettings(backend="null"), tiny_model_dir)
     # redis-py connects lazily: building the app must not need a server.
     app = create_app(StreamSettings(time_mode="replay"), clf, redis=Redis.from_url("redis://127.0.0.1:1/0"))
-    assert "classify" in {a.split(".")[-1] for a in app.agents}
-    # Faust keeps timers among the app's start-up tasks (private, but there is no public listing).
-    assert any(getattr(t, "__name__", "") == "close_tick" for t in app._app_tasks)
+    # The input topic is read by the batch consumer (a start-up task), not by a Faust agent, and
+    # Faust's own consumer is off: one kind of member in the worker's consumer group.
+    assert not app.agents
+    assert not app.boot_strategy._should_enable_kafka_consumer()
+    # Faust keeps timers and tasks among the app's start-up tasks (private, but there is no public listing).
+    names = {getattr(t, "__name__", "") for t in app._app_tasks}
+    assert {"close_tick", "consume"} <= names
     assert app.finpulse_processor.store.time.mode == "replay"  # type: ignore[attr-defined]
 
 
