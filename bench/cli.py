@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from bench.baseline import bench_baseline_cmd
+from bench.decode_bench import bench_decode_cmd
 from bench.engine_bench import bench_engine_cmd
 from bench.pipeline_bench import bench_pipeline_cmd
 from bench.redis_durability import bench_redis_durability_cmd
@@ -23,3 +24,4 @@ bench.add_command(bench_baseline_cmd, "baseline")
 bench.add_command(bench_redis_durability_cmd, "redis-durability")
 bench.add_command(bench_redis_memory_cmd, "redis-memory")
 bench.add_command(bench_soak_cmd, "soak")
+bench.add_command(bench_decode_cmd, "decode")

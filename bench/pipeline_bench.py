@@ -13,6 +13,12 @@ Everything runs on this machine against the real local Kafka and Redis (started 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -156,6 +162,47 @@ def _with_ids(events: list[dict[str, Any]], run: str) -> list[dict[str, Any]]:
     return [{**e, "id": f"{run}-{e['id']}"} for e in events]
 
 
+def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy (the [dev] extra) sampling the worker at 100 Hz until SIGINT; None when it is not installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).is_file():
+        return None
+    cmd = [exe, "record", "-p", str(pid), "-o", str(out), "--format", "raw", "-r", "100", "--nonblocking", "-t"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _frame_name(frame: str) -> str:
+    """``name (path/file.py:line)`` -> ``name (file.py)``: one entry per function."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.split(':')[0].rsplit('/', 1)[-1]})" if where else name
+
+
+def top_frames(raw: Path, n: int = 15) -> dict[str, Any]:
+    """The functions most often on CPU in a py-spy ``--format raw`` profile: self (leaf) and inclusive shares."""
+    leaf: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")" for f in stack.split(";")
+        ]
+        if not frames:
+            continue
+        total += count
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + count
+
+    def top(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(v / total, 3)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {"samples": total, "self": top(leaf), "inclusive": top(incl)}
+
+
 def run_one(
     base: StreamSettings,
     engine: EngineSettings,
@@ -163,6 +210,7 @@ def run_one(
     latency_events: int,
     load_fraction: float,
     log_dir: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     import socket
 
@@ -187,6 +235,7 @@ def run_one(
         burst = _with_ids(events, "tput")
         split = CpuSplit(proc.pid)
         split.start()
+        profiler = _start_profiler(proc.pid, profile) if profile is not None else None
         t0_wall = time.time()
         t0 = time.perf_counter()
 
@@ -209,6 +258,9 @@ def run_one(
 
         t_redis = asyncio.run(flood())
         cpu = split.stop()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            profiler.wait(timeout=60)
         scored = asyncio.run(_collect_scored(settings, len(warm) + len(burst), 300))
         # The worker sends scored records after counting them: the run ends at the later of the two.
         last_scored_ms = max((ts for i, ts in scored if i.startswith("tput-")), default=0)
@@ -267,6 +319,8 @@ def run_one(
             "throughput_phase_cpu": cpu,
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),
             "redis_bytes_per_1000_events": round((mem1 - mem0) / max(counted, 1) * 1000),
+            "load_avg_after": os.getloadavg(),
+            **({"profile": str(profile), "profile_top": top_frames(profile)} if profile and profile.is_file() else {}),
         }
     finally:
         sampler.stop()
@@ -292,8 +346,25 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
 
 
 @click.command("pipeline")
-@click.option("--events", "n", type=int, default=3000, show_default=True, help="Events for the throughput phase.")
-@click.option("--latency-events", type=int, default=1000, show_default=True)
+@click.option(
+    "--events",
+    "n",
+    type=int,
+    default=None,
+    help="Events for the throughput phase [default: 30,000 for the null backend (long enough for a stable "
+    "figure), 3,000 for a real model].",
+)
+@click.option("--latency-events", type=int, default=None, help="[default: a sixth of --events, at least 1,000]")
+@click.option(
+    "--runs", type=int, default=1, show_default=True, help="Run each backend this many times; the spread is reported."
+)
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="py-spy the worker during the throughput phase; raw profiles go to this folder.",
+)
 @click.option(
     "--load",
     "load_fraction",
@@ -322,8 +393,10 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
     help="Workers in the consumer group (finpulse worker --processes N); CPU and RSS are worker 0's.",
 )
 def bench_pipeline_cmd(
-    n: int,
-    latency_events: int,
+    n: int | None,
+    latency_events: int | None,
+    runs: int,
+    profile_dir: Path | None,
     load_fraction: float,
     backends: tuple[str, ...],
     model_dir: Path | None,
@@ -343,24 +416,43 @@ def bench_pipeline_cmd(
     try:
         eng0 = EngineSettings()
         mdir = model_dir or resolve_model_dir(base, eng0)
-        events = stream_texts(base.require_data_dir(), n)
         results: dict[str, Any] = {
             "benchmark": "pipeline",
             "date": now_iso(),
             "machine": machine_info(),
+            "load_avg_before": os.getloadavg(),
             "model_dir": str(mdir),
             "runs": [],
         }
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+        events: list[dict[str, Any]] = []
         for b in backends:
+            count = n or (30_000 if b == "null" else 3_000)
+            lat_count = latency_events or max(1_000, count // 6)
+            events = stream_texts(base.require_data_dir(), max(count, lat_count))
             eng = eng0.model_copy(update={"backend": b, "model_dir": mdir})
-            raw = raw_engine(eng, mdir, [e["text"] for e in events], base.max_batch_size)
-            run = run_one(base, eng, events, latency_events, load_fraction, base.log_dir)
-            run["raw_engine"] = raw
-            run["pipeline_vs_engine"] = (
-                round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
-            )
-            results["runs"].append(run)
-            click.echo(orjson.dumps(run).decode(), err=True)
+            raw = raw_engine(eng, mdir, [e["text"] for e in events[:count]], base.max_batch_size)
+            rates: list[float] = []
+            for k in range(runs):
+                prof = profile_dir / f"pipeline-{b}-{k}.raw.txt" if profile_dir is not None else None
+                run = run_one(base, eng, events[:count], lat_count, load_fraction, base.log_dir, prof)
+                run["raw_engine"] = raw
+                run["pipeline_vs_engine"] = (
+                    round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
+                )
+                rates.append(run["throughput_events_per_s"])
+                results["runs"].append(run)
+                click.echo(orjson.dumps(run).decode(), err=True)
+            if runs > 1:
+                results.setdefault("spread", {})[b] = {
+                    "runs": runs,
+                    "events_per_s": rates,
+                    "median": round(statistics.median(rates), 1),
+                    "min": min(rates),
+                    "max": max(rates),
+                    "stdev_pct": round(100 * statistics.stdev(rates) / statistics.mean(rates), 1),
+                }
         if baseline_events > 0:
             from bench.baseline import run_baseline
 
