@@ -120,6 +120,7 @@ def run_backtest(
         services.ensure_installed()
         started = services.start()
     worker: subprocess.Popen[bytes] | None = None
+    completed = False
     try:
         if engine.model_dir is None:
             engine = engine.model_copy(update={"model_dir": ensure_default_model(settings)})
@@ -133,11 +134,16 @@ def run_backtest(
         scored, alerts, dead = replay_and_follow(settings, events, console, idle_timeout=120)
         elapsed = time.perf_counter() - t0
         if scored + dead < len(events):
-            raise BacktestError(f"only {scored + dead} of {len(events)} events came out of the pipeline")
+            raise BacktestError(
+                f"only {scored + dead} of {len(events)} events came out of the pipeline (worker log: {worker_log}; "
+                f"topics kept: {settings.alerts_topic})"
+            )
+        completed = True
     finally:
         if worker is not None:
             stop_process(worker)
-        if not keep_topics:
+        # A failed run keeps its topics: the alerts it did raise stay readable (a long run is not cheap to repeat).
+        if completed and not keep_topics:
             asyncio.run(delete_topics(settings, list(topic_plan(settings))))
         if started:
             services.stop([n for n, s in started.items() if s])
