@@ -7,6 +7,7 @@ and 3-day returns and the market, and both random baselines are checked by hand.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from stream.cli.backtest.run import BACKTEST_OVERRIDES, backtest_settings, run_backtest
+from stream.cli.supervise import clear_redis_prefix
 from stream.settings import StreamSettings
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
@@ -97,9 +99,12 @@ def test_backtest_end_to_end(
     assert settings.bucket_seconds == BACKTEST_OVERRIDES["bucket_seconds"] == 3600  # the demo's alert settings
     assert settings.time_mode == "replay" and settings.redis_prefix != isolated_settings.redis_prefix
     out = tmp_path / "report"
-    outcome = run_backtest(
-        settings, engine, stream_file, prices, out, draws=20, seed=0, n_boot=200, start_services=False
-    )
+    try:
+        outcome = run_backtest(
+            settings, engine, stream_file, prices, out, draws=20, seed=0, n_boot=200, start_services=False
+        )
+    finally:
+        asyncio.run(clear_redis_prefix(settings))  # the run keeps its windows in Redis; a test leaves nothing
 
     # 1. the report folder
     for name in ("report.md", "returns.png", "hit_rate.png", "alerts.csv", "random.csv", "summary.json"):
