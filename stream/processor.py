@@ -27,6 +27,7 @@ import structlog
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.exceptions import ProducerSendError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
@@ -107,6 +108,9 @@ def is_transient(exc: BaseException) -> bool:
         return exc.__cause__ is not None and is_transient(exc.__cause__)
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
+    # A Redis busy with someone else's long script answers "BUSY ...": wait, as for an outage.
+    if isinstance(exc, RedisResponseError) and str(exc).startswith("BUSY"):
+        return True
     # redis-py's BusyLoadingError (a restarted Redis replaying its AOF) is a ConnectionError.
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, ConnectionError, asyncio.TimeoutError, OSError))
 

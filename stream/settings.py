@@ -140,7 +140,9 @@ class StreamSettings(BaseSettings):
     retention_seconds: int = 7 * 24 * 3600
     allowed_lateness_seconds: int = 30 * 60
     dedupe_horizon_seconds: int = Field(
-        default=3600,
+        # A day, not an hour: on a sparse stream (StockNet: ~150 events a day) one redelivered batch
+        # spans many hours of event time, and a batch redelivered after a crash must read as duplicate.
+        default=24 * 3600,
         ge=0,
         description="Seen event ids are kept this long in event time behind the lateness cut (low watermark minus "
         "allowed lateness), then dropped; an event older than that is refused as late, never counted twice.",

@@ -263,6 +263,8 @@ def test_transient_errors_are_told_apart() -> None:
     except ProducerSendError as exc:
         assert is_transient(exc)
     assert is_transient(BusyLoadingError("LOADING")) and is_transient(ConnectionRefusedError())
+    # Another client's long script makes Redis answer BUSY: a wait, not a reason to exit.
+    assert is_transient(ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL"))
     assert not is_transient(MessageSizeTooLargeError()) and not is_transient(ResponseError("WRONGTYPE"))
     assert not is_transient(ValueError("a bug"))
 
