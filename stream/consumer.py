@@ -64,7 +64,8 @@ class BatchConsumer:
         self.processor = processor
         self._factory = consumer_factory or self._default_consumer
         self.consumer: AIOKafkaConsumer | None = None
-        self.pipeline = BatchPipeline(processor, settings.pipeline_depth)
+        # A failed batch ends the process at once (see _die), not at the next batch or the next stop.
+        self.pipeline = BatchPipeline(processor, settings.pipeline_depth, on_failure=self._batch_failed)
         # Held while a fetched batch is handed to the pipeline and while a revocation drains it, so
         # nothing new starts between "drained" and "committed".
         self._gate = asyncio.Lock()
@@ -288,6 +289,12 @@ class BatchConsumer:
             if high is not None and high >= 0:
                 out[(tp.topic, tp.partition)] = max(0, high - self.committed.get(tp, 0))
         return out
+
+    def _batch_failed(self, exc: BaseException) -> None:
+        # While stopping, the batches in flight are being finished or abandoned: their failures are
+        # logged by the pipeline's close and redelivered to the next owner; the stop goes on.
+        if not self._stopping:
+            self._die(exc)
 
     @staticmethod
     def _die(exc: BaseException) -> None:

@@ -667,11 +667,20 @@ class BatchPipeline:
     batch in that order once its outputs are durable: that is where the caller acks its inputs.
     """
 
-    def __init__(self, processor: BatchProcessor, depth: int = 2) -> None:
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        depth: int = 2,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
         if depth < 1:
             raise ValueError("pipeline depth must be at least 1")
         self.processor = processor
         self.depth = depth
+        # Called as soon as a batch fails (not cancelled): without it a failure in the last batch
+        # before a quiet spell would only surface at the next submit, and the worker would sit there
+        # looking alive while nothing is counted or alerted.
+        self.on_failure = on_failure
         self._inflight: deque[asyncio.Task[BatchResult]] = deque()
 
     async def submit(
@@ -687,7 +696,14 @@ class BatchPipeline:
         prepared = self.processor.prepare(messages)
         infer = asyncio.ensure_future(self.processor.infer(prepared))
         prev = self._inflight[-1] if self._inflight else None
-        self._inflight.append(asyncio.ensure_future(self._commit_after(prev, infer, on_committed)))
+        task = asyncio.ensure_future(self._commit_after(prev, infer, on_committed))
+        if self.on_failure is not None:
+            task.add_done_callback(self._report_failure)
+        self._inflight.append(task)
+
+    def _report_failure(self, task: asyncio.Task[BatchResult]) -> None:
+        if self.on_failure is not None and not task.cancelled() and (exc := task.exception()) is not None:
+            self.on_failure(exc)
 
     async def _commit_after(
         self,

@@ -48,7 +48,8 @@ REDIS_ALLOWED_COMMANDS = (
     "+ping +hello +auth +client|setname +select +info "
     "+eval +evalsha +script|load +script|exists "
     "+get +set +mget +hget +hgetall +hmget +hset +hincrby +zrange +zrevrange +zrangebyscore +zrevrangebyscore "
-    "+zcard +zscore +zadd +zrem +exists +expire +pexpire +del +unlink +ttl +pttl +type +scan"
+    "+zcard +zscore +zadd +zrem +exists +expire +pexpire +del +unlink +ttl +pttl +type +scan "
+    "+hsetnx +hvals +hdel +sadd +srem"
 )
 
 

@@ -378,6 +378,27 @@ async def test_pipeline_failure_stops_later_commits(
     assert [u.event_id for u in store.updates] == ["e0"]
 
 
+async def test_a_failed_last_batch_is_reported_at_once_not_at_the_next_submit(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker ends itself on such a report; waiting for the next batch could mean waiting forever.
+    pipe, store, _ = _traced_pipeline(processor, monkeypatch, depth=2)
+    failures: list[BaseException] = []
+    pipe.on_failure = failures.append
+    store.fail_ids = {"e0"}
+
+    async def on_done(res: BatchResult) -> None:
+        pass
+
+    await pipe.submit([msg(good(0), 0)], on_done)
+    for _ in range(200):  # no further submit, no drain: only the failure callback can tell
+        if failures:
+            break
+        await asyncio.sleep(0.01)
+    assert len(failures) == 1 and "e0" in str(failures[0])
+    await pipe.close(timeout=1)
+
+
 async def test_an_event_that_breaks_the_parser_is_dead_lettered(
     processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
