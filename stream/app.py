@@ -195,7 +195,16 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
     async def close_tick() -> None:
         # Buckets close without new input too: by the wall clock in live mode, and when a judge died
         # holding a lease. Without this a quiet stream would never raise its last alert.
-        await processor.tick()
+        try:
+            await processor.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - as for a failed batch: a silent tick would silence alerts
+            # Transient errors are retried inside tick(); what reaches here is a bug or a permanent
+            # misconfiguration. Faust would only end this timer, leaving a worker that never closes
+            # a bucket by the clock again, so the process ends and its supervisor restarts it.
+            log.critical("tick_failed_exiting", error=type(exc).__name__, detail=str(exc)[:500])
+            os._exit(70)
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
