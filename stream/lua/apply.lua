@@ -79,20 +79,27 @@ local floor = tonumber(redis.call('GET', floor_key) or '-1')
 local SHARD_TARGET = 96
 local shards = {}
 local new_ids, new_order = {}, {}
+-- The densest held bucket so far, read once per call: the seen counts only change at the end of the
+-- call, so reading them again for every new bucket (as before) cost a scan of all held buckets per
+-- new bucket, which on a replay (hundreds of new buckets per batch) made this script the bottleneck.
+local densest = nil
+local seenk_touched = false
 local function shard_count(bucket)
   local k = shards[bucket]
   if k ~= nil then return k end
   local b = string.format('%d', bucket)
   k = tonumber(redis.call('HGET', seenk_key, b) or '0')
   if k == 0 then
-    local est = 0
-    for _, c in ipairs(redis.call('HVALS', seenn_key)) do
-      c = tonumber(c)
-      if c > est then est = c end
+    if densest == nil then
+      densest = 0
+      for _, c in ipairs(redis.call('HVALS', seenn_key)) do
+        c = tonumber(c)
+        if c > densest then densest = c end
+      end
     end
-    k = math.max(1, math.ceil(est * 1.25 / SHARD_TARGET))
+    k = math.max(1, math.ceil(densest * 1.25 / SHARD_TARGET))
     redis.call('HSET', seenk_key, b, k)
-    redis.call('EXPIRE', seenk_key, ttl)
+    seenk_touched = true
   end
   shards[bucket] = k
   return k
@@ -237,6 +244,7 @@ for _, t in ipairs(new_order) do
   if per_bucket[b] == nil then per_bucket[b] = 0; table.insert(bucket_order, b) end
   per_bucket[b] = per_bucket[b] + new_ids[t[1]]
 end
+if seenk_touched then redis.call('EXPIRE', seenk_key, ttl) end
 for _, b in ipairs(bucket_order) do redis.call('HINCRBY', seenn_key, b, per_bucket[b]) end
 if #new_order > 0 then redis.call('EXPIRE', seenn_key, ttl) end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
