@@ -57,6 +57,10 @@ SortKey = Literal["neg_share", "count", "score"]
 Severity = Literal["warning", "critical"]
 # Tickers (AAPL, BRK.B) and topic labels ("Fed / Central Banks", "M&A / Investments").
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 .&/\-]{0,63}$"
+# The {name} path parameter of every per-entity route, validated the same way.
+EntityName = Annotated[
+    str, PathParam(pattern=NAME_PATTERN, description="ticker or topic label", examples=["AAA", "Earnings"])
+]
 # Epoch ms, or an ISO-8601 date with an optional time and offset (a real date is checked when parsed).
 SINCE_PATTERN = r"^(\d{11,16}|\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?)$"
 ENTITY_PATTERN = r"^(?:(?:ticker|topic):)?[A-Za-z0-9][A-Za-z0-9 .&/\-]{0,63}$"
@@ -455,9 +459,7 @@ def _router(api: ApiSettings) -> APIRouter:
     async def series(
         st: State,
         kind: Annotated[Kind, PathParam()],
-        name: Annotated[
-            str, PathParam(pattern=NAME_PATTERN, description="ticker or topic label", examples=["AAA", "Earnings"])
-        ],
+        name: EntityName,
         window: Annotated[SeriesWindow, Query()] = "1h",
         step: Annotated[Step | None, Query(description="default: the smallest step that fits")] = None,
     ) -> SeriesResponse:
@@ -498,9 +500,7 @@ def _router(api: ApiSettings) -> APIRouter:
     async def indices(
         st: State,
         kind: Annotated[Kind, PathParam()],
-        name: Annotated[
-            str, PathParam(pattern=NAME_PATTERN, description="ticker or topic label", examples=["AAA", "Earnings"])
-        ],
+        name: EntityName,
         baseline: Annotated[
             int,
             Query(ge=1, le=MAX_BASELINE, description="past windows of the same length the buzz z-score compares with"),

@@ -221,8 +221,8 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         second_pass = Counter(e.window_status for e in again["scored"]) - Counter(
             e.window_status for e in out["scored"]
         )
-        # An event older than the dedupe floor (its bucket's seen ids were dropped an hour of event time
-        # behind the lateness cut) is refused as late rather than found duplicate: counted nowhere either way.
+        # An event older than the dedupe floor (its bucket's seen ids were dropped FINPULSE_DEDUPE_HORIZON_SECONDS
+        # of event time behind the lateness cut) is refused as late rather than found duplicate: counted nowhere.
         assert set(second_pass) <= {"duplicate", "late"} and second_pass.total() == len(valid)
         after = await _snapshot(r, s.redis_prefix)
         m0, m1 = before.pop(f"{s.redis_prefix}:metrics"), after.pop(f"{s.redis_prefix}:metrics")
