@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from engine.classifier import TextClassifier
 from stream.consumer import BatchConsumer
+from stream.novelty import store_kwargs as novelty_store_kwargs
 from stream.processor import BatchProcessor
 from stream.security import bearer_token_ok, diagnose_kafka, explain_kafka_error, faust_auth_kwargs, redis_from_settings
 from stream.settings import StreamSettings
@@ -154,6 +155,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         settings.retention_seconds,
         settings.allowed_lateness_seconds,
         settings.time_policy(),
+        **novelty_store_kwargs(settings),
     )
     # One inference thread: the model already uses every core; two would only contend.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
@@ -165,6 +167,8 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         executor,
         # Its own thread, so the next batch is tokenized while this one is inferred (a GPU never waits).
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize"),
+        # And one for novelty signatures, computed while the batch is inferred.
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="novelty"),
     )
     started = time.time()
     app.finpulse_processor = processor  # type: ignore[attr-defined]

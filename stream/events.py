@@ -382,6 +382,14 @@ class ScoredEvent(BaseModel):
     model_id: str
     backend: str
     window_status: WindowStatus
+    novelty: float | None = Field(
+        default=None,
+        description="1 - estimated similarity to the most similar earlier event within the novelty horizon "
+        "(1.0: nothing like it; 0.0: the same story again); null when novelty is off",
+    )
+    duplicate_of: str | None = Field(
+        default=None, description="id of the earlier event this one repeats (a near-duplicate), else null"
+    )
 
     def to_json(self) -> bytes:
         """The Kafka record value (JSON, fields in declaration order)."""
@@ -433,6 +441,11 @@ class Alert(BaseModel):
     count: int
     negative: int
     baseline_count: int
+    counts: Literal["novel", "all"] = Field(
+        default="all",
+        description="which events count, negative and baseline_count (and the shares) are of: novel events only "
+        "(near-duplicates of an earlier story left out), or all",
+    )
     z: float
     ratio: float
     severity: Literal["warning", "critical"]

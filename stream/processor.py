@@ -50,6 +50,7 @@ from stream.events import (
     parse_event,
 )
 from stream.metrics import WorkerMetrics
+from stream.novelty import Sketcher
 from stream.settings import StreamSettings
 from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
@@ -96,6 +97,7 @@ class PreparedBatch:
     sources: list[RawMessage] = field(default_factory=list)
     dead: list[tuple[RawMessage, str, str]] = field(default_factory=list)
     probs: dict[str, np.ndarray] = field(default_factory=dict)
+    bands: list[list[str]] = field(default_factory=list)  # per event: its LSH band keys (novelty on)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -140,6 +142,8 @@ def encode_scored(
     topic_idx: np.ndarray | None,
     topics: Sequence[str | None],
     statuses: Sequence[WindowStatus],
+    novelty: Sequence[float] | None = None,
+    duplicate_of: Sequence[str | None] = (),
     *,
     processed_at: str,
     model_id: str,
@@ -203,7 +207,11 @@ def encode_scored(
                 nums[3],
                 tail,
                 statuses[i].encode(),
-                b'"}',
+                b'","novelty":',
+                dumps(novelty[i]) if novelty is not None else b"null",
+                b',"duplicate_of":',
+                dumps(duplicate_of[i]) if duplicate_of else b"null",
+                b"}",
             )
         )
         out.append((eid, value))
@@ -225,6 +233,7 @@ class BatchProcessor:
         sink: Sink,
         executor: Executor | None = None,
         tokenize_executor: Executor | None = None,
+        novelty_executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.classifier = classifier
@@ -235,6 +244,11 @@ class BatchProcessor:
         # overlaps the previous batch's inference; otherwise it shares the inference executor.
         self.tokenize_executor = tokenize_executor or executor
         self.params: SurgeParams = settings.surge_params()
+        # Novelty signatures run in a thread of their own (the worker gives one) beside tokenizing and inference.
+        self.novelty = settings.novelty_params()
+        self.sketcher = Sketcher(self.novelty) if self.novelty is not None else None
+        self.novelty_executor = novelty_executor
+        self.novel_only = settings.alert_events == "novel"
         desc = classifier.describe()
         # The worker's counters and histograms (/metrics; /health shows a summary of the same).
         self.prom = WorkerMetrics()
@@ -310,11 +324,32 @@ class BatchProcessor:
         return batch
 
     async def infer(self, batch: PreparedBatch) -> PreparedBatch:
-        """Stage 2 (in the inference thread): classify the valid events.
+        """Stage 2 (in the inference thread): classify the valid events, and (in the novelty thread, at the
+        same time) compute their LSH band keys.
 
         A batch the engine refuses is bisected until the events it refuses are isolated: only those
         go to the DLQ (``inference_error``), every other event is scored.
         """
+        if not batch.events or self.sketcher is None:
+            return await self._infer_probs(batch)
+        before = batch.events
+        sketch = asyncio.get_running_loop().run_in_executor(
+            self.novelty_executor,
+            self.sketcher.band_keys,
+            [e.classify_text for e in before],
+            [e.tickers for e in before],
+        )
+        try:
+            batch = await self._infer_probs(batch)
+        finally:
+            bands = await sketch
+        if batch.events is not before:  # bisected: the band keys of the events that are still in
+            pos = {id(e): i for i, e in enumerate(before)}
+            bands = [bands[pos[id(e)]] for e in batch.events]
+        batch.bands = bands
+        return batch
+
+    async def _infer_probs(self, batch: PreparedBatch) -> PreparedBatch:
         if not batch.events:
             return batch
         try:
@@ -397,14 +432,27 @@ class BatchProcessor:
                         entities_for(e.tickers, t),
                         f"{m.topic}:{m.partition}",
                         example_text(e.classify_text) if c == 0 else None,
+                        batch.bands[i] if batch.bands else (),
                     )
-                    for e, m, c, sc, t in zip(events, sources, cls, scores, topics, strict=True)
+                    for i, (e, m, c, sc, t) in enumerate(zip(events, sources, cls, scores, topics, strict=True))
                 ]
                 applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
                 self.fault_point("after_redis_apply")
                 statuses = applied.statuses
+                novelty = [self.novelty.novelty(v) for v in applied.votes] if self.novelty is not None else None
                 _, alerts = await asyncio.gather(
-                    self._send_scored(events, sent, cls, scores, probs.get("topic"), topic_idx, topics, statuses),
+                    self._send_scored(
+                        events,
+                        sent,
+                        cls,
+                        scores,
+                        probs.get("topic"),
+                        topic_idx,
+                        topics,
+                        statuses,
+                        novelty,
+                        applied.duplicate_of,
+                    ),
                     self._judge_closed(applied.closed),
                 )
                 for st, n in Counter(statuses).items():
@@ -486,6 +534,8 @@ class BatchProcessor:
         topic_idx: np.ndarray | None,
         topics: list[str | None],
         statuses: list[WindowStatus],
+        novelty: list[float] | None,
+        duplicate_of: list[str | None],
     ) -> None:
         records = encode_scored(
             events,
@@ -496,6 +546,8 @@ class BatchProcessor:
             topic_idx,
             topics,
             statuses,
+            novelty,
+            duplicate_of,
             processed_at=_now_iso(),
             model_id=self.model_id,
             backend=self.backend_name,
@@ -530,6 +582,7 @@ class BatchProcessor:
                     self.params.min_count,
                     self.params.floor,
                     RULE_NAME,
+                    novel_only=self.novel_only,
                 ),
             )
             cooldown_ms = s.alert_cooldown_seconds * 1000
@@ -570,6 +623,7 @@ class BatchProcessor:
                         z=round(d.z, 3),
                         ratio=round(d.ratio, 3),
                         severity=d.severity,
+                        counts="novel" if self.novel_only else "all",
                         example_event_ids=[i for i, _ in ctx.examples],
                         examples=[AlertExample(id=i, text=t) for i, t in ctx.examples],
                         top_topics=[TopicCount(topic=t, negative=n) for t, n in ctx.top_topics],

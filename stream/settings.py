@@ -14,6 +14,7 @@ from finpulse.paths import default_data_dir as _default_data_dir
 
 if TYPE_CHECKING:
     from stream.alerts import SurgeParams
+    from stream.novelty import NoveltyParams
     from stream.windows import TimePolicy
 
 
@@ -148,6 +149,29 @@ class StreamSettings(BaseSettings):
         "allowed lateness), then dropped; an event older than that is refused as late, never counted twice.",
     )
 
+    # --- novelty (near-duplicate stories) ------------------------------------------------------
+    novelty_enabled: bool = Field(
+        default=True,
+        description="Judge every event's novelty against recent events (MinHash LSH, state in Redis); off: every "
+        "event counts as novel and scored records carry novelty null.",
+    )
+    novelty_horizon_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="Event-time generation of the novelty index: an event is compared with the events of its own "
+        "generation and the one before (one to two horizons back; a repost a day later is still old news). "
+        "The index is dropped by event time behind that.",
+    )
+    novelty_threshold: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Estimated Jaccard similarity (character 5-grams of the normalised text) from which an event "
+        "is a near-duplicate of an earlier one.",
+    )
+    novelty_bands: int = Field(default=12, ge=1, le=64, description="LSH bands (index entries per novel event).")
+    novelty_rows: int = Field(default=4, ge=1, le=8, description="MinHash values per LSH band.")
+
     # --- event time ------------------------------------------------------------------------
     time_mode: Literal["live", "replay"] = Field(
         default="live",
@@ -195,6 +219,11 @@ class StreamSettings(BaseSettings):
     alert_prior_weight: float = 10.0
     alert_critical_share: float = 0.75
     alert_cooldown_seconds: int = 30 * 60
+    alert_events: Literal["novel", "all"] = Field(
+        default="novel",
+        description="Which events the surge rule counts: novel ones (one story reposted 50 times is one event) or "
+        "all of them (the buzz). Without novelty (novelty_enabled false) every event is novel.",
+    )
 
     # --- processing ------------------------------------------------------------------------
     infra_retry_max_seconds: float = Field(
@@ -263,6 +292,14 @@ class StreamSettings(BaseSettings):
             prior_weight=self.alert_prior_weight,
             critical_share=self.alert_critical_share,
         )
+
+    def novelty_params(self) -> NoveltyParams | None:
+        """The LSH shape and threshold, or None when novelty is off."""
+        from stream.novelty import NoveltyParams
+
+        if not self.novelty_enabled:
+            return None
+        return NoveltyParams(bands=self.novelty_bands, rows=self.novelty_rows, threshold=self.novelty_threshold)
 
     def time_policy(self) -> TimePolicy:
         from stream.windows import TimePolicy

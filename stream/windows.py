@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +69,7 @@ class WindowUpdate:
     entities: Sequence[tuple[str, str]]  # (kind, name): ("ticker", "AAPL"), ("topic", "Earnings")
     source: str = "-"  # input "topic:partition" the event came from (for the low watermark)
     example: str | None = None  # for a negative event: the short text an alert may quote (no author)
+    bands: Sequence[str] = ()  # MinHash LSH band keys of its text (stream.novelty); none: novelty not judged
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class TimePolicy:
 class ApplyResult:
     statuses: list[WindowStatus]
     closed: list[ClosedBucket]
+    # Per update: bands shared with its most similar earlier event, and that event's id when the update is a
+    # near-duplicate of it (votes >= the store's novelty_min_votes), else None.
+    votes: list[int] = field(default_factory=list)
+    duplicate_of: list[str | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,8 @@ class WindowStore:
         retention_s: int,
         lateness_s: int,
         time_policy: TimePolicy | None = None,
+        novelty_horizon_s: int = 0,
+        novelty_min_votes: int = 1,
     ) -> None:
         if isinstance(redis, RedisCluster) and hash_tag(prefix) is None:
             # Without a tag each key of a Lua call hashes to its own slot, and Redis refuses the call.
@@ -189,6 +196,9 @@ class WindowStore:
         self.retention_s = retention_s
         self.lateness_ms = lateness_s * 1000
         self.time = time_policy or TimePolicy()
+        # Near-duplicates are looked for this far back in event time (0: novelty off, every event novel).
+        self.novelty_horizon_ms = novelty_horizon_s * 1000
+        self.novelty_min_votes = novelty_min_votes
         self._apply = redis.register_script(_APPLY_LUA)
         self._sums = redis.register_script(_SUMS_LUA)
         self._settle = redis.register_script(_SETTLE_LUA)
@@ -215,13 +225,14 @@ class WindowStore:
                     [list(e) for e in u.entities],
                     u.source,
                     orjson.dumps([u.event_id, u.example]).decode() if u.example else "",
+                    u.bands,
                 ]
                 for u in updates
             ]
         )
         now = int(time.time() * 1000) if now_ms is None else now_ms
         t = self.time
-        res, closed_raw = await self._apply(
+        res, closed_raw, raw_votes, raw_dups = await self._apply(
             keys=self._route,
             args=[
                 self.prefix,
@@ -236,10 +247,16 @@ class WindowStore:
                 int(t.live_close_delay_s * 1000),
                 int(t.alert_lease_s * 1000),
                 int(t.dedupe_horizon_s * 1000),
+                self.novelty_horizon_ms,
+                self.novelty_min_votes,
             ],
         )
         # cjson encodes an empty Lua table as an object, which Redis returns as an empty reply.
         res = res or []
+        votes = [int(v) for v in (raw_votes or [])]
+        dups = [(d.decode() if isinstance(d, bytes) else str(d)) or None for d in (raw_dups or [])]
+        if len(votes) != len(updates) or len(dups) != len(updates):
+            raise RuntimeError(f"window script returned {len(votes)} novelty votes for {len(updates)} events")
         if len(res) != len(updates):
             raise RuntimeError(f"window script returned {len(res)} statuses for {len(updates)} events")
         closed = []
@@ -248,7 +265,7 @@ class WindowStore:
             closed.append(ClosedBucket(parts[0], "|".join(parts[1:-1]), int(parts[-1])))
         # Oldest first; the script already keeps each entity's buckets in time order.
         closed.sort(key=lambda c: (c.end_s, c.kind, c.name))
-        return ApplyResult([STATUS_NAMES[int(x)] for x in res], closed)
+        return ApplyResult([STATUS_NAMES[int(x)] for x in res], closed, votes, dups)
 
     async def settle(self, judged: Sequence[ClosedBucket], cooldowns: Sequence[tuple[str, str, str, int]]) -> None:
         """Release judged buckets and move cooldowns, once their alerts are acknowledged by Kafka.
@@ -307,15 +324,18 @@ class WindowStore:
         min_count: int = 0,
         floor: float = 0.0,
         rule: str = "",
+        novel_only: bool = False,
     ) -> list[WindowSums]:
         """Per (kind, name, end_s): recent [end-recent, end) and baseline [end-recent-baseline, end-recent) sums,
         and the entity's cooldown for ``rule``, in one round trip.
 
         With ``min_count``/``floor``, a recent window that fails them skips the baseline (returned as -1).
+        ``novel_only`` counts novel events only (not near-duplicates of an earlier story).
         """
         if not queries:
             return []
-        args: list[Any] = [self.prefix, self.bucket_s, min_count, floor, rule]
+        fields = ("nn", "nneg") if novel_only else ("n", "neg")
+        args: list[Any] = [self.prefix, self.bucket_s, min_count, floor, rule, *fields]
         for kind, name, end_s in queries:
             mid = end_s - recent_s
             args += [kind, name, mid - baseline_s, mid, end_s]

@@ -5,10 +5,12 @@
 -- KEYS: one key of the store (p:wm), so that a cluster client routes the call to the slot of the
 --       store's hash tag; every key the script touches starts with the prefix, which carries that tag.
 -- ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s,
---       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms, horizon_ms
+--       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms, horizon_ms,
+--       novelty_horizon_ms (0: novelty off), novelty_min_votes
 -- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source,
---                example], ...]
+--                example, [band_key, ...]], ...]
 --   example: what an alert shows for a negative event (a JSON string [id, text cut short]), or ''.
+--   band_key: the event's MinHash LSH band keys (stream/novelty.py); none when novelty is off.
 -- sources_json: every input partition ("topic:partition") of the stream.
 --
 -- Low watermark: the minimum over input partitions of the newest event time counted from each.
@@ -45,7 +47,28 @@
 -- The alert examples of a bucket (p:exb:<bucket_start>, fields 'kind|name|1..3') are dropped at the same
 -- point: by then every window that quotes them has been judged.
 --
--- Returns {statuses (0 counted, 1 duplicate, 2 late), offered ("kind|name|bucket_end_s", oldest first)}.
+-- Novelty (near-duplicate stories): the event-time axis is cut into generations of novelty_horizon_ms;
+-- p:nov:<gen> maps each band key to "ts id" of the earliest counted event of that generation that had
+-- it (the generations held are listed in p:novg). An event's candidates are the events its band keys
+-- point to in its own generation and the one before that are earlier than it in (event time, id)
+-- order, so a repost is found one to two horizons back (whole generations, so that what an event is
+-- compared with does not depend on which copies arrived first); its votes are the bands it shares with
+-- the best of them (most bands, then earliest), and it is a near-duplicate of that candidate when
+-- votes >= novelty_min_votes. New events of a batch are judged in (event time, id) order.
+-- Across partitions a later copy can reach Redis first and be counted as novel. So that the windows
+-- (and the alerts judged from them) do not depend on that order, a novel event also leaves
+-- 'e:<id>' -> [sentiment, bucket, entities] in its generation; when an earlier copy arrives (counted,
+-- sharing enough bands, the later one in its generation or the next), it takes the band keys over and
+-- takes the later copy's novel counts back ('novelty_retracted' in p:metrics). In replay mode this always happens
+-- before the later copy's bucket closes: the earlier copy is not behind the low watermark, so neither is
+-- the later one. The later copy's scored record, already sent, still says what was decided then.
+-- The decision is kept as the value of the event's seen-hash field ('' or "votes dup_id"), so a
+-- redelivered event reports the current decision. Bucket and total hashes count novel events in 'nn' and
+-- novel negatives in 'nneg' besides 'n'/'neg' (which count every event: the buzz); an alert quotes only
+-- novel negatives. Generations are dropped once the lateness cut is a horizon past them.
+--
+-- Returns {statuses (0 counted, 1 duplicate, 2 late), offered ("kind|name|bucket_end_s", oldest first),
+--          votes per event, duplicate_of per event ('' for none)}.
 local p = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local lateness = tonumber(ARGV[3])
@@ -58,6 +81,8 @@ local idle_ms = tonumber(ARGV[9])
 local close_delay = tonumber(ARGV[10])
 local lease_ms = tonumber(ARGV[11])
 local horizon = tonumber(ARGV[12])
+local nov_h = tonumber(ARGV[13] or '0')
+local min_votes = tonumber(ARGV[14] or '1')
 local pending_key, lease_key, redo_key = p .. ':pending', p .. ':lease', p .. ':redo'
 local fields = {'neg', 'neu', 'pos'}
 local wm_key, wmp_key, wmt_key = p .. ':wm', p .. ':wmp', p .. ':wmt'
@@ -104,16 +129,19 @@ local function shard_count(bucket)
   shards[bucket] = k
   return k
 end
--- True when the id was not seen before (and is now claimed).
-local function claim(id, bucket)
+-- The seen-hash key of an id, and what it holds there (false when the id was never seen).
+local function seen(id, bucket)
   local k = shard_count(bucket)
   local shard = 0
   if k > 1 then shard = tonumber(string.sub(redis.sha1hex(id), 1, 7), 16) % k end
   local key = p .. ':seenb:' .. string.format('%d', bucket) .. ':' .. shard
-  if redis.call('HSETNX', key, id, '') == 0 then return false end
+  return key, redis.call('HGET', key, id)
+end
+-- Record a new id in its seen hash with its novelty decision.
+local function claim(key, bucket, id, value)
+  redis.call('HSET', key, id, value)
   if new_ids[key] == nil then new_ids[key] = 0; table.insert(new_order, {key, bucket}) end
   new_ids[key] = new_ids[key] + 1
-  return true
 end
 
 local function low_watermark()
@@ -155,26 +183,174 @@ local pend, pend_order = {}, {}
 local ex, ex_order = {}, {}
 local counted, late, past_horizon = 0, 0, 0
 local status = {}
+local votes, dups = {}, {}
+local first_in_batch = {}  -- id -> index of its first occurrence in this batch
+local seen_key, stored = {}, {}
+-- Pass 1, in arrival order: dedupe, lateness and the watermarks.
 for i, e in ipairs(events) do
-  local id, ts, bucket, cls, score, ents, src = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
-  local example = e[8]
-  if example == nil or example == '' then example = id end
+  local id, ts, bucket, src = e[1], e[2], e[3], e[7]
+  votes[i], dups[i] = 0, ''
   local low = low_watermark()
   if ts < floor then
     -- Older than the dedupe floor: its seen record may be gone, so it is never counted (again).
     status[i] = 2
     late = late + 1
     past_horizon = past_horizon + 1
-  elseif not claim(id, bucket) then
+  elseif first_in_batch[id] ~= nil then
     status[i] = 1
-  elseif low ~= nil and ts < low - lateness then
-    status[i] = 2
-    late = late + 1
   else
-    status[i] = 0
-    counted = counted + 1
-    if ts > wm then wm = ts end
-    if pw[src] == nil or ts > pw[src] then pw[src] = ts; changed[src] = true end
+    local key, v = seen(id, bucket)
+    if v then
+      status[i] = 1
+      stored[i] = v
+    else
+      first_in_batch[id] = i
+      seen_key[i] = key
+      if low ~= nil and ts < low - lateness then
+        status[i] = 2
+        late = late + 1
+      else
+        status[i] = 0
+        counted = counted + 1
+        if ts > wm then wm = ts end
+        if pw[src] == nil or ts > pw[src] then pw[src] = ts; changed[src] = true end
+      end
+    end
+  end
+end
+
+-- Pass 2, in (event time, id) order: the novelty of every event seen for the first time (index
+-- written for counted ones only), then its seen record with that decision.
+local nov_gens = {}
+local retracted = 0
+local function earlier(ts_a, id_a, ts_b, id_b)
+  return ts_a < ts_b or (ts_a == ts_b and id_a < id_b)
+end
+local function split_ts_id(raw)
+  local sp = string.find(raw, ' ', 1, true)
+  return tonumber(string.sub(raw, 1, sp - 1)), string.sub(raw, sp + 1)
+end
+-- Counts of a novel event that turns out to repeat an earlier one (which arrived after it).
+local function retract(f_id, f_ts, gkey, earlier_id, v)
+  local raw = redis.call('HGET', gkey, 'e:' .. f_id)
+  if not raw then return end  -- not counted as novel: nothing to take back
+  redis.call('HDEL', gkey, 'e:' .. f_id)
+  local rec = cjson.decode(raw)
+  local cls, fb, ents = rec[1], rec[2], rec[3]
+  for _, ent in ipairs(ents) do
+    local bk = p .. ':b:' .. ent[1] .. ':' .. ent[2] .. ':' .. string.format('%d', fb)
+    local tk = p .. ':tot:' .. ent[1] .. ':' .. ent[2]
+    add(bk, 'nn', -1); add(tk, 'nn', -1)
+    if cls == 1 then add(bk, 'nneg', -1); add(tk, 'nneg', -1) end
+  end
+  local key = seen(f_id, fb)
+  redis.call('HSET', key, f_id, string.format('%d', v) .. ' ' .. earlier_id)
+  retracted = retracted + 1
+end
+local function judge_novelty(i, write)
+  local e = events[i]
+  local id, ts, bands = e[1], e[2], e[9]
+  if nov_h <= 0 or type(bands) ~= 'table' or #bands == 0 then return end
+  local g = math.floor(ts / nov_h)
+  -- An earlier copy is in this generation or the one before; a later one (arrived first) in this or the next.
+  local gens = {g - 1, g, g + 1}
+  local cand, cand_ts = {}, {}
+  local later, later_ts, later_gen = {}, {}, {}
+  local writes = {}
+  local gkey = p .. ':nov:' .. string.format('%d', g)
+  for _, gen in ipairs(gens) do
+    local key = p .. ':nov:' .. string.format('%d', gen)
+    local got = redis.call('HMGET', key, unpack(bands))
+    for b = 1, #bands do
+      local raw = got[b]
+      local free = gen == g and not raw
+      if raw then
+        local cts, cid = split_ts_id(raw)
+        if cid ~= id then
+          if earlier(cts, cid, ts, id) then
+            if gen < g + 1 then
+              cand[cid] = (cand[cid] or 0) + 1
+              cand_ts[cid] = cts
+            end
+          else
+            later[cid] = (later[cid] or 0) + 1
+            later_ts[cid] = cts
+            later_gen[cid] = key
+            -- This event is earlier: its band key takes the entry over in its own generation.
+            if gen == g then free = true end
+          end
+        end
+      end
+      if free then table.insert(writes, bands[b]) end
+    end
+  end
+  local best, best_v, best_ts = nil, 0, nil
+  for cid, v in pairs(cand) do
+    if v > best_v or (v == best_v and earlier(cand_ts[cid], cid, best_ts, best)) then
+      best, best_v, best_ts = cid, v, cand_ts[cid]
+    end
+  end
+  votes[i] = best_v
+  if best_v >= min_votes then dups[i] = best end
+  if not write then return end
+  if #writes > 0 then
+    local val = string.format('%d', ts) .. ' ' .. id
+    local args = {}
+    for _, bk in ipairs(writes) do table.insert(args, bk); table.insert(args, val) end
+    redis.call('HSET', gkey, unpack(args))
+  end
+  if dups[i] == '' then
+    -- Kept so that the counts can be taken back if an earlier copy arrives after this one.
+    redis.call('HSET', gkey, 'e:' .. id, cjson.encode({e[4], e[3], e[6]}))
+  end
+  -- Later copies (this generation or the next, so they look back at this one) counted as novel before
+  -- this one arrived repeat it, whether or not this one is itself a repeat: their novel counts go.
+  for cid, v in pairs(later) do
+    if v >= min_votes then retract(cid, later_ts[cid], later_gen[cid], id, v) end
+  end
+  nov_gens[g] = gkey
+end
+local fresh = {}
+for i, e in ipairs(events) do
+  if seen_key[i] ~= nil or (status[i] == 2 and e[2] < floor) then table.insert(fresh, i) end
+end
+table.sort(fresh, function(a, b) return earlier(events[a][2], events[a][1], events[b][2], events[b][1]) end)
+for _, i in ipairs(fresh) do
+  judge_novelty(i, status[i] == 0)
+  if seen_key[i] ~= nil then
+    local v = ''
+    if votes[i] > 0 then v = string.format('%d', votes[i]) .. ' ' .. dups[i] end
+    claim(seen_key[i], events[i][3], events[i][1], v)
+  end
+end
+-- A repeated id reports the decision made when it was first counted.
+for i, e in ipairs(events) do
+  if status[i] == 1 then
+    local first = first_in_batch[e[1]]
+    if stored[i] ~= nil then
+      if stored[i] ~= '' then
+        local sp = string.find(stored[i], ' ', 1, true)
+        votes[i] = tonumber(string.sub(stored[i], 1, sp - 1))
+        dups[i] = string.sub(stored[i], sp + 1)
+      end
+    elseif first ~= nil then
+      votes[i], dups[i] = votes[first], dups[first]
+    end
+  end
+end
+for g, gkey in pairs(nov_gens) do
+  redis.call('EXPIRE', gkey, ttl)
+  redis.call('SADD', p .. ':novg', string.format('%d', g))
+end
+if next(nov_gens) ~= nil then redis.call('EXPIRE', p .. ':novg', ttl) end
+
+-- Pass 3, in arrival order: count what was counted.
+for i, e in ipairs(events) do
+  if status[i] == 0 then
+    local id, ts, bucket, cls, score, ents = e[1], e[2], e[3], e[4], e[5], e[6]
+    local example = e[8]
+    if example == nil or example == '' then example = id end
+    local novel = dups[i] == ''
     local f = fields[cls]
     local topic = nil
     if cls == 1 then
@@ -187,6 +363,10 @@ for i, e in ipairs(events) do
       if topic ~= nil and kind == 'ticker' then add(bk, 'nt:' .. topic, 1) end
       local tk = p .. ':tot:' .. kind .. ':' .. name
       add(tk, f, 1); add(tk, 'n', 1); add(tk, 'ssum', score)
+      if novel then
+        add(bk, 'nn', 1); add(tk, 'nn', 1)
+        if cls == 1 then add(bk, 'nneg', 1); add(tk, 'nneg', 1) end
+      end
       local ek = kind .. '\0' .. name
       local prev = ent_ts[ek]
       if prev == nil then table.insert(ent_order, {kind, name, ek}) end
@@ -195,10 +375,13 @@ for i, e in ipairs(events) do
         -- Only a bucket that received negative events can start a surge: only those are judged.
         local member = kind .. '|' .. name .. '|' .. string.format('%d', bucket + bucket_s)
         if pend[member] == nil then pend[member] = bucket + bucket_s; table.insert(pend_order, member) end
-        local xk = string.format('%d', bucket) .. '\0' .. kind .. '|' .. name
-        local l = ex[xk]
-        if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
-        if #l < 3 then table.insert(l, example) end
+        if novel then
+          -- A repost of a story already quoted adds nothing to what an alert shows.
+          local xk = string.format('%d', bucket) .. '\0' .. kind .. '|' .. name
+          local l = ex[xk]
+          if l == nil then l = {}; ex[xk] = l; table.insert(ex_order, xk) end
+          if #l < 3 then table.insert(l, example) end
+        end
       end
     end
   end
@@ -253,6 +436,7 @@ for src, _ in pairs(touched) do redis.call('HSET', wmt_key, src, string.format('
 if counted > 0 then redis.call('HINCRBY', p .. ':metrics', 'counted', counted) end
 if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
 if past_horizon > 0 then redis.call('HINCRBY', p .. ':metrics', 'late_past_dedupe_horizon', past_horizon) end
+if retracted > 0 then redis.call('HINCRBY', p .. ':metrics', 'novelty_retracted', retracted) end
 
 -- Move the dedupe floor (whole buckets, forward only) and drop the seen ids and examples behind it.
 local cut = low_watermark()
@@ -272,6 +456,18 @@ if cut ~= nil then
         redis.call('HDEL', seenk_key, held[i])
         redis.call('HDEL', seenn_key, held[i])
       end
+    end
+  end
+end
+
+-- Drop novelty generations no event still to be counted can look back into: every such event is at or
+-- after the lateness cut and looks back at most one horizon.
+if nov_h > 0 and cut ~= nil then
+  local keep = math.floor((cut - lateness - nov_h) / nov_h)
+  for _, g in ipairs(redis.call('SMEMBERS', p .. ':novg')) do
+    if tonumber(g) < keep then
+      redis.call('UNLINK', p .. ':nov:' .. g)
+      redis.call('SREM', p .. ':novg', g)
     end
   end
 end
@@ -308,4 +504,4 @@ if close_ms ~= nil then
   end
   if #claims > 0 then redis.call('EXPIRE', lease_key, ttl) end
 end
-return {status, offered}
+return {status, offered, votes, dups}

@@ -439,6 +439,26 @@ def expected_window_state(scored: Iterable[dict[str, Any]], bucket_s: int) -> di
     return {k: dict(v) for k, v in acc.items()}
 
 
+NOVELTY_FIELDS = ("nn", "nneg")
+
+
+def without_novelty(state: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The state without the novel counts, which a record alone cannot give: an earlier copy of a story that
+    arrives after a later one takes the later one's novel count back after its record went out."""
+    return {k: {f: n for f, n in v.items() if f not in NOVELTY_FIELDS} for k, v in state.items()}
+
+
+def novelty_problems(state: dict[str, dict[str, int]]) -> list[str]:
+    """Bounds of the novel counts: in every hash, no more novel events than events, no more novel negatives than
+    negatives or novel events. (That they are the same as without faults is the reference comparison.)"""
+    problems = []
+    for k, v in state.items():
+        nn, nneg = v.get("nn", 0), v.get("nneg", 0)
+        if not (0 <= nn <= v.get("n", 0) and 0 <= nneg <= min(nn, v.get("neg", 0))):
+            problems.append(f"{k}: novel counts out of bounds {v}")
+    return problems
+
+
 def normalise_state(state: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """Drop zero fields (``ssum`` 0 is either absent or 0 depending on how it was reached)."""
     return {k: {f: n for f, n in v.items() if n != 0} for k, v in state.items()}

@@ -19,6 +19,7 @@ from engine.settings import EngineSettings
 from stream.cli.replay import read_events
 from stream.events import ms_to_iso, parse_event_time
 from stream.settings import StreamSettings
+from tests.support.surge import negative_stories
 
 BASE_SINCE = "2014-04-20T00:00:00Z"
 BASE_EVENTS = 3000
@@ -60,15 +61,6 @@ class FaultStream:
         return {str(e["id"]) for e in self.events}
 
 
-def negative_texts(clf: Any, candidates: list[str], want: int) -> list[str]:
-    """The first ``want`` candidates the engine labels negative (checked, never assumed)."""
-    labels = clf.classify(candidates)["sentiment"].argmax(axis=1)
-    picked = [t for t, lab in zip(candidates, labels, strict=True) if int(lab) == 0][:want]
-    if len(picked) < want:
-        raise AssertionError(f"only {len(picked)} of {len(candidates)} candidate texts read negative; need {want}")
-    return picked
-
-
 def build_fault_stream(
     settings: StreamSettings,
     engine: EngineSettings,
@@ -88,8 +80,7 @@ def build_fault_stream(
         # Spread over the stream; each burst sits inside one hour, 20 minutes after the hour begins.
         anchor = times[(k + 1) * len(events) // (len(bursts) + 1)]
         start = anchor - anchor % 3_600_000 + 20 * 60_000
-        cands = [f"${ticker} {BURST_PHRASES[i % len(BURST_PHRASES)]} (update {i})" for i in range(40 * BURST_SIZE)]
-        for j, text in enumerate(negative_texts(clf, cands, BURST_SIZE)):
+        for j, text in enumerate(negative_stories(clf, ticker, BURST_SIZE, BURST_PHRASES)):
             events.append(
                 {
                     "id": f"burst-{ticker}-{j}",

@@ -20,6 +20,7 @@ from engine.settings import EngineSettings
 from stream.cli.backtest.run import BACKTEST_OVERRIDES, backtest_settings, run_backtest
 from stream.cli.supervise import clear_redis_prefix
 from stream.settings import StreamSettings
+from tests.support.surge import negative_stories
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -48,7 +49,7 @@ def _write_prices(folder: Path) -> Path:
     return folder
 
 
-def _stream(texts: list[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+def _stream(texts: list[str], stories: list[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     background = []
     for h in range(DAYS_OF_STREAM * 24):
         for k, t in enumerate(TICKERS):
@@ -65,12 +66,12 @@ def _stream(texts: list[str]) -> tuple[list[dict[str, object]], list[dict[str, o
     burst = [
         {
             "id": f"burst-{i}",
-            "text": f"$AAA {NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]}",
+            "text": text,
             "published_at": (BURST_AT + timedelta(minutes=5 * i)).isoformat().replace("+00:00", "Z"),
             "source": "news",
             "tickers": ["AAA"],
         }
-        for i in range(12)
+        for i, text in enumerate(stories)
     ]
     return background, burst
 
@@ -84,9 +85,11 @@ def test_backtest_end_to_end(
     isolated_settings: StreamSettings, keyword_model_dir: Path, sample_texts: list[str], tmp_path: Path
 ) -> None:
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=64)
-    background, burst = _stream([t for t in sample_texts if "$" not in t][:200] or sample_texts)
     # Precondition, checked rather than assumed: the test model reads the burst as negative, the rest mostly not.
+    # The burst is twelve distinct stories: the rule counts novel events, not one story reposted.
     clf = load_classifier(engine, keyword_model_dir)
+    stories = negative_stories(clf, "AAA", 12, NEGATIVE_PHRASES)
+    background, burst = _stream([t for t in sample_texts if "$" not in t][:200] or sample_texts, stories)
     assert (clf.classify([str(b["text"]) for b in burst])["sentiment"].argmax(axis=1) == 0).all()
     bg_neg = (clf.classify([str(b["text"]) for b in background[:300]])["sentiment"].argmax(axis=1) == 0).mean()
     assert bg_neg < 0.1

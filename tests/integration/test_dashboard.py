@@ -35,6 +35,7 @@ from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from api.app import create_app
 from api.settings import ApiSettings
+from engine.runtime import load_classifier
 from engine.settings import EngineSettings
 from stream.cli.replay import produce, read_events
 from stream.cli.supervise import clear_redis_prefix, start_worker_process, stop_process, wait_worker_ready
@@ -42,7 +43,7 @@ from stream.events import parse_event_time
 from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.worker import topic_plan
-from tests.support.surge import REPLAY_SURGE
+from tests.support.surge import REPLAY_SURGE, negative_stories
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -164,14 +165,11 @@ async def test_dashboard_shows_live_alert_entities_and_chart(
     # buckets (replay mode: event time only), and within a day of the last event (the page's 1d window).
     burst_ms = times[2 * SAMPLE // 3]
     assert times[-1] - burst_ms < 20 * 3600_000
+    # Distinct stories (the rule counts novel events), checked negative by the test model.
+    stories = negative_stories(load_classifier(engine, keyword_model_dir), BURST_TICKER, 12, NEGATIVE_PHRASES)
     burst = [
-        {
-            "id": f"dash-burst-{i}",
-            "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}",
-            "published_at": burst_ms + i * 5_000,
-            "source": "news",
-        }
-        for i in range(12)
+        {"id": f"dash-burst-{i}", "text": text, "published_at": burst_ms + i * 5_000, "source": "news"}
+        for i, text in enumerate(stories)
     ]
     inputs = sorted(events + burst, key=lambda e: parse_event_time(e["published_at"]))
 

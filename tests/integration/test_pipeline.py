@@ -1,8 +1,9 @@
 """End to end on the real Kafka and Redis: a worker process, a replayed sample of the real stream.
 
 Checks: every valid input is scored, every bad one is dead-lettered with its reason and bytes,
-Redis windows equal a count made here from the scored events, an injected negative burst raises an
-alert, and replaying the same events leaves Redis exactly as it was.
+Redis windows equal a count made here from the scored events, an injected burst of distinct negative
+stories raises an alert while one story reposted as often does not (novelty), and replaying the same
+events leaves Redis exactly as it was.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.windows import SENTIMENT_FIELDS, bucket_start
 from stream.worker import topic_plan
-from tests.support.surge import REPLAY_SURGE
+from tests.support.surge import REPLAY_SURGE, STORY_DETAILS, negative_stories
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
 
 SAMPLE = 300
 BURST_TICKER = "ZZQX"
+REPOST_TICKER = "ZZQR"
 BAD_INPUTS: list[tuple[bytes, str]] = [
     (b"{this is not json", "not_json"),
     (b"[1, 2, 3]", "not_object"),
@@ -122,21 +124,27 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
     # The burst sits inside the replayed span, two thirds of the way in: the real events after it
     # move event time on, on every partition, and so close its buckets (replay mode: event time only).
     burst_ms = times[2 * SAMPLE // 3]
+    clf = load_classifier(engine, keyword_model_dir)
     burst = [
+        {"id": f"burst-{i}", "text": text, "published_at": burst_ms + i * 5_000, "source": "news"}
+        for i, text in enumerate(negative_stories(clf, BURST_TICKER, 12, NEGATIVE_PHRASES))
+    ]
+    # The same story reposted 12 times on another ticker (retweets, other links): buzz, not a surge.
+    story = f"{NEGATIVE_PHRASES[0]} {STORY_DETAILS[0]} ${REPOST_TICKER}"
+    reposts = [
         {
-            "id": f"burst-{i}",
-            "text": f"{NEGATIVE_PHRASES[i % len(NEGATIVE_PHRASES)]} ${BURST_TICKER}",
-            "published_at": burst_ms + i * 5_000,
-            "source": "news",
+            "id": f"repost-{i}",
+            "text": story if i == 0 else f"RT @desk{i}: {story} http://t.co/{i:04d}",
+            "published_at": burst_ms + 2_500 + i * 5_000,
+            "source": "tweet",
         }
         for i in range(12)
     ]
     assert sum(1 for t in times if t > burst_ms + 2 * 3600_000) >= 20
-    # Precondition, checked rather than assumed: the test model reads the burst as negative.
-    clf = load_classifier(engine, keyword_model_dir)
-    assert (clf.classify([b["text"] for b in burst])["sentiment"].argmax(axis=1) == 0).all()
+    # Precondition, checked rather than assumed: the test model reads both bursts as negative.
+    assert (clf.classify([b["text"] for b in burst + reposts])["sentiment"].argmax(axis=1) == 0).all()
 
-    valid = sorted(events + burst, key=lambda e: parse_event_time(e["published_at"]))
+    valid = sorted(events + burst + reposts, key=lambda e: parse_event_time(e["published_at"]))
     inputs: list[Any] = list(valid)
     for i, (raw, _) in enumerate(BAD_INPUTS):
         inputs.insert(50 + i * 37, raw)
@@ -189,6 +197,8 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
             expected[(f"topic:{e.topic.label}", b, field)] += 1
             expected[(f"topic:{e.topic.label}", b, "n")] += 1
         assert sum(1 for e in out["scored"] if e.window_status == "counted") >= len(valid) * 0.9
+        # Novel counts ('nn', 'nneg') are checked below: a record says what was decided when it was scored.
+        novelty_fields = {"nn", "nneg"}
 
         async def redis_counts() -> Counter[tuple[str, int, str]]:
             got: Counter[tuple[str, int, str]] = Counter()
@@ -200,7 +210,28 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
                         got[(f"{kind}:{name}", int(b), f.decode())] += int(v)
             return got
 
-        assert await redis_counts() == expected
+        counts = await redis_counts()
+        assert Counter({k: v for k, v in counts.items() if k[2] not in novelty_fields}) == expected
+
+        # 2b. novelty: every repost is scored as a near-duplicate of an earlier one, or (when it reached Redis
+        # before an earlier copy on another partition) its novel count is taken back once that copy arrives; in
+        # the end the ticker counts twelve events and one novel one. The distinct stories are all novel.
+        metrics0 = {k.decode(): int(v) for k, v in (await r.hgetall(f"{s.redis_prefix}:metrics")).items()}
+        by_id = {e.id: e for e in out["scored"]}
+        rep = {i: by_id[f"repost-{i}"] for i in range(12)}
+        for i, e in rep.items():
+            assert e.duplicate_of is None or int(e.duplicate_of.split("-")[1]) < i, (i, e.duplicate_of)
+            assert e.novelty == (1.0 if e.duplicate_of is None else 0.0), (i, e.novelty)
+        scored_novel = [i for i, e in rep.items() if e.duplicate_of is None]
+        assert 1 <= len(scored_novel) <= 1 + metrics0.get("novelty_retracted", 0), scored_novel
+        assert all(by_id[b["id"]].duplicate_of is None for b in burst)
+        rep_n = sum(v for (ent, _, f), v in counts.items() if ent == f"ticker:{REPOST_TICKER}" and f == "n")
+        rep_nn = sum(v for (ent, _, f), v in counts.items() if ent == f"ticker:{REPOST_TICKER}" and f == "nn")
+        assert (rep_n, rep_nn) == (12, 1)
+        # ... and the topics' novel counts add up to the events scored novel (less any an earlier copy took back).
+        novel = sum(1 for e in out["scored"] if e.window_status == "counted" and e.duplicate_of is None)
+        topic_nn = sum(v for (ent, _, f), v in counts.items() if ent.startswith("topic:") and f == "nn")
+        assert topic_nn == novel - metrics0.get("novelty_retracted", 0)
 
         # 3. the burst raised an alert on its ticker
         burst_alerts = [a for a in out["alerts"] if a["entity"] == BURST_TICKER]
@@ -212,6 +243,9 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         texts = {b["id"]: b["text"] for b in burst}
         assert a["examples"] and all(x["text"] == texts[x["id"]] for x in a["examples"])
         assert 0 < sum(t["negative"] for t in a["top_topics"]) <= a["negative"]
+        assert a["counts"] == "novel"
+        # 3b. one story reposted twelve times is not a surge: no alert on its ticker
+        assert not [x for x in out["alerts"] if x["entity"] == REPOST_TICKER]
 
         # 4. replaying the same events changes nothing in Redis
         before = await _snapshot(r, s.redis_prefix)
@@ -278,10 +312,9 @@ async def test_two_workers_share_one_truth(
                     for e in counted
                     if t in e.tickers
                 )
-                assert {k.decode(): int(v) for k, v in total.items() if k != b"ssum"} == {
-                    **want,
-                    "n": sum(want.values()),
-                }
+                got = {k.decode(): int(v) for k, v in total.items() if k != b"ssum"}
+                assert {k: v for k, v in got.items() if k not in ("nn", "nneg")} == {**want, "n": sum(want.values())}
+                assert 0 < got["nn"] <= got["n"] and got.get("nneg", 0) <= min(got["nn"], got.get("neg", 0))
         finally:
             await r.aclose()
     finally:

@@ -49,7 +49,7 @@ REDIS_ALLOWED_COMMANDS = (
     "+eval +evalsha +script|load +script|exists "
     "+get +set +mget +hget +hgetall +hmget +hset +hincrby +zrange +zrevrange +zrangebyscore +zrevrangebyscore "
     "+zcard +zscore +zadd +zrem +exists +expire +pexpire +del +unlink +ttl +pttl +type +scan "
-    "+hsetnx +hvals +hdel +sadd +srem"
+    "+hsetnx +hvals +hdel +sadd +srem +smembers"
 )
 
 

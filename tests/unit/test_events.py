@@ -117,6 +117,8 @@ SCORED = {
     "model_id": "m",
     "backend": "null",
     "window_status": "counted",
+    "novelty": 0.0,
+    "duplicate_of": "e0",
 }
 
 

@@ -69,7 +69,8 @@ class MemoryStore:
         wm_s = max(u.ts_ms for u in self.updates) // 1000 if self.updates else 0
         # Closed buckets stay pending until settled (like the Redis store; no leases here).
         closed = sorted((c for c in self.pending if c[2] <= wm_s), key=lambda c: (c[2], c[0], c[1]))
-        return ApplyResult(out, [ClosedBucket(*c) for c in closed])
+        # Novelty is judged in Redis (tests/integration/test_novelty.py); here every event is novel.
+        return ApplyResult(out, [ClosedBucket(*c) for c in closed], [0] * len(out), [None] * len(out))
 
     async def settle(self, judged: Sequence[ClosedBucket], cooldowns: Sequence[tuple[str, str, str, int]]) -> None:
         self.pending -= {(c.kind, c.name, c.end_s) for c in judged}
@@ -96,6 +97,7 @@ class MemoryStore:
         min_count: int = 0,
         floor: float = 0.0,
         rule: str = "",
+        novel_only: bool = False,
     ) -> list[WindowSums]:
         out = []
         for kind, name, end_s in queries:
