@@ -105,6 +105,8 @@ class EntityStats(BaseModel):
     neg: int
     neu: int
     pos: int
+    novel: int = Field(description="events that are not near-duplicates of an earlier story (count is the buzz)")
+    novel_neg: int = Field(description="novel negative events")
     neg_share: float
     neu_share: float
     pos_share: float
@@ -140,6 +142,8 @@ class SeriesPoint(BaseModel):
     neg: int
     neu: int
     pos: int
+    novel: int = Field(description="events that are not near-duplicates of an earlier story (count is the buzz)")
+    novel_neg: int = Field(description="novel negative events")
     neg_share: float
     neu_share: float
     pos_share: float
@@ -169,6 +173,7 @@ class IndexPoint(BaseModel):
     start: int = Field(description="epoch ms")
     end: int = Field(description="epoch ms (exclusive)")
     count: int = Field(description="buzz: events in the window")
+    novel: int = Field(description="events that are not near-duplicates of an earlier story")
     neg_share: float
     pos_share: float
     mean_score: float = Field(description="mean of P(positive) - P(negative)")
@@ -196,6 +201,7 @@ def index_point(x: EntityIndex) -> IndexPoint:
         start=x.start_s * 1000,
         end=x.end_s * 1000,
         count=x.count,
+        novel=x.novel,
         neg_share=round(x.neg_share, 4),
         pos_share=round(x.pos_share, 4),
         mean_score=round(x.mean_score, 4),
@@ -243,6 +249,8 @@ def entity_stats(t: EntityTrend, last_seen: int) -> EntityStats:
         neg=t.neg,
         neu=t.neu,
         pos=t.pos,
+        novel=t.novel,
+        novel_neg=t.novel_neg,
         neg_share=ns,
         neu_share=us,
         pos_share=ps,
@@ -275,6 +283,8 @@ def series_point(b: BucketCounts) -> SeriesPoint:
         neg=b.neg,
         neu=b.neu,
         pos=b.pos,
+        novel=b.novel,
+        novel_neg=b.novel_neg,
         neg_share=ns,
         neu_share=us,
         pos_share=ps,

@@ -37,6 +37,8 @@ class EntityIndex:
     count: int
     neg: int
     pos: int
+    novel: int  # events that are not near-duplicates of an earlier story (count is the buzz)
+    novel_neg: int
     neg_share: float
     pos_share: float
     mean_score: float
@@ -71,6 +73,8 @@ def index_from_series(label: str, points: Sequence[BucketCounts]) -> EntityIndex
         count=cur.n,
         neg=cur.neg,
         pos=cur.pos,
+        novel=cur.novel,
+        novel_neg=cur.novel_neg,
         neg_share=cur.neg / cur.n if cur.n else 0.0,
         pos_share=cur.pos / cur.n if cur.n else 0.0,
         mean_score=cur.score_sum / cur.n if cur.n else 0.0,

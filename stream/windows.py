@@ -32,6 +32,7 @@ from stream.events import WindowStatus
 SENTIMENT_FIELDS = ("neg", "neu", "pos")
 SCORE_SCALE = 1_000_000  # scores are summed as integer micro-units: exact, so replays match bit for bit
 STATUS_NAMES: tuple[WindowStatus, ...] = ("counted", "duplicate", "late")
+_COUNT_FIELDS = 7  # what counts.lua returns per slice: n, neg, neu, pos, ssum, nn, nneg
 
 # The Lua lives in stream/lua/*.lua (one file per script, with its own comments on the ARGV layout),
 # read once at import and registered with Redis per client (redis-py re-loads a script that a
@@ -145,6 +146,8 @@ class EntityTrend:
     neu: int
     pos: int
     score_sum: float
+    novel: int = 0  # novel events (not near-duplicates of an earlier story); the buzz is n
+    novel_neg: int = 0
 
     @property
     def negative_share(self) -> float:
@@ -166,6 +169,8 @@ class BucketCounts:
     neu: int
     pos: int
     score_sum: float
+    novel: int = 0  # novel events (not near-duplicates of an earlier story); the buzz is n
+    novel_neg: int = 0
 
 
 class WindowStore:
@@ -370,8 +375,8 @@ class WindowStore:
         """Per name (same order, zero counts included): totals over the buckets in [start_s, end_s)."""
         sums = await self._sum_buckets(kind, names, start_s, end_s, end_s - start_s, max_buckets)
         return [
-            EntityTrend(kind, name, n, neg, neu, pos, ssum / SCORE_SCALE)
-            for name, ((n, neg, neu, pos, ssum),) in zip(names, sums, strict=True)
+            EntityTrend(kind, name, n, neg, neu, pos, ssum / SCORE_SCALE, nn, nneg)
+            for name, ((n, neg, neu, pos, ssum, nn, nneg),) in zip(names, sums, strict=True)
         ]
 
     async def series(
@@ -382,15 +387,23 @@ class WindowStore:
         (sums,) = await self._sum_buckets(kind, [name], start_s, end_s, step_s, max_buckets)
         return [
             BucketCounts(
-                start_s + i * step_s, min(start_s + (i + 1) * step_s, end_s), n, neg, neu, pos, ssum / SCORE_SCALE
+                start_s + i * step_s,
+                min(start_s + (i + 1) * step_s, end_s),
+                n,
+                neg,
+                neu,
+                pos,
+                ssum / SCORE_SCALE,
+                nn,
+                nneg,
             )
-            for i, (n, neg, neu, pos, ssum) in enumerate(sums)
+            for i, (n, neg, neu, pos, ssum, nn, nneg) in enumerate(sums)
         ]
 
     async def _sum_buckets(
         self, kind: str, names: Sequence[str], start_s: int, end_s: int, step_s: int, max_buckets: int
     ) -> list[list[list[int]]]:
-        """[name][step slice] -> [n, neg, neu, pos, ssum] summed over the buckets of [start_s, end_s).
+        """[name][step slice] -> [n, neg, neu, pos, ssum, nn, nneg] summed over the buckets of [start_s, end_s).
 
         Summed in Redis by ``counts.lua``, in calls of at most ``max_buckets`` bucket reads: a script
         blocks Redis while it runs, so the worker waits at most one short call (~15 ms for 5,000 buckets
@@ -412,7 +425,7 @@ class WindowStore:
                     stop = min(stop, start_s + ((t - start_s) // step_s + 1) * step_s)
                 queries.append((i, name, t, stop))
                 t = stop
-        acc = [[[0, 0, 0, 0, 0] for _ in range(-(-(end_s - start_s) // step_s))] for _ in names]
+        acc = [[[0] * _COUNT_FIELDS for _ in range(-(-(end_s - start_s) // step_s))] for _ in names]
 
         async def run(call: list[tuple[int, str, int, int]]) -> None:
             flat = await self._counts(
@@ -423,9 +436,9 @@ class WindowStore:
                 first = (t0 - start_s) // step_s
                 for j in range(-(-(t1 - t0) // step_s)):
                     row = acc[i][first + j]
-                    for f in range(5):
+                    for f in range(_COUNT_FIELDS):
                         row[f] += int(flat[k + f])
-                    k += 5
+                    k += _COUNT_FIELDS
 
         call: list[tuple[int, str, int, int]] = []
         load = 0
@@ -482,6 +495,8 @@ class WindowStore:
                         g.get("neu", 0),
                         g.get("pos", 0),
                         g.get("ssum", 0) / SCORE_SCALE,
+                        g.get("nn", 0),
+                        g.get("nneg", 0),
                     )
                 )
         return out

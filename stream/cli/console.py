@@ -19,6 +19,7 @@ def trends_table(title: str, rows: Iterable[EntityTrend], top: int, min_count: i
     for col, just in (
         ("entity", "left"),
         ("events", "right"),
+        ("novel", "right"),
         ("neg", "right"),
         ("neu", "right"),
         ("pos", "right"),
@@ -28,7 +29,14 @@ def trends_table(title: str, rows: Iterable[EntityTrend], top: int, min_count: i
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in ranked:
         t.add_row(
-            r.name, str(r.n), str(r.neg), str(r.neu), str(r.pos), f"{r.negative_share:.1%}", f"{r.mean_score:+.3f}"
+            r.name,
+            str(r.n),
+            str(r.novel),
+            str(r.neg),
+            str(r.neu),
+            str(r.pos),
+            f"{r.negative_share:.1%}",
+            f"{r.mean_score:+.3f}",
         )
     return t
 
@@ -77,13 +85,14 @@ def make_console() -> Console:
 def indices_table(title: str, rows: Iterable[tuple[str, EntityIndex]]) -> Table:
     """Entity indices, one row per (entity, window): buzz, shares, mean score, buzz z against its baseline."""
     t = Table(title=title, title_justify="left")
-    for col in ("entity", "window", "buzz", "neg share", "pos share", "mean score", "baseline", "buzz z"):
+    for col in ("entity", "window", "buzz", "novel", "neg share", "pos share", "mean score", "baseline", "buzz z"):
         t.add_column(col, justify="left" if col in ("entity", "window") else "right")
     for name, x in rows:
         t.add_row(
             name,
             x.window if x.window_seconds == INDEX_WINDOWS.get(x.window) else f"{x.window} ({x.window_seconds // 60}m)",
             str(x.count),
+            str(x.novel),
             f"{x.neg_share:.1%}",
             f"{x.pos_share:.1%}",
             f"{x.mean_score:+.3f}",

@@ -86,6 +86,12 @@ async def test_reposts_are_near_duplicates_of_the_first_story_and_counted_apart(
     (novel,) = await w.window_sums([("ticker", "AAPL", T0 // 1000 + BUCKET)], BUCKET, BUCKET, novel_only=True)
     assert (all_events.recent_n, all_events.recent_neg) == (4, 4)
     assert (novel.recent_n, novel.recent_neg) == (2, 2)
+    # The read side (API, trends, indices) reports both.
+    (pt,) = await w.series("ticker", "AAPL", T0 // 1000, T0 // 1000 + BUCKET, BUCKET)
+    (tot,) = await w.window_totals("ticker", ["AAPL"], T0 // 1000, T0 // 1000 + BUCKET)
+    assert (pt.n, pt.novel, pt.novel_neg) == (tot.n, tot.novel, tot.novel_neg) == (4, 2, 2)
+    (trend,) = await w.trends("ticker")
+    assert (trend.n, trend.novel, trend.novel_neg) == (4, 2, 2)
 
 
 async def test_a_redelivered_event_reports_the_decision_it_was_counted_with(redis: Redis) -> None:

@@ -58,10 +58,10 @@ class FakeRedis:
         for q in range(4, len(args), 3):
             name, t, stop = args[q], int(args[q + 1]), int(args[q + 2])
             while t < stop:
-                row = [0] * 5
+                row = [0] * 7
                 for b in range(t, min(t + step, stop), bucket):
                     h = self.hashes.get(f"{prefix}:b:{kind}:{name}:{b}", {})
-                    for f, field in enumerate(("n", "neg", "neu", "pos", "ssum")):
+                    for f, field in enumerate(("n", "neg", "neu", "pos", "ssum", "nn", "nneg")):
                         row[f] += int(h.get(field, b"0"))
                 out += row
                 t = min(t + step, stop)
@@ -294,6 +294,8 @@ def test_rank_entities_ties_are_stable() -> None:
             neg=neg,
             neu=n - neg,
             pos=0,
+            novel=n,
+            novel_neg=neg,
             neg_share=ns,
             neu_share=us,
             pos_share=ps,
