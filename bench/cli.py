@@ -7,6 +7,7 @@ import click
 from bench.baseline import bench_baseline_cmd
 from bench.decode_bench import bench_decode_cmd
 from bench.engine_bench import bench_engine_cmd
+from bench.novelty_bench import bench_novelty_cmd
 from bench.pipeline_bench import bench_pipeline_cmd
 from bench.redis_durability import bench_redis_durability_cmd
 from bench.redis_memory import bench_redis_memory_cmd
@@ -25,3 +26,4 @@ bench.add_command(bench_redis_durability_cmd, "redis-durability")
 bench.add_command(bench_redis_memory_cmd, "redis-memory")
 bench.add_command(bench_soak_cmd, "soak")
 bench.add_command(bench_decode_cmd, "decode")
+bench.add_command(bench_novelty_cmd, "novelty")

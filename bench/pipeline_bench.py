@@ -392,6 +392,13 @@ def raw_engine(engine: EngineSettings, model_dir: Path, texts: list[str], max_ba
     show_default=True,
     help="Workers in the consumer group (finpulse worker --processes N); CPU and RSS are worker 0's.",
 )
+@click.option(
+    "--novelty",
+    type=click.Choice(["on", "off", "both"]),
+    default="on",
+    show_default=True,
+    help="Story novelty in the worker; both: each run once without and once with it, back to back (its cost).",
+)
 def bench_pipeline_cmd(
     n: int | None,
     latency_events: int | None,
@@ -405,6 +412,7 @@ def bench_pipeline_cmd(
     record: Path | None,
     baseline_events: int,
     processes: int,
+    novelty: str,
 ) -> None:
     """End-to-end events/s and produce-to-scored latency, against the raw engine, in one run."""
     base = get_settings().model_copy(update={"worker_processes": processes})
@@ -433,25 +441,46 @@ def bench_pipeline_cmd(
             events = stream_texts(base.require_data_dir(), max(count, lat_count))
             eng = eng0.model_copy(update={"backend": b, "model_dir": mdir})
             raw = raw_engine(eng, mdir, [e["text"] for e in events[:count]], base.max_batch_size)
-            rates: list[float] = []
+            modes = {"on": [True], "off": [False], "both": [False, True]}[novelty]
+            rates: dict[bool, list[float]] = {m: [] for m in modes}
             for k in range(runs):
-                prof = profile_dir / f"pipeline-{b}-{k}.raw.txt" if profile_dir is not None else None
-                run = run_one(base, eng, events[:count], lat_count, load_fraction, base.log_dir, prof)
-                run["raw_engine"] = raw
-                run["pipeline_vs_engine"] = (
-                    round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
-                )
-                rates.append(run["throughput_events_per_s"])
-                results["runs"].append(run)
-                click.echo(orjson.dumps(run).decode(), err=True)
-            if runs > 1:
-                results.setdefault("spread", {})[b] = {
-                    "runs": runs,
-                    "events_per_s": rates,
-                    "median": round(statistics.median(rates), 1),
-                    "min": min(rates),
-                    "max": max(rates),
-                    "stdev_pct": round(100 * statistics.stdev(rates) / statistics.mean(rates), 1),
+                for nov in modes:
+                    tag = f"{b}-{k}" + ("" if len(modes) == 1 else f"-novelty-{'on' if nov else 'off'}")
+                    prof = profile_dir / f"pipeline-{tag}.raw.txt" if profile_dir is not None else None
+                    run = run_one(
+                        base.model_copy(update={"novelty_enabled": nov}),
+                        eng,
+                        events[:count],
+                        lat_count,
+                        load_fraction,
+                        base.log_dir,
+                        prof,
+                    )
+                    run["novelty"] = nov
+                    run["raw_engine"] = raw
+                    run["pipeline_vs_engine"] = (
+                        round(run["throughput_events_per_s"] / raw["texts_per_s"], 3) if raw["texts_per_s"] else None
+                    )
+                    rates[nov].append(run["throughput_events_per_s"])
+                    results["runs"].append(run)
+                    click.echo(orjson.dumps(run).decode(), err=True)
+            for nov, rs in rates.items():
+                key = b if len(modes) == 1 else f"{b}/novelty-{'on' if nov else 'off'}"
+                if runs > 1:
+                    results.setdefault("spread", {})[key] = {
+                        "runs": runs,
+                        "events_per_s": rs,
+                        "median": round(statistics.median(rs), 1),
+                        "min": min(rs),
+                        "max": max(rs),
+                        "stdev_pct": round(100 * statistics.stdev(rs) / statistics.mean(rs), 1),
+                    }
+            if len(modes) == 2:
+                # The cost of novelty as a ratio of medians taken in this one run (runs interleaved off, on).
+                results.setdefault("novelty_cost", {})[b] = {
+                    "events_per_s_off": rates[False],
+                    "events_per_s_on": rates[True],
+                    "on_over_off_median": round(statistics.median(rates[True]) / statistics.median(rates[False]), 3),
                 }
         if baseline_events > 0:
             from bench.baseline import run_baseline

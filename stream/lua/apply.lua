@@ -222,6 +222,7 @@ end
 -- Pass 2, in (event time, id) order: the novelty of every event seen for the first time (index
 -- written for counted ones only), then its seen record with that decision.
 local nov_gens = {}
+local gen_exists = {}
 local retracted = 0
 local function earlier(ts_a, id_a, ts_b, id_b)
   return ts_a < ts_b or (ts_a == ts_b and id_a < id_b)
@@ -260,7 +261,9 @@ local function judge_novelty(i, write)
   local gkey = p .. ':nov:' .. string.format('%d', g)
   for _, gen in ipairs(gens) do
     local key = p .. ':nov:' .. string.format('%d', gen)
-    local got = redis.call('HMGET', key, unpack(bands))
+    -- A generation nobody wrote yet (the next one, nearly always) costs one EXISTS per call, not a read per event.
+    if gen_exists[gen] == nil then gen_exists[gen] = redis.call('EXISTS', key) == 1 end
+    local got = gen_exists[gen] and redis.call('HMGET', key, unpack(bands)) or {}
     for b = 1, #bands do
       local raw = got[b]
       local free = gen == g and not raw
@@ -298,10 +301,12 @@ local function judge_novelty(i, write)
     local args = {}
     for _, bk in ipairs(writes) do table.insert(args, bk); table.insert(args, val) end
     redis.call('HSET', gkey, unpack(args))
+    gen_exists[g] = true
   end
   if dups[i] == '' then
     -- Kept so that the counts can be taken back if an earlier copy arrives after this one.
     redis.call('HSET', gkey, 'e:' .. id, cjson.encode({e[4], e[3], e[6]}))
+    gen_exists[g] = true
   end
   -- Later copies (this generation or the next, so they look back at this one) counted as novel before
   -- this one arrived repeat it, whether or not this one is itself a repeat: their novel counts go.
