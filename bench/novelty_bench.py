@@ -144,7 +144,10 @@ def bench_novelty_cmd(
     texts = [str(e["text"]) for e in events]
     sketcher = Sketcher(params)
     t0 = time.perf_counter()
-    bands = sketcher.band_keys(texts, [list(e.get("tickers") or []) for e in events])
+    tickers = [list(e.get("tickers") or []) for e in events]
+    bands: list[list[str]] = []
+    for i in range(0, len(texts), batch):  # in worker-sized batches, as the worker sketches
+        bands += sketcher.band_keys(texts[i : i + batch], tickers[i : i + batch])
     sketch_s = time.perf_counter() - t0
 
     async def main(url: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -217,7 +220,7 @@ def bench_novelty_cmd(
             "threshold": params.threshold,
             "min_votes": params.min_votes,
             "horizon_s": s.novelty_horizon_seconds,
-            "shingle": "character 5-grams of the normalised text, plus 8 salted shingles per ticker",
+            "shingle": "byte 5-grams of the normalised text, plus 8 salted shingles per ticker",
         },
         "near_duplicates": len(flagged),
         "near_duplicate_share": round(len(flagged) / n, 4) if n else None,

@@ -45,7 +45,8 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "alerts_topic": "finpulse.demo.alerts",
     "dlq_topic": "finpulse.demo.dlq",
     "consumer_group": "finpulse-demo",
-    "redis_prefix": "finpulse:demo",
+    # Braces: a Redis Cluster hash tag, as every store prefix needs one there.
+    "redis_prefix": "{finpulse-demo}",
     # A historical replay: pure event time (no idleness, no wall-clock closing), so the same slice
     # raises the same alerts however the worker batches it.
     "time_mode": "replay",

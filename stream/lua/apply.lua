@@ -129,17 +129,23 @@ local function shard_count(bucket)
   shards[bucket] = k
   return k
 end
--- The seen-hash key of an id, and what it holds there (false when the id was never seen).
-local function seen(id, bucket)
+-- The seen-hash key of an id.
+local function seen_key_of(id, bucket)
   local k = shard_count(bucket)
   local shard = 0
   if k > 1 then shard = tonumber(string.sub(redis.sha1hex(id), 1, 7), 16) % k end
-  local key = p .. ':seenb:' .. string.format('%d', bucket) .. ':' .. shard
+  return p .. ':seenb:' .. string.format('%d', bucket) .. ':' .. shard
+end
+-- Claim an id: its key and false when it is new (now claimed, with an empty decision), else its key and
+-- the decision stored with it.
+local function seen(id, bucket)
+  local key = seen_key_of(id, bucket)
+  if redis.call('HSETNX', key, id, '') == 1 then return key, false end
   return key, redis.call('HGET', key, id)
 end
--- Record a new id in its seen hash with its novelty decision.
+-- A new id's novelty decision, stored only when there is one to store ('' is already there).
 local function claim(key, bucket, id, value)
-  redis.call('HSET', key, id, value)
+  if value ~= '' then redis.call('HSET', key, id, value) end
   if new_ids[key] == nil then new_ids[key] = 0; table.insert(new_order, {key, bucket}) end
   new_ids[key] = new_ids[key] + 1
 end
@@ -244,7 +250,7 @@ local function retract(f_id, f_ts, gkey, earlier_id, v)
     add(bk, 'nn', -1); add(tk, 'nn', -1)
     if cls == 1 then add(bk, 'nneg', -1); add(tk, 'nneg', -1) end
   end
-  local key = seen(f_id, fb)
+  local key = seen_key_of(f_id, fb)
   redis.call('HSET', key, f_id, string.format('%d', v) .. ' ' .. earlier_id)
   retracted = retracted + 1
 end
@@ -296,16 +302,16 @@ local function judge_novelty(i, write)
   votes[i] = best_v
   if best_v >= min_votes then dups[i] = best end
   if not write then return end
-  if #writes > 0 then
-    local val = string.format('%d', ts) .. ' ' .. id
-    local args = {}
-    for _, bk in ipairs(writes) do table.insert(args, bk); table.insert(args, val) end
-    redis.call('HSET', gkey, unpack(args))
-    gen_exists[g] = true
-  end
+  local args = {}
+  local val = string.format('%d', ts) .. ' ' .. id
+  for _, bk in ipairs(writes) do table.insert(args, bk); table.insert(args, val) end
   if dups[i] == '' then
     -- Kept so that the counts can be taken back if an earlier copy arrives after this one.
-    redis.call('HSET', gkey, 'e:' .. id, cjson.encode({e[4], e[3], e[6]}))
+    table.insert(args, 'e:' .. id)
+    table.insert(args, cjson.encode({e[4], e[3], e[6]}))
+  end
+  if #args > 0 then
+    redis.call('HSET', gkey, unpack(args))
     gen_exists[g] = true
   end
   -- Later copies (this generation or the next, so they look back at this one) counted as novel before

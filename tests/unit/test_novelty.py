@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
+from datasketch import MinHash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.novelty import TICKER_WEIGHT, NoveltyParams, Sketcher, normalise, shingles
+from stream.novelty import SEED, TICKER_WEIGHT, NoveltyParams, Sketcher, normalise, shingle_hash, shingles
 from stream.settings import StreamSettings
 
 PARAMS = NoveltyParams(bands=12, rows=4, threshold=0.7)
@@ -52,9 +54,30 @@ def test_band_keys_are_stable_and_shaped() -> None:
     a = sk.band_keys(["Pfizer renews bid interest in AstraZeneca"], [["PFE"]])
     b = Sketcher(PARAMS).band_keys(["RT @x: Pfizer renews bid interest in AstraZeneca http://t.co/q"], [["PFE"]])
     assert a == b  # a repost, and a fresh sketcher (another worker) gives the same keys
-    assert len(a[0]) == 12 and all(len(k) == 12 and int(k, 16) >= 0 for k in a[0])
+    assert len(a[0]) == 12 and all(len(k) == 8 and int(k, 16) >= 0 for k in a[0])
     assert len(set(a[0])) == 12  # equal values in two bands still give two keys
     assert sk.band_keys([]) == []
+
+
+def test_batched_signatures_are_datasketch_minhashes() -> None:
+    texts = [
+        "Pfizer renews bid interest in AstraZeneca http://t.co/x",
+        "",  # nothing left: one empty shingle
+        "ab",  # shorter than a shingle: the text itself
+        "hello",  # exactly one shingle long
+        "Ünïcode – dashes and “quotes” café $NESN.SW",
+        "RT @a: same words same words same words",
+    ]
+    tickers = [["PFE"], [], ["X"], [], ["NESN.SW"], ["AAPL", "msft"]]
+    sig = Sketcher(PARAMS).signatures(texts, tickers)
+    ref = MinHash.bulk(
+        [shingles(t, k) for t, k in zip(texts, tickers, strict=True)],
+        num_perm=PARAMS.num_perm,
+        seed=SEED,
+        hashfunc=shingle_hash,
+        scheme="affine32",
+    )
+    assert np.array_equal(sig, np.stack([m.hashvalues for m in ref]).astype(np.uint64))
 
 
 def _jaccard(x: set[bytes], y: set[bytes]) -> float:
