@@ -246,6 +246,18 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
                 "pid": os.getpid(),
                 "degraded_reasons": reasons,
                 "time_mode": settings.time_mode,
+                # What the surge rule counts, and how novelty is judged (None: off, every event novel).
+                "novelty": (
+                    {
+                        "horizon_s": settings.novelty_horizon_seconds,
+                        "threshold": settings.novelty_threshold,
+                        "bands": settings.novelty_bands,
+                        "rows": settings.novelty_rows,
+                    }
+                    if settings.novelty_enabled
+                    else None
+                ),
+                "alert_events": settings.alert_events,
                 "uptime_s": round(time.time() - started, 1),
                 "engine": engine,
                 "engine_stats": classifier.stats.as_dict(),  # counters; call-time quantiles are in metrics

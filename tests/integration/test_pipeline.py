@@ -156,6 +156,7 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
     try:
         health = await asyncio.to_thread(wait_worker_ready, proc, s.worker_web_port, log_path, 180)
         assert health["engine"]["backend"] == "torch"
+        assert health["alert_events"] == "novel" and health["novelty"]["horizon_s"] == s.novelty_horizon_seconds
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
         out = await _drain(s, len(inputs), timeout=240)
 
