@@ -29,7 +29,7 @@ from stream.settings import StreamSettings
 from stream.topics import delete_topics, ensure_topics
 from stream.windows import SENTIMENT_FIELDS, bucket_start
 from stream.worker import topic_plan
-from tests.support.surge import REPLAY_SURGE, STORY_DETAILS, negative_stories
+from tests.support.surge import REPLAY_SURGE, distinct_stories, negative_stories
 from tests.support.tiny_bert import NEGATIVE_PHRASES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(420)]
@@ -129,8 +129,10 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         {"id": f"burst-{i}", "text": text, "published_at": burst_ms + i * 5_000, "source": "news"}
         for i, text in enumerate(negative_stories(clf, BURST_TICKER, 12, NEGATIVE_PHRASES))
     ]
-    # The same story reposted 12 times on another ticker (retweets, other links): buzz, not a surge.
-    story = f"{NEGATIVE_PHRASES[0]} {STORY_DETAILS[0]} ${REPOST_TICKER}"
+    # The same story reposted 12 times on another ticker (retweets, other links): buzz, not a surge. It is
+    # itself no near-duplicate of any burst story (checked with the worker's sketch).
+    story = f"${REPOST_TICKER} {NEGATIVE_PHRASES[1]} while its auditor quits and two banks pull their credit lines"
+    assert distinct_stories([story, *(b["text"] for b in burst)], 13)
     reposts = [
         {
             "id": f"repost-{i}",
