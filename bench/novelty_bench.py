@@ -138,7 +138,8 @@ def bench_novelty_cmd(
 ) -> None:
     """Near-duplicate share, cost (novelty on vs off) and precision on hand labels (JSON)."""
     s = get_settings()
-    params = s.novelty_params() or NoveltyParams(bands=s.novelty_bands, rows=s.novelty_rows, threshold=0.7)
+    # The configured shape and threshold, also when the worker's novelty is switched off.
+    params = NoveltyParams(bands=s.novelty_bands, rows=s.novelty_rows, threshold=s.novelty_threshold)
     path = data_path or s.require_data_dir() / "stocknet-tweets" / "stream.csv"
     events = [dict(e) for e in read_events(path, limit=limit)]
     texts = [str(e["text"]) for e in events]

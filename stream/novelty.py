@@ -159,7 +159,7 @@ class Sketcher:
         self._band_mix = _MIX[: params.rows].reshape(1, 1, params.rows)
         self._band_salt = (np.arange(params.bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)).reshape(1, -1)
 
-    def _permuted_min(self, hv: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    def _permuted_min(self, hv: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """Per segment of ``hv`` (segments begin at ``starts``, none empty): the min of each permutation."""
         s1, m1, s2, m2, s3 = _FMIX32
         with np.errstate(over="ignore"):
@@ -169,8 +169,6 @@ class Sketcher:
             hv *= m2
             hv ^= hv >> s3
             phv = hv.reshape(-1, 1) * self._a + self._b  # uint32: wraps, i.e. mod 2**32
-        if n == 0:
-            return np.zeros((0, self._a.shape[1]), dtype=np.uint32)
         return np.minimum.reduceat(phv, starts, axis=0)
 
     def signatures(self, texts: Sequence[str], tickers: Sequence[Sequence[str]] | None = None) -> np.ndarray:
@@ -196,7 +194,7 @@ class Sketcher:
             with np.errstate(over="ignore"):
                 hv = (win[first + offs] * self._pow).sum(axis=1, dtype=np.uint32)
             seg = np.concatenate(([0], np.cumsum(counts[long_])[:-1]))
-            sig[long_] = self._permuted_min(hv, seg, int(long_.sum()))
+            sig[long_] = self._permuted_min(hv, seg)
         # A text of at most k bytes is one shingle, itself; tickers add their salted shingles.
         extra: list[int] = []
         extra_doc: list[int] = []
@@ -213,7 +211,7 @@ class Sketcher:
             order = np.argsort(np.asarray(extra_doc), kind="stable")
             doc_sorted = np.asarray(extra_doc)[order]
             rows, seg = np.unique(doc_sorted, return_index=True)
-            mins = self._permuted_min(np.asarray(extra, dtype=np.uint32)[order], seg, len(rows))
+            mins = self._permuted_min(np.asarray(extra, dtype=np.uint32)[order], seg)
             sig[rows] = np.minimum(sig[rows], mins)
         return sig.astype(np.uint64)
 

@@ -171,11 +171,15 @@ def encode_scored(
         else None
     )
     cls_list = cls.tolist()
+    nov = list(novelty) if novelty is not None else None
     out: list[tuple[bytes, bytes]] = []
     for i, e in enumerate(events):
         p = sent64[i]
         t = topics[i]
-        nums = dumps((p[0], p[1], p[2], score64[i], tprob64[i] if tprob64 is not None else 0.0))[1:-1].split(b",")
+        nums = dumps(
+            (p[0], p[1], p[2], score64[i], tprob64[i] if tprob64 is not None else 0.0, nov[i] if nov else None)
+        )[1:-1].split(b",")
+        dup = duplicate_of[i] if duplicate_of else None
         eid = e.id.encode()
         value = b"".join(
             (
@@ -208,9 +212,9 @@ def encode_scored(
                 tail,
                 statuses[i].encode(),
                 b'","novelty":',
-                dumps(novelty[i]) if novelty is not None else b"null",
+                nums[5],
                 b',"duplicate_of":',
-                dumps(duplicate_of[i]) if duplicate_of else b"null",
+                dumps(dup) if dup is not None else b"null",
                 b"}",
             )
         )

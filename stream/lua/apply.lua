@@ -229,6 +229,13 @@ end
 -- written for counted ones only), then its seen record with that decision.
 local nov_gens = {}
 local gen_exists = {}
+local gen_keys = {}
+-- The index key of a generation, built once per call (every event of a batch asks for the same few).
+local function gen_key(gen)
+  local k = gen_keys[gen]
+  if k == nil then k = p .. ':nov:' .. string.format('%d', gen); gen_keys[gen] = k end
+  return k
+end
 local retracted = 0
 local function earlier(ts_a, id_a, ts_b, id_b)
   return ts_a < ts_b or (ts_a == ts_b and id_a < id_b)
@@ -264,9 +271,9 @@ local function judge_novelty(i, write)
   local cand, cand_ts = {}, {}
   local later, later_ts, later_gen = {}, {}, {}
   local writes = {}
-  local gkey = p .. ':nov:' .. string.format('%d', g)
+  local gkey = gen_key(g)
   for _, gen in ipairs(gens) do
-    local key = p .. ':nov:' .. string.format('%d', gen)
+    local key = gen_key(gen)
     -- A generation nobody wrote yet (the next one, nearly always) costs one EXISTS per call, not a read per event.
     if gen_exists[gen] == nil then gen_exists[gen] = redis.call('EXISTS', key) == 1 end
     local got = gen_exists[gen] and redis.call('HMGET', key, unpack(bands)) or {}
@@ -276,11 +283,9 @@ local function judge_novelty(i, write)
       if raw then
         local cts, cid = split_ts_id(raw)
         if cid ~= id then
-          if earlier(cts, cid, ts, id) then
-            if gen < g + 1 then
-              cand[cid] = (cand[cid] or 0) + 1
-              cand_ts[cid] = cts
-            end
+          if earlier(cts, cid, ts, id) then  -- only ever in this generation or the one before
+            cand[cid] = (cand[cid] or 0) + 1
+            cand_ts[cid] = cts
           else
             later[cid] = (later[cid] or 0) + 1
             later_ts[cid] = cts

@@ -63,7 +63,8 @@ def story_candidates(ticker: str, phrases: Sequence[str], n: int) -> list[str]:
 def distinct_stories(texts: Sequence[str], want: int) -> list[str]:
     """The first ``want`` of ``texts`` of which no two are near-duplicates under the default novelty settings
     (checked with the worker's own sketcher, not assumed)."""
-    params = StreamSettings().novelty_params() or NoveltyParams(bands=12, rows=4, threshold=0.7)
+    s = StreamSettings()
+    params = NoveltyParams(bands=s.novelty_bands, rows=s.novelty_rows, threshold=s.novelty_threshold)
     # With the tickers the worker reads from each text's cashtags, as it sketches them.
     keys = Sketcher(params).band_keys(list(texts), [extract_cashtags(t) for t in texts])
     picked: list[int] = []

@@ -156,7 +156,17 @@ def test_encoded_scored_records_read_back_as_the_model_writes_them() -> None:
     tidx = tprobs.argmax(axis=1)
     statuses: list[WindowStatus] = ["counted", "duplicate", "late"]
     topic_sets: list[list[str | None]] = [["X", 'Y"', "X"], [None, None, None]]
-    for topics, tp, ti in ((topic_sets[0], tprobs, tidx), (topic_sets[1], None, None)):
+    # Novelty off (null, null), and on: a new story, a near-duplicate, an exact repost of an id to escape.
+    novelty_cases: list[tuple[list[float] | None, list[str | None]]] = [
+        (None, []),
+        ([1.0, 0.2402, 0.0], [None, "a", 'q"uote\\ü']),
+    ]
+    cases = [
+        (topics, tp, ti, nov, dup)
+        for topics, tp, ti in ((topic_sets[0], tprobs, tidx), (topic_sets[1], None, None))
+        for nov, dup in novelty_cases
+    ]
+    for topics, tp, ti, nov, dup in cases:
         got = encode_scored(
             evs,
             sent,
@@ -166,6 +176,8 @@ def test_encoded_scored_records_read_back_as_the_model_writes_them() -> None:
             ti,
             topics,
             statuses,
+            nov,
+            dup,
             processed_at="2026-11-25T00:00:00Z",
             model_id="m",
             backend="b",
@@ -188,6 +200,8 @@ def test_encoded_scored_records_read_back_as_the_model_writes_them() -> None:
                 model_id="m",
                 backend="b",
                 window_status=statuses[i],
+                novelty=nov[i] if nov is not None else None,
+                duplicate_of=dup[i] if dup else None,
             )
             assert key == e.id.encode()
             assert parse_scored(value) == want
