@@ -83,7 +83,13 @@ def write_manifest(
         dict(
             model_id=model_id,
             heads=[
-                HeadManifest(name=h.name, labels=list(h.labels), output=output_names[h.name], pooling=h.pooling)
+                HeadManifest(
+                    name=h.name,
+                    labels=list(h.labels),
+                    output=output_names[h.name],
+                    pooling=h.pooling,
+                    temperature=h.temperature,
+                )
                 for h in heads
             ],
             max_seq_len=max_seq_len,

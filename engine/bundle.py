@@ -24,9 +24,10 @@ class HeadManifest(BaseModel):
     labels: list[str]
     output: str = Field(description="ONNX/TensorRT output tensor name holding this head's logits")
     pooling: str = "mean"
+    temperature: float = Field(default=1.0, gt=0, description="logits are divided by this before the softmax")
 
     def spec(self) -> HeadSpec:
-        return HeadSpec(name=self.name, labels=tuple(self.labels), pooling=self.pooling)
+        return HeadSpec(name=self.name, labels=tuple(self.labels), pooling=self.pooling, temperature=self.temperature)
 
 
 class FileEntry(BaseModel):

@@ -27,6 +27,13 @@ class HeadSpec:
     name: str
     labels: tuple[str, ...]
     pooling: str = "mean"  # "mean" over unmasked tokens, or "pooler" (BERT's tanh(CLS) pooler)
+    #: Logits are divided by this before the softmax (temperature scaling, fitted by ``finpulse train``
+    #: on held-out training rows); 1.0 leaves the probabilities as the network made them.
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature > 0 and self.temperature < float("inf")):
+            raise ModelFormatError("config.json", f"head {self.name!r}: temperature {self.temperature} is not > 0")
 
     def to_config(self) -> dict[str, Any]:
         """The head as stored in ``config.json`` (``id2label`` keyed by string ids, as Hugging Face does)."""
@@ -34,6 +41,7 @@ class HeadSpec:
             "name": self.name,
             "id2label": {str(i): lab for i, lab in enumerate(self.labels)},
             "pooling": self.pooling,
+            "temperature": self.temperature,
         }
 
     @classmethod
@@ -46,7 +54,13 @@ class HeadSpec:
             raise ModelFormatError("config.json", f"head {raw.get('name')!r} has non-contiguous id2label") from exc
         if not labels:
             raise ModelFormatError("config.json", f"head {raw.get('name')!r} has no labels")
-        return cls(name=str(raw["name"]), labels=labels, pooling=str(raw.get("pooling", "mean")))
+        try:
+            temperature = float(raw.get("temperature", 1.0))
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError("config.json", f"head {raw.get('name')!r} has a non-numeric temperature") from exc
+        return cls(
+            name=str(raw["name"]), labels=labels, pooling=str(raw.get("pooling", "mean")), temperature=temperature
+        )
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -140,11 +140,16 @@ class TaskData:
     def counts(self) -> np.ndarray:
         return np.bincount(self.label_ids, minlength=len(self.labels))
 
-    def subset(self, n: int | None, seed: int) -> TaskData:
-        """At most ``n`` rows drawn at random (files are often sorted by label, so never the first ``n``)."""
-        if n is None or n >= len(self):
-            return self
-        idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
+    def split(self, fraction: float, seed: int) -> tuple[TaskData, TaskData | None]:
+        """``(rest, held)``: a seeded random ``fraction`` of the rows held out (``None`` when it rounds to 0 rows)."""
+        n_held = int(round(fraction * len(self)))
+        if n_held <= 0 or n_held >= len(self):
+            return self, None
+        held = np.zeros(len(self), dtype=bool)
+        held[np.random.default_rng(seed).choice(len(self), size=n_held, replace=False)] = True
+        return self._rows(np.flatnonzero(~held)), self._rows(np.flatnonzero(held))
+
+    def _rows(self, idx: np.ndarray) -> TaskData:
         return TaskData(
             task=self.task,
             labels=self.labels,
@@ -153,6 +158,12 @@ class TaskData:
             lines=[self.lines[i] for i in idx],
             source=self.source,
         )
+
+    def subset(self, n: int | None, seed: int) -> TaskData:
+        """At most ``n`` rows drawn at random (files are often sorted by label, so never the first ``n``)."""
+        if n is None or n >= len(self):
+            return self
+        return self._rows(np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False)))
 
 
 def _read_text(path: Path, fallback_latin1: bool = False) -> str:

@@ -21,7 +21,7 @@ from engine.modeling import HeadSpec, MultiHeadClassifier
 from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from training.data import DataError, Format, TaskData, label_map_for, load_for_heads
-from training.metrics import classification_report
+from training.metrics import classification_report, expected_calibration_error
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +117,10 @@ def evaluate(
         to_data = _model_to_data_index(heads[name], td)
         pred = to_data[probs.argmax(axis=1)]
         report = classification_report(td.label_ids, pred, td.labels)
+        # Calibration of what is served (the head's temperature included), with columns in data order.
+        in_data_order = np.empty_like(probs)
+        in_data_order[:, to_data] = probs
+        report["ece"] = expected_calibration_error(in_data_order, td.label_ids)
         result["heads"][name] = report
         log.info(
             "evaluated",
@@ -125,6 +129,8 @@ def evaluate(
             n=report["n"],
             macro_f1=round(report["macro_f1"], 4),
             accuracy=round(report["accuracy"], 4),
+            ece=round(report["ece"], 4),
+            temperature=heads[name].temperature,
         )
     if show:
         print_report(result, console)
@@ -140,7 +146,8 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     for name, rep in result["heads"].items():
         console.print(
-            f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · n={rep['n']}"
+            f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · "
+            f"ECE {rep.get('ece', float('nan')):.4f} · n={rep['n']}"
         )
         table = Table()
         for col in ("label", "precision", "recall", "F1", "support"):

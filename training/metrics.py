@@ -86,3 +86,87 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequen
         },
         "confusion_matrix": cm.astype(int).tolist(),
     }
+
+
+# --- calibration -------------------------------------------------------------------------------------
+
+#: Equal-width confidence bins for the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def softmax_t(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: the row-weighted gap between confidence and accuracy over equal-width confidence bins."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(y_true, dtype=np.int64)
+    if p.ndim != 2 or p.shape[0] != t.size:
+        raise ValueError(f"probs {p.shape} do not match {t.size} labels")
+    if t.size == 0:
+        return 0.0
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == t).astype(np.float64)
+    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 cannot occur (>= 1/classes).
+    which = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+    n_bin = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, weights=correct, minlength=bins) - np.bincount(which, weights=conf, minlength=bins))
+    return float(gap.sum() / t.size) if n_bin.sum() else 0.0
+
+
+def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true labels under ``softmax(logits / temperature)``."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    t = np.asarray(y_true, dtype=np.int64)
+    if t.size == 0:
+        return 0.0
+    m = z.max(axis=1, keepdims=True)
+    lse = (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+    return float((lse - z[np.arange(t.size), t]).mean())
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """The temperature that minimises the NLL of ``y_true`` (temperature scaling, Guo et al. 2017).
+
+    Written here rather than with scipy (not a direct dependency): in ``b = 1/T`` the NLL is
+    convex (log-sum-exp of an affine function minus an affine function), so its derivative,
+    ``E_softmax(b*z)[z] - z_true`` averaged over rows, is increasing and a bisection on its sign finds
+    the one minimum. The result is clipped to ``[lo, hi]``; no rows gives 1.0.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(y_true, dtype=np.int64)
+    if t.size == 0:
+        return 1.0
+    z_true = z[np.arange(t.size), t]
+
+    def slope(b: float) -> float:
+        return float((softmax_t(z, 1.0 / b) * z).sum(axis=1).mean() - z_true.mean())
+
+    b_lo, b_hi = 1.0 / hi, 1.0 / lo
+    if slope(b_lo) >= 0:
+        return hi
+    if slope(b_hi) <= 0:
+        return lo
+    for _ in range(60):
+        mid = 0.5 * (b_lo + b_hi)
+        if slope(mid) > 0:
+            b_hi = mid
+        else:
+            b_lo = mid
+    return float(1.0 / (0.5 * (b_lo + b_hi)))
+
+
+def calibration_report(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE and NLL of one head's logits before (T = 1) and after dividing by ``temperature``."""
+    return {
+        "temperature": float(temperature),
+        "ece_before": expected_calibration_error(softmax_t(logits), y_true),
+        "ece_after": expected_calibration_error(softmax_t(logits, temperature), y_true),
+        "nll_before": nll(logits, y_true),
+        "nll_after": nll(logits, y_true, temperature),
+    }

@@ -89,6 +89,13 @@ class TrainSettings(BaseSettings):
         "of frequency, milder) or none.",
     )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    calibration_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=0.5,
+        description="Share of each task's training rows held out of training to fit the head's temperature "
+        "(0: no temperature scaling).",
+    )
 
     # --- validation and stopping ----------------------------------------------------------------
     evals_per_epoch: int = Field(default=2, ge=0, description="Validation passes per epoch (0: only at the end).")
@@ -146,6 +153,7 @@ class TrainSettings(BaseSettings):
             "task_mix",
             "class_weighting",
             "label_smoothing",
+            "calibration_fraction",
             "evals_per_epoch",
             "patience",
             "selection",

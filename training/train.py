@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
 from training.evaluate import predict_logits
-from training.metrics import classification_report
+from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
 from training.settings import TrainSettings, config_hash
 
 log = structlog.get_logger(__name__)
@@ -60,6 +60,7 @@ class TaskSplit:
     task: str
     train: TaskData
     valid: TaskData | None
+    calib: TaskData | None = None  # held out of training to fit the head's temperature
     train_tok: TokenizedTexts | None = None
     valid_tok: TokenizedTexts | None = None
 
@@ -257,12 +258,13 @@ def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list
             continue
         valid_file = getattr(settings, f"{task}_valid", None)
         train = load_task_data(train_file, task).subset(settings.limit, settings.seed + i)
+        train, calib = train.split(settings.calibration_fraction, settings.seed + 200 + i)
         valid = (
             load_task_data(valid_file, task).subset(settings.valid_limit, settings.seed + 100 + i)
             if valid_file
             else None
         )
-        splits.append(TaskSplit(task=task, train=train, valid=valid))
+        splits.append(TaskSplit(task=task, train=train, valid=valid, calib=calib))
     if not splits:
         raise TrainingError("no training data: set sentiment_train and/or topic_train (or data_dir)")
     return splits
@@ -288,6 +290,38 @@ def _validate(
         ]
         reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
     return reports
+
+
+def calibrate(
+    model: MultiHeadClassifier, tokenizer: BatchTokenizer, splits: list[TaskSplit], batch_size: int
+) -> dict[str, dict[str, Any]]:
+    """Fit each head's temperature on its held-out training rows and set it on the model's head specs.
+
+    Returns, per head, the temperature with ECE and NLL before and after it, on the calibration
+    rows (where it was fitted) and on the validation rows (the honest figure). Heads without held-out
+    rows keep temperature 1.
+    """
+    specs = {h.name: h for h in model.head_specs}
+    head_index = {name: i for i, name in enumerate(model.head_names)}
+    out: dict[str, dict[str, Any]] = {}
+    for sp in splits:
+        if sp.calib is None:
+            continue
+        logits = predict_logits(model, tokenizer, sp.calib.texts, batch_size=batch_size)[head_index[sp.task]]
+        temperature = fit_temperature(logits, sp.calib.label_ids)
+        report: dict[str, Any] = {
+            "temperature": temperature,
+            "rows": len(sp.calib),
+            "calibration_split": calibration_report(logits, sp.calib.label_ids, temperature),
+        }
+        if sp.valid is not None and sp.valid_tok is not None:
+            v_logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size)[head_index[sp.task]]
+            report["validation"] = calibration_report(v_logits, sp.valid.label_ids, temperature)
+        out[sp.task] = report
+        specs[sp.task] = replace(specs[sp.task], temperature=temperature)
+        log.info("calibrated", head=sp.task, **{k: v for k, v in report.items() if k != "calibration_split"})
+    model.head_specs = tuple(specs[name] for name in model.head_names)
+    return out
 
 
 def _progress(console: Console, enabled: bool) -> Progress:
@@ -492,6 +526,9 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     if best_state is not None:
         model.load_state_dict(best_state)
     model.to("cpu").eval()
+    t_cal = time.perf_counter()
+    calibration = calibrate(model, tokenizer, splits, settings.eval_batch_size)
+    eval_seconds += time.perf_counter() - t_cal
 
     wall = time.perf_counter() - t_start
     run_hash = config_hash(settings, run_identity(settings))
@@ -522,12 +559,14 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 "train_file": str(sp.train.source),
                 "valid_file": str(sp.valid.source) if sp.valid is not None else None,
                 "train_rows": len(sp.train),
+                "calibration_rows": len(sp.calib) if sp.calib is not None else 0,
                 "valid_rows": len(sp.valid) if sp.valid is not None else 0,
                 "train_class_counts": dict(zip(sp.train.labels, map(int, sp.train.counts()), strict=True)),
             }
             for sp in splits
         },
         "history": history,
+        "calibration": calibration,
         "config_hash": run_hash,
     }
     save_trained(model, out, metrics, base, model_id=model_id or f"finpulse-{out.name}-{run_hash[:8]}")
@@ -639,6 +678,26 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
                 lines.append(f"| {lab} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |")
     else:
         lines.append("No validation data was given; the model is unevaluated.")
+    if metrics.get("calibration"):
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            (
+                "Each head's logits are divided by a temperature fitted (minimum NLL) on training rows held out of "
+                f"training ({hp.get('calibration_fraction')} of each task's rows); every backend applies it. "
+                f"Expected calibration error ({ECE_BINS} equal-width confidence bins) and NLL on the validation rows:"
+            ),
+            "",
+            "| head | temperature | ECE before | ECE after | NLL before | NLL after |",
+            "|---|---|---|---|---|---|",
+        ]
+        for head, cal in metrics["calibration"].items():
+            v = cal.get("validation") or cal["calibration_split"]
+            lines.append(
+                f"| {head} | {cal['temperature']:.3f} | {v['ece_before']:.4f} | {v['ece_after']:.4f} | "
+                f"{v['nll_before']:.4f} | {v['nll_after']:.4f} |"
+            )
     lines += [
         "",
         "Full per-class scores and confusion matrices: `metrics.json`.",

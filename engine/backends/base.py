@@ -115,7 +115,11 @@ class Backend(abc.ABC):
                     f"{self.name}: head {head.name!r} returned shape {arr.shape} for a batch of {batch.size} "
                     f"(expected {(batch.size, len(head.labels))})"
                 )
-            probs = arr.astype(np.float32, copy=False) if self._returns_probabilities else softmax(arr)
+            if self._returns_probabilities:
+                probs = arr.astype(np.float32, copy=False)
+            else:
+                # The head's fitted temperature: one division here serves every backend alike.
+                probs = softmax(arr / np.float32(head.temperature) if head.temperature != 1.0 else arr)
             if not np.isfinite(probs).all():
                 raise InferenceOutputError(f"{self.name}: head {head.name!r} produced non-finite values")
             out[head.name] = probs

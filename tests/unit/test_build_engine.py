@@ -348,3 +348,26 @@ def test_cli_builds_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert set(summary["heads"]) == {"sentiment", "topic"}
     again = runner.invoke(build_engine_cmd, [str(tiny_model_dir), "--out", str(out)])
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+@pytest.mark.slow
+def test_head_temperature_reaches_the_bundle_and_every_backend(
+    tiny_model_dir: Path, tmp_path: Path, sample_texts: list[str]
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["finpulse_heads"][0]["temperature"] = 2.5
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "bundle"
+    build_bundle(ckpt, out, BuildOptions(int8=False, validation_texts=32), validation_texts=sample_texts)
+    assert [h.temperature for h in EngineBundle.load(out).manifest.heads] == [2.5, 1.0]
+    texts = sample_texts[:20]
+    plain = load_classifier(_settings(backend="torch"), tiny_model_dir).classify(texts)
+    for backend in ("torch", "onnxruntime"):
+        got = load_classifier(_settings(backend=backend), out).classify(texts)
+        # softmax(z / T) from softmax(z): p^(1/T), renormalised.
+        expected = plain["sentiment"].astype(np.float64) ** (1 / 2.5)
+        expected /= expected.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(got["sentiment"], expected, atol=1e-4)
+        np.testing.assert_allclose(got["topic"], plain["topic"], atol=1e-4)

@@ -154,7 +154,10 @@ def test_saved_model_reloads_with_identical_predictions(trained: Any, data_dir: 
     probs = load_classifier(EngineSettings(backend="torch"), trained.out_dir).classify(texts)
     for i, head in enumerate(("sentiment", "topic")):
         np.testing.assert_allclose(reloaded[i], in_memory[i], atol=1e-5)
-        np.testing.assert_allclose(probs[head], torch.softmax(torch.from_numpy(reloaded[i]), -1).numpy(), atol=1e-5)
+        # Served probabilities are the reloaded logits divided by the head's fitted temperature.
+        temperature = load_model(trained.out_dir).heads[i].temperature
+        expected = torch.softmax(torch.from_numpy(reloaded[i]) / temperature, -1).numpy()
+        np.testing.assert_allclose(probs[head], expected, atol=1e-5)
         assert (probs[head].argmax(1) == in_memory[i].argmax(1)).all()
 
 
@@ -181,7 +184,18 @@ def test_metrics_json_and_model_card(trained: Any) -> None:
         assert len(rep["confusion_matrix"]) == n_labels
     # The keyword data is trivially separable: the tiny model must have learnt it.
     assert m["heads"]["sentiment"]["macro_f1"] > 0.8
+    # Temperature scaling: fitted on held-out training rows, stored in config.json, reported with ECE.
+    cfg_heads = {h["name"]: h for h in json.loads((trained.out_dir / "config.json").read_text())[CONFIG_HEADS_KEY]}
+    for head in ("sentiment", "topic"):
+        cal = m["calibration"][head]
+        assert cal["rows"] == m["data"][head]["calibration_rows"] > 0
+        assert cfg_heads[head]["temperature"] == pytest.approx(cal["temperature"])
+        fit = cal["calibration_split"]
+        # The fitted temperature minimises the NLL on the rows it was fitted on, so it cannot raise it.
+        assert fit["nll_after"] <= fit["nll_before"] + 1e-9
+        assert {"ece_before", "ece_after"} <= set(cal["validation"])
     card = (trained.out_dir / "MODEL_CARD.md").read_text()
+    assert "## Calibration" in card
     assert "MIT" in card and "Apache-2.0" in card and "macro-F1" in card
 
 

@@ -1,0 +1,105 @@
+"""Temperature scaling and calibration error: the metrics, the fit, and the engine applying the temperature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.backends.base import Backend
+from engine.bundle import HeadManifest
+from engine.errors import ModelFormatError
+from engine.heads import HeadSpec
+from engine.tokenize import EncodedBatch
+from training.data import TaskData
+from training.metrics import expected_calibration_error, fit_temperature, nll, softmax_t
+
+
+def _sample(rng: np.random.Generator, n: int, k: int, true_temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logits, and labels drawn from softmax(logits / true_temperature): a model whose right temperature is known."""
+    logits = rng.normal(0.0, 3.0, size=(n, k))
+    p = softmax_t(logits, true_temperature)
+    labels = np.array([rng.choice(k, p=row) for row in p])
+    return logits, labels
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 1.0, 2.5])
+def test_fit_recovers_a_known_temperature(true_temperature: float) -> None:
+    logits, labels = _sample(np.random.default_rng(7), 20_000, 3, true_temperature)
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(true_temperature, rel=0.08)
+    # At the labels' own temperature the probabilities are calibrated, at 1.0 (unless it is 1.0) they are not.
+    assert expected_calibration_error(softmax_t(logits, fitted), labels) < 0.02
+    if true_temperature != 1.0:
+        assert expected_calibration_error(softmax_t(logits), labels) > 0.04
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(2, 6), t=st.floats(0.3, 4.0))
+def test_fitted_temperature_is_the_nll_minimum(seed: int, k: int, t: float) -> None:
+    logits, labels = _sample(np.random.default_rng(seed), 300, k, t)
+    fitted = fit_temperature(logits, labels)
+    best = nll(logits, labels, fitted)
+    for other in (fitted * 0.9, fitted * 1.1, 1.0):
+        assert best <= nll(logits, labels, other) + 1e-9
+
+
+def test_ece_by_hand() -> None:
+    # Two bins used: confidence 0.9 (2 rows, 1 right) and 0.6 (2 rows, both right).
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 0, 0, 1])
+    assert expected_calibration_error(probs, labels) == pytest.approx((2 * abs(0.5 - 0.9) + 2 * abs(1.0 - 0.6)) / 4)
+    assert expected_calibration_error(np.zeros((0, 2)), np.zeros(0, dtype=int)) == 0.0
+    with pytest.raises(ValueError):
+        expected_calibration_error(probs, labels[:3])
+
+
+def test_split_holds_out_a_disjoint_seeded_share() -> None:
+    data = TaskData(
+        task="sentiment",
+        labels=("negative", "neutral", "positive"),
+        texts=[f"t{i}" for i in range(100)],
+        label_ids=np.arange(100) % 3,
+        lines=list(range(2, 102)),
+        source=Path("x.csv"),
+    )
+    rest, held = data.split(0.1, seed=3)
+    assert held is not None and len(held) == 10 and len(rest) == 90
+    assert set(rest.texts).isdisjoint(held.texts) and set(rest.texts) | set(held.texts) == set(data.texts)
+    assert data.split(0.1, seed=3)[1].texts == held.texts  # type: ignore[union-attr]
+    assert data.split(0.0, seed=3) == (data, None)
+
+
+class _FixedLogits(Backend):
+    """Returns the same logits for every row: enough to see what the base class does with them."""
+
+    name: ClassVar[str] = "fixed"
+    logits: ClassVar[np.ndarray] = np.array([2.0, 0.0, -1.0], dtype=np.float32)
+
+    def _infer_impl(self, batch: EncodedBatch) -> dict[str, np.ndarray]:
+        return {h.name: np.tile(self.logits, (batch.size, 1)) for h in self.heads}
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 3.0])
+def test_every_backend_divides_by_the_head_temperature(temperature: float) -> None:
+    head = HeadSpec("sentiment", ("negative", "neutral", "positive"), temperature=temperature)
+    backend = _FixedLogits([head], max_batch_size=4, max_seq_len=8, model_id="m")
+    ids = np.ones((2, 4), dtype=np.int64)
+    probs = backend.infer(EncodedBatch(input_ids=ids, attention_mask=np.ones_like(ids)))["sentiment"]
+    np.testing.assert_allclose(probs[0], softmax_t(_FixedLogits.logits[None, :], temperature)[0], rtol=1e-5)
+
+
+def test_temperature_round_trips_through_config_and_manifest() -> None:
+    head = HeadSpec("topic", ("a", "b"), temperature=1.7)
+    assert HeadSpec.from_config(head.to_config()) == head
+    assert HeadSpec.from_config({"name": "x", "id2label": {"0": "a"}}).temperature == 1.0  # older checkpoints
+    manifest: Any = HeadManifest(name="topic", labels=["a", "b"], output="topic_logits", temperature=1.7)
+    assert manifest.spec() == head
+    with pytest.raises(ModelFormatError):
+        HeadSpec("x", ("a",), temperature=0.0)
+    with pytest.raises(ModelFormatError):
+        HeadSpec.from_config({"name": "x", "id2label": {"0": "a"}, "temperature": "warm"})
