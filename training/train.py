@@ -279,8 +279,10 @@ def _validate(
     splits: list[TaskSplit],
     batch_size: int,
     device: torch.device,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """Per task: the classification report on its validation rows, and the logits it was computed from."""
     reports: dict[str, dict[str, Any]] = {}
+    logits_by_task: dict[str, np.ndarray] = {}
     head_index = {name: i for i, name in enumerate(model.head_names)}
     for sp in splits:
         if sp.valid is None or sp.valid_tok is None:
@@ -289,11 +291,16 @@ def _validate(
             head_index[sp.task]
         ]
         reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
-    return reports
+        logits_by_task[sp.task] = logits
+    return reports, logits_by_task
 
 
 def calibrate(
-    model: MultiHeadClassifier, tokenizer: BatchTokenizer, splits: list[TaskSplit], batch_size: int
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    splits: list[TaskSplit],
+    batch_size: int,
+    valid_logits: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit each head's temperature on its held-out training rows and set it on the model's head specs.
 
@@ -315,7 +322,10 @@ def calibrate(
             "calibration_split": calibration_report(logits, sp.calib.label_ids, temperature),
         }
         if sp.valid is not None and sp.valid_tok is not None:
-            v_logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size)[head_index[sp.task]]
+            # The selected checkpoint's validation logits when the run kept them (no second pass).
+            v_logits = (valid_logits or {}).get(sp.task)
+            if v_logits is None:
+                v_logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size)[head_index[sp.task]]
             report["validation"] = calibration_report(v_logits, sp.valid.label_ids, temperature)
         out[sp.task] = report
         specs[sp.task] = replace(specs[sp.task], temperature=temperature)
@@ -432,6 +442,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     best_score = -1.0
     best_step = 0
     best_reports: dict[str, dict[str, Any]] = {}
+    best_valid_logits: dict[str, np.ndarray] = {}
     best_state: dict[str, torch.Tensor] | None = None
     best_per_head: dict[str, float] = {}
     stale = 0
@@ -476,7 +487,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 train_seconds += time.perf_counter() - t_loop
                 t_eval = time.perf_counter()
                 progress.update(bar, info="validating...")
-                reports = _validate(model, tokenizer, splits, settings.eval_batch_size, device)
+                reports, valid_logits = _validate(model, tokenizer, splits, settings.eval_batch_size, device)
                 set_train_mode()
                 eval_seconds += time.perf_counter() - t_eval
                 scores = {t: r["macro_f1"] for t, r in reports.items()}
@@ -498,7 +509,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                         improved_any = True
                 new_best = score > best_score
                 if new_best:
-                    best_score, best_step, best_reports = score, step, reports
+                    best_score, best_step, best_reports, best_valid_logits = score, step, reports, valid_logits
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 improved = new_best if settings.selection == "mean" else improved_any
                 stale = 0 if improved else stale + 1
@@ -527,7 +538,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     t_cal = time.perf_counter()
-    calibration = calibrate(model, tokenizer, splits, settings.eval_batch_size)
+    calibration = calibrate(model, tokenizer, splits, settings.eval_batch_size, best_valid_logits)
     eval_seconds += time.perf_counter() - t_cal
 
     wall = time.perf_counter() - t_start
