@@ -6,7 +6,7 @@ Bundle layout (read by ``engine.bundle.EngineBundle``)::
     tokenizer.json       the fast tokenizer the engine uses
     checkpoint/          the source checkpoint (for the torch and cuda backends)
     model.onnx           fp32, dynamic batch and sequence axes (with ONNX Runtime's attention fusion by default)
-    model.int8.onnx      optional: dynamic INT8 (onnxruntime.quantization)
+    model.int8.onnx      optional: INT8 (onnxruntime.quantization, blockwise or dynamic)
     model.plan           optional: TensorRT engine (fp16, or int8 with calibration)
 
 The bundle is built in a temporary sibling directory and renamed into place at the end, so a failed
@@ -31,6 +31,7 @@ from build_engine import tensorrt_build
 from build_engine.errors import EngineBuildError
 from build_engine.export import export_onnx
 from build_engine.manifest import checkpoint_sha256, collect_versions, write_manifest
+from build_engine.quantize import Int8Method
 from build_engine.settings import BuildSettings
 from build_engine.validate import (
     BUILTIN_TEXTS,
@@ -75,6 +76,8 @@ class BuildOptions:
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     tolerance: float = 1e-4
     int8_min_agreement: float = 0.99
+    int8_method: Int8Method = "blockwise"
+    int8_block_size: int = 32
     exporter: str = "torchscript"
     opset: int = 18
     validation_texts: int = 256
@@ -96,6 +99,8 @@ class BuildOptions:
             "max_seq_len": s.max_seq_len,
             "tolerance": s.tolerance,
             "int8_min_agreement": s.int8_min_agreement,
+            "int8_method": s.int8_method,
+            "int8_block_size": s.int8_block_size,
             "exporter": s.exporter,
             "opset": s.opset,
             "validation_texts": s.validation_texts,
@@ -235,7 +240,9 @@ def build_bundle(
         files: dict[str, tuple[Path, str]] = {"onnx": (serving_path, "fp32")}
 
         if opts.int8:
-            q = quantize_mod.quantize_int8(serving_path, tmp / quantize_mod.INT8_FILE)
+            q = quantize_mod.quantize_int8(
+                serving_path, tmp / quantize_mod.INT8_FILE, method=opts.int8_method, block_size=opts.int8_block_size
+            )
             reports["onnx_int8"] = validate_onnx(
                 q.path,
                 loaded.model,
@@ -249,7 +256,7 @@ def build_bundle(
                 batches=batches,
             )
             files["onnx_int8"] = (q.path, "int8")
-            quant_info = {"method": "onnxruntime dynamic", "weight_type": "QInt8", "per_channel": q.per_channel}
+            quant_info = q.describe()
             t0 = _stage(seconds, "int8", t0)
 
         profiles: list[dict[str, Any]] = []

@@ -40,11 +40,28 @@ def _read_texts(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _default_validation_file(settings: BuildSettings) -> Path | None:
-    # Validation prefers real tweets: the sentiment validation set of the data folder.
-    d = settings.data_dir
-    f = Path(d) / "twitter-financial-news-sentiment" / "valid.csv" if d else None
-    return f if f is not None and f.is_file() else None
+VALIDATION_FILES: tuple[str, ...] = (
+    "twitter-financial-news-sentiment/valid.csv",
+    "twitter-financial-news-topic/valid.csv",
+)
+
+
+def default_validation_files(data_dir: Path | None) -> list[Path]:
+    """The validation files of both heads' data sets under ``data_dir`` (those that exist)."""
+    if data_dir is None:
+        return []
+    return [p for p in (Path(data_dir) / name for name in VALIDATION_FILES) if p.is_file()]
+
+
+def real_validation_texts(files: list[Path], n: int, seed: int = 0) -> list[str]:
+    """A seeded sample of ``n`` texts from ``files`` together (the files are sorted by label, so never the first n).
+
+    Both heads' validation sets feed it, so INT8 agreement is judged on texts of both kinds.
+    """
+    import random
+
+    texts = [t for f in files for t in _read_texts(f)]
+    return random.Random(seed).sample(texts, min(n, len(texts)))
 
 
 def _log_to_stderr() -> None:
@@ -56,7 +73,12 @@ def _log_to_stderr() -> None:
 @click.command("build-engine")
 @click.argument("checkpoint_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Bundle directory to create.")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (dynamic INT8 for ONNX Runtime on CPU).")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (INT8 for ONNX Runtime on CPU).")
+@click.option(
+    "--int8-method",
+    type=click.Choice(["blockwise", "dynamic"]),
+    help="blockwise (default; keeps labels) or dynamic (faster, loses labels).",
+)
 @click.option("--tensorrt", is_flag=True, help="Also build a TensorRT engine (needs tensorrt and an NVIDIA GPU).")
 @click.option("--fp16/--no-fp16", default=None, help="TensorRT FP16 kernels (default on).")
 @click.option(
@@ -88,7 +110,7 @@ def _log_to_stderr() -> None:
     "--validation-texts",
     "validation_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Texts to validate on (.csv text column or one per line); default: the sentiment valid set.",
+    help="Texts to validate on (.csv text column or one per line); default: a sample of both validation sets.",
 )
 @click.option(
     "--timing-cache",
@@ -108,6 +130,7 @@ def build_engine_cmd(
     max_seq_len: int | None,
     tolerance: float | None,
     int8_min_agreement: float | None,
+    int8_method: str | None,
     exporter: str | None,
     fuse: bool | None,
     validation_file: Path | None,
@@ -131,13 +154,14 @@ def build_engine_cmd(
         max_seq_len=max_seq_len,
         tolerance=tolerance,
         int8_min_agreement=int8_min_agreement,
+        int8_method=int8_method,
         exporter=exporter,
         fuse=fuse,
         timing_cache=timing_cache,
         overwrite=force,
     )
-    vfile = validation_file or _default_validation_file(settings)
-    texts = _read_texts(vfile) if vfile is not None else None
+    vfiles = [validation_file] if validation_file else default_validation_files(settings.data_dir)
+    texts = real_validation_texts(vfiles, options.validation_texts) if vfiles else None
     if texts is None:
         log.warning(
             "validation_on_builtin_texts", reason="no --validation-texts and no data folder (FINPULSE_DATA_DIR)"
@@ -148,5 +172,5 @@ def build_engine_cmd(
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     summary = report.as_dict()
-    summary["validation_file"] = str(vfile) if vfile else None
+    summary["validation_files"] = [str(f) for f in vfiles]
     click.echo(json.dumps(summary, indent=2))

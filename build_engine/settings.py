@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,7 +51,18 @@ class BuildSettings(BaseSettings):
     int8_min_agreement: float = Field(
         default=0.99, ge=0.0, le=1.0, description="Min argmax agreement per head for INT8."
     )
-    validation_texts: int = Field(default=256, ge=1, description="How many real texts validation runs on.")
+    int8_method: Literal["blockwise", "dynamic"] = Field(
+        default="blockwise",
+        description="INT8 method: blockwise (MatMulNBits, 8-bit weights and activations per block) or dynamic "
+        "(one activation scale per tensor; faster, loses labels).",
+    )
+    int8_block_size: int = Field(default=32, ge=16, description="Input channels per quantization block (blockwise).")
+    validation_texts: int = Field(
+        default=2000,
+        ge=1,
+        description="How many real texts validation runs on (drawn from both validation files: INT8 agreement is "
+        "judged per head on them).",
+    )
     max_batch: int = Field(default=256, ge=1, description="Largest batch a TensorRT profile accepts.")
     opt_batch: int = Field(default=64, ge=1, description="Batch size TensorRT tunes kernels for in each profile.")
     seq_buckets: tuple[int, ...] = Field(

@@ -80,13 +80,10 @@ def ensure_default_model(settings: StreamSettings, build_bundle: bool = True, qu
     return bundle
 
 
-def _validation_texts(settings: StreamSettings, n: int = 256) -> list[str]:
-    """Real texts for export validation (the sentiment validation set), when the data folder is there."""
-    from training.data import sentiment_texts
+def _validation_texts(settings: StreamSettings) -> list[str]:
+    """Real texts for export and INT8 validation (a sample of both validation sets), when the data folder is there."""
+    from build_engine.cli import default_validation_files, real_validation_texts
+    from build_engine.settings import BuildSettings
 
-    if settings.data_dir is None:
-        return []
-    try:
-        return sentiment_texts(settings.data_dir, n)
-    except FileNotFoundError:
-        return []
+    files = default_validation_files(settings.data_dir)
+    return real_validation_texts(files, BuildSettings().validation_texts) if files else []
