@@ -77,7 +77,7 @@ class BuildOptions:
     tolerance: float = 1e-4
     int8_min_agreement: float = 0.99
     int8_method: Int8Method = "blockwise"
-    int8_block_size: int = 32
+    int8_block_size: int = 128
     exporter: str = "torchscript"
     opset: int = 18
     validation_texts: int = 256

@@ -66,7 +66,7 @@ def quantize_int8(
     dst: str | Path,
     *,
     method: Int8Method = "blockwise",
-    block_size: int = 32,
+    block_size: int = 128,
     per_channel: bool = True,
 ) -> QuantizeResult:
     """Write an INT8-quantized copy of ``src`` to ``dst`` (see the module doc); ``EngineBuildError`` on failure."""

@@ -56,7 +56,7 @@ class BuildSettings(BaseSettings):
         description="INT8 method: blockwise (MatMulNBits, 8-bit weights and activations per block) or dynamic "
         "(one activation scale per tensor; faster, loses labels).",
     )
-    int8_block_size: int = Field(default=32, ge=16, description="Input channels per quantization block (blockwise).")
+    int8_block_size: int = Field(default=128, ge=16, description="Input channels per quantization block (blockwise).")
     validation_texts: int = Field(
         default=2000,
         ge=1,
