@@ -58,7 +58,7 @@ class BuildSettings(BaseSettings):
     )
     int8_block_size: int = Field(default=128, ge=16, description="Input channels per quantization block (blockwise).")
     validation_texts: int = Field(
-        default=2000,
+        default=1000,
         ge=1,
         description="How many real texts validation runs on (drawn from both validation files: INT8 agreement is "
         "judged per head on them).",
