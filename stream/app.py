@@ -144,6 +144,9 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         producer_linger_ms=5,
         stream_buffer_maxsize=max(4096, settings.max_batch_size * 4),
         table_standby_replicas=0,
+        # Faust's default data folder is "<group>-data" in the working directory; keep it with the
+        # other local state instead of littering wherever the worker was started.
+        datadir=str(settings.local_dir / "faust" / f"{settings.consumer_group}-data"),
     )
     app.boot_strategy = _NoFaustConsumer(app)
 

@@ -24,6 +24,9 @@ def test_create_app_wires_consumer_timer_and_health(tiny_model_dir: Path) -> Non
     names = {getattr(t, "__name__", "") for t in app._app_tasks}
     assert {"close_tick", "consume"} <= names
     assert app.finpulse_processor.store.time.mode == "replay"  # type: ignore[attr-defined]
+    # Faust's table data stays with the local state, not in the directory the worker started in.
+    settings = StreamSettings()
+    assert Path(app.conf.datadir).parent == settings.local_dir / "faust"
 
 
 def test_histogram_quantile_interpolates_like_promql() -> None:

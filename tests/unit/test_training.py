@@ -497,3 +497,16 @@ def test_default_model_is_trained_once_then_cached(
             cache, settings=_settings(data_dir, base_dir, max_steps=7, evals_per_epoch=0), progress=False
         )
     assert read_marker(cache) == marker  # a failed retrain leaves the old model intact
+
+
+def test_default_model_training_is_announced_with_its_duration() -> None:
+    from training.default_model import QUICK_STEPS_PER_SECOND, quick_settings, training_announcement
+
+    s = quick_settings(num_threads=2, progress=False)
+    line = training_announcement(s, "quick")
+    minutes = (s.max_steps or 0) / QUICK_STEPS_PER_SECOND / 60
+    assert f"{s.max_steps} steps" in line and "minutes" in line
+    # The figure follows the recipe: more steps, a longer estimate.
+    longer = training_announcement(quick_settings(num_threads=2, max_steps=(s.max_steps or 0) * 3), "quick")
+    assert int(longer.split("about ")[1].split(" ")[0]) > int(line.split("about ")[1].split(" ")[0]) >= int(minutes)
+    assert "minutes" not in training_announcement(TrainSettings(max_steps=None, num_threads=2), "full")
