@@ -54,6 +54,13 @@ def _d(name: str, text: str = "") -> str:
 @click.option(
     "--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
 )
+@click.option("--label-smoothing", type=float, default=None, help=_d("label_smoothing"))
+@click.option(
+    "--calibration-fraction",
+    type=float,
+    default=None,
+    help=_d("calibration_fraction", "Share of training rows held out to fit each head's temperature (0: none)."),
+)
 @click.option("--evals-per-epoch", type=int, default=None, help=_d("evals_per_epoch"))
 @click.option("--patience", type=int, default=None, help=_d("patience"))
 @click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None, help=_d("selection"))
