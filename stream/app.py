@@ -124,6 +124,9 @@ async def _kafka_reachable(app: faust.App, settings: StreamSettings, timeout: fl
 
 def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redis | None = None) -> faust.App:
     """A Faust app whose single agent classifies micro-batches from the input topic."""
+    faust_dir = settings.local_dir / "faust"
+    # Faust makes its data folder without parents.
+    faust_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -146,7 +149,7 @@ def create_app(settings: StreamSettings, classifier: TextClassifier, redis: Redi
         table_standby_replicas=0,
         # Faust's default data folder is "<group>-data" in the working directory; keep it with the
         # other local state instead of littering wherever the worker was started.
-        datadir=str(settings.local_dir / "faust" / f"{settings.consumer_group}-data"),
+        datadir=str(faust_dir / f"{settings.consumer_group}-data"),
     )
     app.boot_strategy = _NoFaustConsumer(app)
 
