@@ -106,7 +106,8 @@ def test_int8_bundle_reports_agreement(bundle: Path, sample_texts: list[str]) ->
     assert set(int8["agreement"]) == {"logits_sentiment", "logits_topic"}
     assert all(TINY_INT8_AGREEMENT <= a <= 1.0 for a in int8["agreement"].values())
     assert all(d >= 0.0 for d in int8["max_abs_prob_diff"].values())
-    assert mf.validation["quantization"]["bits"] == 8 and mf.validation["quantization"]["block_size"] == 32
+    quant = mf.validation["quantization"]
+    assert quant["bits"] == 8 and quant["block_size"] == BuildOptions().int8_block_size
     backend = create_backend("onnxruntime-int8", bundle, _settings())
     assert backend.precision == "int8" and backend.describe()["model_file"] == "model.int8.onnx"
     clf = load_classifier(_settings(backend="onnxruntime-int8"), bundle)
