@@ -72,61 +72,59 @@ def quantize_int8(
     """Write an INT8-quantized copy of ``src`` to ``dst`` (see the module doc); ``EngineBuildError`` on failure."""
     if method not in INT8_METHODS:
         raise EngineBuildError(f"unknown int8 method {method!r}; known: {INT8_METHODS}", stage="options")
-    if method == "blockwise":
-        return _quantize_blockwise(Path(src), Path(dst), block_size)
-    return _quantize_dynamic(Path(src), Path(dst), per_channel)
-
-
-def _quantize_blockwise(src_p: Path, dst_p: Path, block_size: int) -> QuantizeResult:
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    if block_size < 16 or block_size & (block_size - 1):
-        raise EngineBuildError(f"int8 block size must be a power of two >= 16, got {block_size}", stage="options")
+    src_p, dst_p = Path(src), Path(dst)
     t0 = time.perf_counter()
     try:
-        quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(src_p)),
-            bits=8,
-            block_size=block_size,
-            is_symmetric=True,
-            accuracy_level=BLOCKWISE_ACCURACY_LEVEL,
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst_p))
-    except Exception as exc:  # noqa: BLE001 - the quantizer raises many unrelated types
+        if method == "blockwise":
+            _write_blockwise(src_p, dst_p, block_size)
+        else:
+            _write_dynamic(src_p, dst_p, per_channel)
+    except EngineBuildError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the quantizers raise many unrelated types
         raise EngineBuildError(
-            f"blockwise INT8 quantization failed: {type(exc).__name__}: {exc}", stage="quantize"
+            f"{method} INT8 quantization failed: {type(exc).__name__}: {exc}", stage="quantize"
         ) from exc
-    return _done(
-        QuantizeResult(
-            dst_p,
-            time.perf_counter() - t0,
-            dst_p.stat().st_size,
-            src_p.stat().st_size,
-            "blockwise",
-            per_channel=False,
-            block_size=block_size,
-        )
+    result = QuantizeResult(
+        dst_p,
+        time.perf_counter() - t0,
+        dst_p.stat().st_size,
+        src_p.stat().st_size,
+        method,
+        per_channel=per_channel if method == "dynamic" else False,
+        block_size=block_size if method == "blockwise" else None,
     )
-
-
-def _done(result: QuantizeResult) -> QuantizeResult:
     log.info(
         "onnx_quantized",
-        path=str(result.path),
-        method=result.method,
+        path=str(dst_p),
+        method=method,
         mb=round(result.size_bytes / 1e6, 1),
         source_mb=round(result.source_size_bytes / 1e6, 1),
     )
     return result
 
 
-def _quantize_dynamic(src_p: Path, dst_p: Path, per_channel: bool) -> QuantizeResult:
+def _write_blockwise(src_p: Path, dst_p: Path, block_size: int) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    if block_size < 16 or block_size & (block_size - 1):
+        raise EngineBuildError(f"int8 block size must be a power of two >= 16, got {block_size}", stage="options")
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src_p)),
+        bits=8,
+        block_size=block_size,
+        is_symmetric=True,
+        accuracy_level=BLOCKWISE_ACCURACY_LEVEL,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst_p))
+
+
+def _write_dynamic(src_p: Path, dst_p: Path, per_channel: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="finpulse-quant-") as tmp:
         # The dynamo exporter records value_info for initializers; the quantizer turns Gemm into
         # MatMul with a transposed weight and then trips over the stale [out, in] shape. Shapes are
@@ -135,22 +133,12 @@ def _quantize_dynamic(src_p: Path, dst_p: Path, per_channel: bool) -> QuantizeRe
         del model.graph.value_info[:]
         scratch = Path(tmp) / "stripped.onnx"
         onnx.save(model, str(scratch))
-        try:
-            quantize_dynamic(
-                str(scratch),
-                str(dst_p),
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                # Shape inference cannot see through ONNX Runtime's fused (contrib) ops;
-                # every tensor in these models that it misses is float32.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        except Exception as exc:  # noqa: BLE001 - the quantizer raises many unrelated types
-            raise EngineBuildError(
-                f"dynamic INT8 quantization failed: {type(exc).__name__}: {exc}", stage="quantize"
-            ) from exc
-    return _done(
-        QuantizeResult(
-            dst_p, time.perf_counter() - t0, dst_p.stat().st_size, src_p.stat().st_size, "dynamic", per_channel
+        quantize_dynamic(
+            str(scratch),
+            str(dst_p),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            # Shape inference cannot see through ONNX Runtime's fused (contrib) ops;
+            # every tensor in these models that it misses is float32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-    )

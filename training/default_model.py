@@ -62,7 +62,8 @@ def expected_seconds(settings: TrainSettings, cores: int) -> float:
     steps = settings.max_steps or 0
     if not steps:
         return float("nan")
-    scale = 2.0 / max(1, min(cores, 2 * 2))
+    # Measured on 2 cores; fewer cores are slower in proportion, more help less than that (capped at 4).
+    scale = 2.0 / min(max(cores, 1), 4)
     return (steps / QUICK_STEPS_PER_SECOND + QUICK_EVAL_SECONDS) * scale
 
 

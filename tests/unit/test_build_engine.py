@@ -372,3 +372,19 @@ def test_head_temperature_reaches_the_bundle_and_every_backend(
         expected /= expected.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(got["sentiment"], expected, atol=1e-4)
         np.testing.assert_allclose(got["topic"], plain["topic"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_both_int8_methods_write_a_runnable_model(bundle: Path, tmp_path: Path) -> None:
+    from build_engine.quantize import quantize_int8
+
+    src = bundle / EngineBundle.load(bundle).manifest.onnx.path  # type: ignore[union-attr]
+    dynamic = quantize_int8(src, tmp_path / "d.onnx", method="dynamic")
+    blockwise = quantize_int8(src, tmp_path / "b.onnx", method="blockwise", block_size=64)
+    assert dynamic.describe()["method"] == "onnxruntime dynamic" and dynamic.describe()["per_channel"] is True
+    assert blockwise.describe()["block_size"] == 64 and blockwise.block_size == 64
+    assert 0 < blockwise.size_bytes < blockwise.source_size_bytes and 0 < dynamic.size_bytes < dynamic.source_size_bytes
+    with pytest.raises(EngineBuildError, match="power of two"):
+        quantize_int8(src, tmp_path / "x.onnx", method="blockwise", block_size=48)
+    with pytest.raises(EngineBuildError, match="unknown int8 method"):
+        quantize_int8(src, tmp_path / "x.onnx", method="static")  # type: ignore[arg-type]
