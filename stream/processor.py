@@ -52,7 +52,7 @@ from stream.events import (
 from stream.metrics import WorkerMetrics
 from stream.novelty import Sketcher
 from stream.settings import StreamSettings
-from stream.windows import ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
+from stream.windows import ApplyResult, ClosedBucket, WindowStore, WindowSums, WindowUpdate, entities_for
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -98,6 +98,19 @@ class PreparedBatch:
     dead: list[tuple[RawMessage, str, str]] = field(default_factory=list)
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     bands: list[list[str]] = field(default_factory=list)  # per event: its LSH band keys (novelty on)
+
+
+@dataclass
+class CountedBatch:
+    """A batch counted in Redis and not yet published: what the publishing stage needs."""
+
+    batch: PreparedBatch
+    applied: ApplyResult | None = None  # None: no valid event, nothing was counted
+    sent: np.ndarray | None = None  # sentiment probabilities, one row per event
+    cls: np.ndarray | None = None
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    topic_idx: np.ndarray | None = None
+    topics: list[str | None] = field(default_factory=list)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -404,55 +417,69 @@ class BatchProcessor:
         parts[idx[0]] = out
 
     async def commit(self, batch: PreparedBatch) -> BatchResult:
-        """Stage 3: count in Redis, then send scored records and judge closed buckets concurrently.
+        """Stage 3, whole: count in Redis, then publish (tests and ``process``; the pipeline runs the two
+        parts itself so that one batch's publishing overlaps the next one's counting)."""
+        return await self.publish(await self.count(batch))
 
-        Commits must run one at a time and in take order: lateness and bucket closing depend on the
-        order in which batches reach Redis. When this returns every output is acknowledged by Kafka,
-        so the inputs may be acked.
+    async def count(self, batch: PreparedBatch) -> CountedBatch:
+        """Stage 3a: count the batch in Redis (one atomic script call).
+
+        Counts must run one at a time and in take order: lateness and bucket closing depend on the
+        order in which batches reach Redis. Nothing is sent yet.
         """
         events, sources, probs = batch.events, batch.sources, batch.probs
+        if not events:
+            return CountedBatch(batch)
+        sent = probs["sentiment"]
+        cls = sent.argmax(axis=1)
+        scores = sent[:, 2] - sent[:, 0]
+        topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
+        topics = (
+            [self.topic_labels[i] for i in topic_idx]
+            if self.topic_labels and topic_idx is not None
+            else [None] * len(events)
+        )
+        # A negative event carries the short text an alert may quote (only negatives can be quoted).
+        updates = [
+            WindowUpdate(
+                e.id,
+                e.published_at,
+                int(c),
+                float(sc),
+                entities_for(e.tickers, t),
+                f"{m.topic}:{m.partition}",
+                example_text(e.classify_text) if c == 0 else None,
+                batch.bands[i] if batch.bands else (),
+            )
+            for i, (e, m, c, sc, t) in enumerate(zip(events, sources, cls, scores, topics, strict=True))
+        ]
+        applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+        self.fault_point("after_redis_apply")
+        return CountedBatch(batch, applied, sent, cls, scores, topic_idx, topics)
+
+    async def publish(self, counted: CountedBatch) -> BatchResult:
+        """Stage 3b: send the scored records and dead letters, and judge the buckets the count closed,
+        all concurrently. When this returns every output is acknowledged by Kafka, so the inputs may be
+        acked (in take order: the pipeline sees to that)."""
+        batch, applied = counted.batch, counted.applied
+        events, probs = batch.events, batch.probs
         statuses: list[WindowStatus] = []
         alerts: list[Alert] = []
-        # Dead letters travel while Redis counts; both are done before the inputs can be acked.
+        # Dead letters travel while the scored records do; both are done before the inputs can be acked.
         dlq = asyncio.ensure_future(self._dead_letter(batch.dead)) if batch.dead else None
         try:
-            if events:
-                sent = probs["sentiment"]
-                cls = sent.argmax(axis=1)
-                scores = sent[:, 2] - sent[:, 0]
-                topic_idx = probs["topic"].argmax(axis=1) if self.topic_labels else None
-                topics = (
-                    [self.topic_labels[i] for i in topic_idx]
-                    if self.topic_labels and topic_idx is not None
-                    else [None] * len(events)
-                )
-                # A negative event carries the short text an alert may quote (only negatives can be quoted).
-                updates = [
-                    WindowUpdate(
-                        e.id,
-                        e.published_at,
-                        int(c),
-                        float(sc),
-                        entities_for(e.tickers, t),
-                        f"{m.topic}:{m.partition}",
-                        example_text(e.classify_text) if c == 0 else None,
-                        batch.bands[i] if batch.bands else (),
-                    )
-                    for i, (e, m, c, sc, t) in enumerate(zip(events, sources, cls, scores, topics, strict=True))
-                ]
-                applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
-                self.fault_point("after_redis_apply")
+            if applied is not None and counted.sent is not None and counted.cls is not None:
                 statuses = applied.statuses
                 novelty = [self.novelty.novelty(v) for v in applied.votes] if self.novelty is not None else None
                 _, alerts = await asyncio.gather(
                     self._send_scored(
                         events,
-                        sent,
-                        cls,
-                        scores,
+                        counted.sent,
+                        counted.cls,
+                        counted.scores,
                         probs.get("topic"),
-                        topic_idx,
-                        topics,
+                        counted.topic_idx,
+                        counted.topics,
                         statuses,
                         novelty,
                         applied.duplicate_of,
@@ -716,19 +743,29 @@ class BatchProcessor:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class BatchPipeline:
-    """Keeps up to ``depth`` batches in flight: validation and inference of the next batch overlap the
-    Redis and Kafka round trips of the previous one.
+@dataclass
+class _InFlight:
+    """A batch in the pipeline: its whole run, and the moment its Redis count is done (or failed)."""
 
-    Commits still run strictly one at a time in submission order (so Redis sees batches in take
-    order and replays give the same windows and alerts), and ``on_committed`` is called for each
-    batch in that order once its outputs are durable: that is where the caller acks its inputs.
+    task: asyncio.Task[BatchResult]
+    counted: asyncio.Future[None]
+
+
+class BatchPipeline:
+    """Keeps up to ``depth`` batches in flight, in three overlapping stages: the validation and
+    inference of one batch, the Redis count of the one before, and the publishing (Kafka sends and
+    alert judging) of the one before that.
+
+    Counts run strictly one at a time in submission order (so Redis sees batches in take order and
+    replays give the same windows and alerts); a batch is counted as soon as the previous one's count
+    has returned, not after its Kafka round trip. ``on_committed`` is called for each batch in
+    submission order once its outputs are durable: that is where the caller acks its inputs.
     """
 
     def __init__(
         self,
         processor: BatchProcessor,
-        depth: int = 2,
+        depth: int = 3,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         if depth < 1:
@@ -739,44 +776,60 @@ class BatchPipeline:
         # before a quiet spell would only surface at the next submit, and the worker would sit there
         # looking alive while nothing is counted or alerted.
         self.on_failure = on_failure
-        self._inflight: deque[asyncio.Task[BatchResult]] = deque()
+        self._inflight: deque[_InFlight] = deque()
 
     async def submit(
         self, messages: Sequence[RawMessage], on_committed: Callable[[BatchResult], Awaitable[None]]
     ) -> None:
         """Start a batch; waits only while ``depth`` batches are already in flight (backpressure).
 
-        An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``), and
-        every batch after it fails too, unacked: its inputs will be redelivered.
+        An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``). A batch
+        after a failed one is never acked (its inputs will be redelivered), and is not counted either
+        when the failure was in counting.
         """
         while len(self._inflight) >= self.depth:
-            await self._inflight.popleft()
+            await self._inflight.popleft().task
         prepared = self.processor.prepare(messages)
         infer = asyncio.ensure_future(self.processor.infer(prepared))
         prev = self._inflight[-1] if self._inflight else None
-        task = asyncio.ensure_future(self._commit_after(prev, infer, on_committed))
+        counted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Only the next batch waits on this; a failure is also raised by the task, so never "unretrieved".
+        counted.add_done_callback(lambda f: f.cancelled() or f.exception())
+        task = asyncio.ensure_future(self._run(prev, infer, counted, on_committed))
         if self.on_failure is not None:
             task.add_done_callback(self._report_failure)
-        self._inflight.append(task)
+        self._inflight.append(_InFlight(task, counted))
 
     def _report_failure(self, task: asyncio.Task[BatchResult]) -> None:
         if self.on_failure is not None and not task.cancelled() and (exc := task.exception()) is not None:
             self.on_failure(exc)
 
-    async def _commit_after(
+    async def _run(
         self,
-        prev: asyncio.Task[BatchResult] | None,
+        prev: _InFlight | None,
         infer: asyncio.Future[PreparedBatch],
+        counted: asyncio.Future[None],
         on_committed: Callable[[BatchResult], Awaitable[None]],
     ) -> BatchResult:
         try:
             if prev is not None:
-                await asyncio.shield(prev)  # propagates the previous batch's failure: never commit out of order
+                # Propagates the previous batch's failure to count: never count out of order.
+                await asyncio.shield(prev.counted)
             batch = await infer
-        except BaseException:
+            done = await self.processor.count(batch)
+        except BaseException as exc:
             infer.cancel()
+            if not counted.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    counted.cancel()
+                else:
+                    counted.set_exception(exc)
             raise
-        result = await self.processor.commit(batch)
+        counted.set_result(None)
+        result = await self.processor.publish(done)
+        if prev is not None:
+            # Acks in take order, and none after a failed batch (this raises its failure).
+            await asyncio.shield(prev.task)
         self.processor.fault_point("before_ack")
         await on_committed(result)
         return result
@@ -784,7 +837,7 @@ class BatchPipeline:
     async def drain(self) -> None:
         """Wait for every batch in flight (on shutdown or before a rebalance)."""
         while self._inflight:
-            await self._inflight.popleft()
+            await self._inflight.popleft().task
 
     async def close(self, timeout: float) -> list[BaseException]:
         """Let batches in flight finish for up to ``timeout`` seconds, then cancel the rest.
@@ -793,7 +846,7 @@ class BatchPipeline:
         (Redis dedupes the counts by event id): stopping is never a loss, at worst a repeat. Returns
         the failures of batches that ended with an error (the caller decides whether that is fatal).
         """
-        pending = list(self._inflight)
+        pending = [f.task for f in self._inflight]
         self._inflight.clear()
         if not pending:
             return []

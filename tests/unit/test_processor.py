@@ -360,6 +360,72 @@ async def test_pipeline_overlaps_inference_but_commits_in_order(
     assert [orjson.loads(v)["id"] for _, v in sink.scored] == [f"e{10 * b + i}" for b in range(4) for i in range(b + 1)]
 
 
+class SlowSink(MemorySink):
+    """A sink whose scored sends take a while and leave a trace; the batch whose first id is in ``fail`` fails."""
+
+    def __init__(self, trace: list[str]) -> None:
+        super().__init__()
+        self.trace = trace
+        self.fail: set[str] = set()
+
+    async def send_scored(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        first = orjson.loads(records[0][1])["id"]
+        self.trace.append(f"send-start {first}")
+        await asyncio.sleep(0.05)
+        if first in self.fail:
+            raise RuntimeError(f"bug while sending {first}")
+        await super().send_scored(records)
+        self.trace.append(f"send-end {first}")
+
+
+async def test_pipeline_counts_the_next_batch_while_the_previous_one_is_published(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=3)
+    sink = SlowSink(trace)
+    processor[0].sink = sink
+    acked: list[int] = []
+    for b in range(4):
+
+        async def on_done(res: BatchResult, b: int = b) -> None:
+            trace.append(f"ack {b}")
+            acked.append(b)
+
+        await pipe.submit([msg(good(10 * b + i), 10 * b + i) for i in range(2)], on_done)
+    await pipe.drain()
+    # Counting stays one batch at a time, in take order...
+    applies = [t for t in trace if t.startswith("apply")]
+    assert applies == [f"apply-{w} e{10 * b}" for b in range(4) for w in ("start", "end")]
+    # ...but batch 1 is counted while batch 0's scored records are still on their way.
+    assert trace.index("apply-start e10") < trace.index("send-end e0")
+    # Acks stay in take order, each after its own outputs were sent.
+    assert acked == [0, 1, 2, 3]
+    assert all(trace.index(f"send-end e{10 * b}") < trace.index(f"ack {b}") for b in range(4))
+    assert [orjson.loads(v)["id"] for _, v in sink.scored] == [f"e{10 * b + i}" for b in range(4) for i in range(2)]
+
+
+async def test_pipeline_acks_nothing_after_a_failed_publish(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=3)
+    sink = SlowSink(trace)
+    sink.fail = {"e10"}
+    processor[0].sink = sink
+    acked: list[int] = []
+    for b in range(3):
+
+        async def on_done(res: BatchResult, b: int = b) -> None:
+            acked.append(b)
+
+        await pipe.submit([msg(good(10 * b), b)], on_done)
+    with pytest.raises(RuntimeError, match="e10"):
+        await pipe.drain()
+    await pipe.close(timeout=1)
+    # Batch 1's outputs never went out: neither it nor batch 2 (published fine) is acked, so Kafka
+    # redelivers both, and Redis (which counted batch 2 already) answers "duplicate" for its events.
+    assert acked == [0]
+
+
 async def test_pipeline_failure_stops_later_commits(
     processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
