@@ -142,9 +142,10 @@ async def _run_rate(
     fams = await _families(r, prefix)
     span_s = events / rate
     # Dropped by event time behind the dedupe floor: constant at steady state, whatever the retention.
-    bounded = {"seenb", "seenk", "seenn", "seenfloor", "exb"}
+    bounded = {"seenb", "seenk", "seenc", "seent", "seenfloor", "exb"}
     plateau = sum(v["bytes"] for k, v in fams.items() if k in bounded)
-    held_ids = sum(int(x) for x in await r.hvals(f"{prefix}:seenn")) if "seenn" in fams else 0
+    counts: list[Any] = await r.zrange(f"{prefix}:seenc", 0, -1, withscores=True)
+    held_ids = int(sum(float(pair[1]) for pair in counts))
     seen_bytes = fams.get("seenb", {}).get("bytes", 0)
     steady = (end_mem - half_mem) / max(1, events - half_n)
     out: dict[str, Any] = {

@@ -39,7 +39,10 @@
 -- sharded so that each hash stays small enough for Redis' compact listpack encoding (about 10-25 bytes
 -- an id instead of about 120 for a key per id): p:seenb:<bucket_start>:<shard>, shard = sha1(id) mod k,
 -- k fixed per bucket when the bucket's first id arrives (p:seenk) from the densest bucket still held
--- (p:seenn counts ids per bucket). The seen hashes are dropped by event time, not by the wall clock:
+-- (p:seenc: a sorted set of the held buckets scored by their id counts, so the densest is one lookup;
+-- p:seent: the same buckets scored by time, so a floor move reads only the buckets it drops. Both keep
+-- the cost of a call independent of how many buckets the horizon holds: a hash of counts read whole on
+-- every call had cost a replay ~20 us an event). The seen hashes are dropped by event time, not by the wall clock:
 -- once the lateness cut (low watermark - lateness) is past a bucket's end by the dedupe horizon. That
 -- point, the dedupe floor (p:seenfloor, ms), only ever moves forward, even when the low watermark moves
 -- back (live mode: an idle partition rejoins), and an event older than the floor is refused as late
@@ -97,16 +100,24 @@ if live then
 end
 local changed = {}
 local touched = {}
-local seenk_key, seenn_key, floor_key = p .. ':seenk', p .. ':seenn', p .. ':seenfloor'
+local seenk_key, seenc_key, seent_key, floor_key = p .. ':seenk', p .. ':seenc', p .. ':seent', p .. ':seenfloor'
 local floor = tonumber(redis.call('GET', floor_key) or '-1')
+-- Upgrade: a store written before the sorted sets kept the held buckets' counts in a hash (p:seenn).
+local seenn_key = p .. ':seenn'
+if redis.call('EXISTS', seenn_key) == 1 then
+  local old = redis.call('HGETALL', seenn_key)
+  for i = 1, #old, 2 do
+    redis.call('ZADD', seenc_key, old[i + 1], old[i])
+    redis.call('ZADD', seent_key, old[i], old[i])
+  end
+  redis.call('DEL', seenn_key)
+end
 -- Ids per seen hash: Redis keeps a hash of up to 128 short fields (hash-max-listpack-entries) as one
 -- compact listpack; aim below that so a bucket somewhat denser than the last ones still fits.
 local SHARD_TARGET = 96
 local shards = {}
 local new_ids, new_order = {}, {}
--- The densest held bucket so far, read once per call: the seen counts only change at the end of the
--- call, so reading them again for every new bucket (as before) cost a scan of all held buckets per
--- new bucket, which on a replay (hundreds of new buckets per batch) made this script the bottleneck.
+-- The densest held bucket, read at most once per call (the seen counts only change at the end of it).
 local densest = nil
 local seenk_touched = false
 local function shard_count(bucket)
@@ -116,11 +127,8 @@ local function shard_count(bucket)
   k = tonumber(redis.call('HGET', seenk_key, b) or '0')
   if k == 0 then
     if densest == nil then
-      densest = 0
-      for _, c in ipairs(redis.call('HVALS', seenn_key)) do
-        c = tonumber(c)
-        if c > densest then densest = c end
-      end
+      local top = redis.call('ZRANGE', seenc_key, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1, 'WITHSCORES')
+      densest = tonumber(top[2] or '0')
     end
     k = math.max(1, math.ceil(densest * 1.25 / SHARD_TARGET))
     redis.call('HSET', seenk_key, b, k)
@@ -444,8 +452,14 @@ for _, t in ipairs(new_order) do
   per_bucket[b] = per_bucket[b] + new_ids[t[1]]
 end
 if seenk_touched then redis.call('EXPIRE', seenk_key, ttl) end
-for _, b in ipairs(bucket_order) do redis.call('HINCRBY', seenn_key, b, per_bucket[b]) end
-if #new_order > 0 then redis.call('EXPIRE', seenn_key, ttl) end
+for _, b in ipairs(bucket_order) do
+  redis.call('ZINCRBY', seenc_key, per_bucket[b], b)
+  redis.call('ZADD', seent_key, b, b)
+end
+if #new_order > 0 then
+  redis.call('EXPIRE', seenc_key, ttl)
+  redis.call('EXPIRE', seent_key, ttl)
+end
 if wm > wm0 then redis.call('SET', wm_key, string.format('%d', wm)) end
 for src, _ in pairs(changed) do redis.call('HSET', wmp_key, src, string.format('%d', pw[src])) end
 for src, _ in pairs(touched) do redis.call('HSET', wmt_key, src, string.format('%d', pt[src])) end
@@ -461,18 +475,18 @@ if cut ~= nil then
   f = (f - f % (bucket_s * 1000))
   if f > floor then
     redis.call('SET', floor_key, string.format('%d', f), 'EX', ttl)
-    local held = redis.call('HGETALL', seenk_key)
-    for i = 1, #held, 2 do
-      local b = tonumber(held[i])
-      if (b + bucket_s) * 1000 <= f then
-        for shard = 0, tonumber(held[i + 1]) - 1 do
-          redis.call('UNLINK', p .. ':seenb:' .. held[i] .. ':' .. shard)
-        end
-        redis.call('UNLINK', p .. ':exb:' .. held[i])
-        redis.call('HDEL', seenk_key, held[i])
-        redis.call('HDEL', seenn_key, held[i])
+    -- Only the buckets now wholly behind the floor (their end at or before it).
+    local last = math.floor(f / 1000) - bucket_s
+    local gone = redis.call('ZRANGE', seent_key, '-inf', last, 'BYSCORE')
+    for _, b in ipairs(gone) do
+      for shard = 0, tonumber(redis.call('HGET', seenk_key, b) or '1') - 1 do
+        redis.call('UNLINK', p .. ':seenb:' .. b .. ':' .. shard)
       end
+      redis.call('UNLINK', p .. ':exb:' .. b)
+      redis.call('HDEL', seenk_key, b)
+      redis.call('ZREM', seenc_key, b)
     end
+    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', seent_key, '-inf', last) end
   end
 end
 

@@ -167,3 +167,46 @@ async def test_seen_ids_are_dropped_behind_the_horizon_and_older_events_are_neve
     assert int(await redis.hget(f"{w.prefix}:b:ticker:AAA:{T0 // 1000}", "n")) == 1
     m = await w.metrics()
     assert (m["counted"], m["late"], m["late_past_dedupe_horizon"]) == (2, 2, 2)
+
+
+async def test_seen_hashes_shard_by_the_densest_held_bucket_and_a_floor_move_drops_only_buckets_behind_it(
+    redis: Redis,
+) -> None:
+    pol = TimePolicy(mode="replay", dedupe_horizon_s=60)
+    w = WindowStore(redis, f"test:{uuid.uuid4().hex[:10]}", BUCKET, 3600, lateness_s=120, time_policy=pol)
+    src = ["in:0"]
+    b0, b1, b8, b10 = (T0 // 1000 + m * BUCKET for m in (0, 1, 8, 10))
+    # 300 ids in the first bucket (nothing held before it: one shard), then one id in the next bucket.
+    dense = [WindowUpdate(f"d{i}", T0 + i, 1, 0.0, [("ticker", "AAA")], "in:0") for i in range(300)]
+    assert (await w.apply(dense, src)).statuses == ["counted"] * 300
+    assert (await w.apply([neg(1, (b1 + 1) * 1000, "in:0")], src)).statuses == ["counted"]
+    k = await redis.hmget(f"{w.prefix}:seenk", [str(b0), str(b1)])
+    # The next bucket is sharded for the densest one held: 300 ids x 1.25 / 96 per shard -> 4 shards.
+    assert [int(x) for x in k] == [1, 4]
+    assert await redis.zscore(f"{w.prefix}:seenc", str(b0)) == 300
+    # A replayed id is found in its shard.
+    assert (await w.apply([neg(1, (b1 + 1) * 1000, "in:0")], src)).statuses == ["duplicate"]
+    # One event 8 minutes on, then one at 10 minutes: the floor is then 10 min - lateness 2 min - horizon 1 min
+    # = 7 min, so the buckets of minutes 0 and 1 go, and minute 8's stays.
+    await w.apply([neg(2, b8 * 1000, "in:0")], src)
+    await w.apply([neg(3, b10 * 1000, "in:0")], src)
+    assert int(await redis.get(f"{w.prefix}:seenfloor")) == (b10 - 180) * 1000
+    left = {k.decode().split(":")[-2] async for k in redis.scan_iter(match=f"{w.prefix}:seenb:*")}
+    assert left == {str(b8), str(b10)}
+    assert [m.decode() for m in await redis.zrange(f"{w.prefix}:seent", 0, -1)] == [str(b8), str(b10)]
+    assert sorted(m.decode() for m in await redis.zrange(f"{w.prefix}:seenc", 0, -1)) == [str(b8), str(b10)]
+    assert sorted(k.decode() for k in await redis.hkeys(f"{w.prefix}:seenk")) == [str(b8), str(b10)]
+
+
+async def test_a_store_from_before_the_sorted_seen_sets_is_carried_over(redis: Redis) -> None:
+    """Upgrade: the held buckets' id counts used to be a hash (p:seenn); the first call moves them over."""
+    w = store(redis, "replay")
+    b0 = T0 // 1000
+    await redis.hset(f"{w.prefix}:seenn", str(b0), 500)
+    await redis.hset(f"{w.prefix}:seenk", str(b0), 7)
+    assert (await w.apply([neg(1, (b0 + BUCKET) * 1000, "in:0")], ["in:0"])).statuses == ["counted"]
+    assert not await redis.exists(f"{w.prefix}:seenn")
+    assert await redis.zscore(f"{w.prefix}:seenc", str(b0)) == 500
+    assert await redis.zscore(f"{w.prefix}:seent", str(b0)) == b0
+    # The new bucket is sharded for the densest carried-over one: 500 x 1.25 / 96 -> 7 shards.
+    assert int(await redis.hget(f"{w.prefix}:seenk", str(b0 + BUCKET))) == 7
