@@ -87,6 +87,7 @@ class CpuSplit:
                 self._procs["redis"] = p
         self._t0 = 0.0
         self._start: dict[str, float] = {}
+        self._machine0: Any = None
 
     @staticmethod
     def _cpu(p: Any) -> float:
@@ -97,16 +98,36 @@ class CpuSplit:
             return float("nan")
 
     def start(self) -> None:
+        import psutil
+
+        # The other workers of `--processes N` are worker 0's children, started by now (it was ready).
+        try:
+            kids = psutil.Process(self._procs["worker"].pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
+        for i, kid in enumerate(kids, start=1):
+            self._procs[f"worker_{i}"] = kid
         self._t0 = time.perf_counter()
+        self._machine0 = psutil.cpu_times()
         self._start = {k: self._cpu(p) for k, p in self._procs.items()}
 
     def stop(self) -> dict[str, Any]:
         """Cores used on average during the phase, per process and in all."""
+        import psutil
+
         wall = time.perf_counter() - self._t0
         cores = {k: round((self._cpu(p) - self._start[k]) / wall, 2) for k, p in self._procs.items()}
+        m0, m1 = self._machine0, psutil.cpu_times()
+        # Everything that was not idle (iowait counts as idle), the kernel's work for all of them included;
+        # steal (the hypervisor's) apart: that time was not ours to use.
+        skip = ("idle", "iowait", "steal", "guest", "guest_nice")
+        busy = sum(getattr(m1, f) - getattr(m0, f) for f in m1._fields if f not in skip)
+        steal = getattr(m1, "steal", 0.0) - getattr(m0, "steal", 0.0)
         return {
             "wall_s": round(wall, 2),
             "cores_used": cores,
             "total_cores_used": round(sum(v for v in cores.values() if v == v), 2),
+            "machine_busy_cores": round(busy / wall, 2),
+            "machine_steal_cores": round(steal / wall, 2),
             "machine_cores": usable_cores(),
         }
