@@ -453,7 +453,8 @@ for _, t in ipairs(new_order) do
 end
 if seenk_touched then redis.call('EXPIRE', seenk_key, ttl) end
 for _, b in ipairs(bucket_order) do
-  redis.call('ZINCRBY', seenc_key, per_bucket[b], b)
+  -- ZADD INCR, not ZINCRBY (nor ZREMRANGEBYSCORE below): only commands a deployment's ACL already allows.
+  redis.call('ZADD', seenc_key, 'INCR', per_bucket[b], b)
   redis.call('ZADD', seent_key, b, b)
 end
 if #new_order > 0 then
@@ -485,8 +486,8 @@ if cut ~= nil then
       redis.call('UNLINK', p .. ':exb:' .. b)
       redis.call('HDEL', seenk_key, b)
       redis.call('ZREM', seenc_key, b)
+      redis.call('ZREM', seent_key, b)
     end
-    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', seent_key, '-inf', last) end
   end
 end
 

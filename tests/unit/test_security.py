@@ -283,3 +283,17 @@ async def test_dead_letter_keeps_raw_bytes_only_when_configured() -> None:
             if keep
             else (dl["value_b64"] is None)
         )
+
+
+def test_every_redis_command_of_the_scripts_is_in_the_tested_acl() -> None:
+    """A command a script starts to use must reach the ACL that the secured tests (and the README) give the
+    worker's Redis user; otherwise a deployment with a restricted user fails halfway through a script."""
+    import re
+
+    from tests.support.secure_services import REDIS_ALLOWED_COMMANDS
+
+    allowed = {c.lstrip("+").split("|")[0].upper() for c in REDIS_ALLOWED_COMMANDS.split()}
+    lua = Path(__file__).resolve().parents[2] / "stream" / "lua"
+    used = {m.upper() for f in lua.glob("*.lua") for m in re.findall(r"redis\.call\('(\w+)'", f.read_text())}
+    assert used, "no redis.call found: the pattern no longer matches the scripts"
+    assert used - allowed == set()
