@@ -203,6 +203,10 @@ def top_frames(raw: Path, n: int = 15) -> dict[str, Any]:
     return {"samples": total, "self": top(leaf), "inclusive": top(incl)}
 
 
+#: The worker's per-batch stage quantiles (/health), reported for the throughput phase.
+_STAGE_KEYS = ("count_ms_p50", "count_ms_p99", "publish_ms_p50", "publish_ms_p99", "batch_infer_ms_p50")
+
+
 def run_one(
     base: StreamSettings,
     engine: EngineSettings,
@@ -258,6 +262,10 @@ def run_one(
 
         t_redis = asyncio.run(flood())
         cpu = split.stop()
+        from stream.cli.supervise import health
+
+        # The worker's stage histograms now hold the warm-up and this phase only (not the paced one below).
+        tput_metrics = (health(settings.worker_web_port) or {}).get("metrics", {})
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             profiler.wait(timeout=60)
@@ -283,8 +291,6 @@ def run_one(
             return await collector
 
         scored_all = asyncio.run(paced())
-        from stream.cli.supervise import health
-
         h = health(settings.worker_web_port) or {}
         metrics = h.get("metrics", {})
         batch_p99 = metrics.get("batch_infer_ms_p99")
@@ -315,6 +321,10 @@ def run_one(
             # Quantiles estimated from the worker's Prometheus histograms (1.5x buckets: within ~25%).
             "engine_call_ms": {"p50": metrics.get("engine_call_ms_p50"), "p99": metrics.get("engine_call_ms_p99")},
             "batch_infer_ms_p99": batch_p99,
+            # Per batch, the worker's own histograms: counts run one at a time, so the count p50 against the
+            # interval between batches says whether the window script sets the rate.
+            "throughput_phase_stage_ms": {k: tput_metrics.get(k) for k in _STAGE_KEYS},
+            "throughput_phase_batches": tput_metrics.get("batches"),
             "latency_bound_ms": round(settings.max_wait_ms + 3 * batch_p99, 1) if batch_p99 else None,
             "throughput_phase_cpu": cpu,
             "worker_peak_rss_mb": round(sampler.peak / 2**20, 1),

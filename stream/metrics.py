@@ -49,6 +49,16 @@ class WorkerMetrics:
         self.inference = Histogram(
             "finpulse_inference_seconds", "Engine time per micro-batch.", buckets=_INFER_BUCKETS, registry=r
         )
+        # Which stage sets the rate: counts run one batch at a time, so a count p50 near the interval between
+        # batches means Redis (the window script) is the limit; publishing overlaps the next count.
+        self.stage = Histogram(
+            "finpulse_batch_stage_seconds",
+            "Time of one micro-batch in a stage: count (the Redis window script, retries included) or publish "
+            "(scored records, dead letters and alert judging until Kafka acknowledged them).",
+            ["stage"],
+            buckets=_INFER_BUCKETS,
+            registry=r,
+        )
         self.engine_call = Histogram(
             "finpulse_engine_call_seconds",
             "Time of one backend call (a micro-batch may be split into several by the token budget).",
@@ -85,12 +95,13 @@ class WorkerMetrics:
                     out[sample.labels[label]] = int(sample.value)
         return out
 
-    def quantile_ms(self, histogram: str, q: float) -> float | None:
-        """Estimated ``q`` quantile of a seconds histogram, in ms (None before any observation)."""
+    def quantile_ms(self, histogram: str, q: float, **labels: str) -> float | None:
+        """Estimated ``q`` quantile of a seconds histogram (of its series with ``labels``), in ms (None before
+        any observation)."""
         buckets: list[tuple[float, float]] = []
         for family in self.registry.collect():
             for sample in family.samples:
-                if sample.name == f"{histogram}_bucket":
+                if sample.name == f"{histogram}_bucket" and all(sample.labels.get(k) == v for k, v in labels.items()):
                     buckets.append((float(sample.labels["le"]), sample.value))
         v = histogram_quantile(q, buckets)
         return None if v is None else round(v * 1000, 2)
@@ -115,6 +126,11 @@ class WorkerMetrics:
             "batch_infer_ms_p99": self.quantile_ms("finpulse_inference_seconds", 0.99),
             "engine_call_ms_p50": self.quantile_ms("finpulse_engine_call_seconds", 0.5),
             "engine_call_ms_p99": self.quantile_ms("finpulse_engine_call_seconds", 0.99),
+            **{
+                f"{stage}_ms_{name}": self.quantile_ms("finpulse_batch_stage_seconds", q, stage=stage)
+                for stage in ("count", "publish")
+                for name, q in (("p50", 0.5), ("p99", 0.99))
+            },
         }
 
     def set_engine(self, describe: Mapping[str, object]) -> None:

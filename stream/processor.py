@@ -430,6 +430,7 @@ class BatchProcessor:
         events, sources, probs = batch.events, batch.sources, batch.probs
         if not events:
             return CountedBatch(batch)
+        t0 = time.perf_counter()
         sent = probs["sentiment"]
         cls = sent.argmax(axis=1)
         scores = sent[:, 2] - sent[:, 0]
@@ -455,6 +456,7 @@ class BatchProcessor:
         ]
         applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
         self.fault_point("after_redis_apply")
+        self.prom.stage.labels("count").observe(time.perf_counter() - t0)
         return CountedBatch(batch, applied, sent, cls, scores, topic_idx, topics)
 
     async def publish(self, counted: CountedBatch) -> BatchResult:
@@ -463,6 +465,7 @@ class BatchProcessor:
         acked (in take order: the pipeline sees to that)."""
         batch, applied = counted.batch, counted.applied
         events, probs = batch.events, batch.probs
+        t0 = time.perf_counter()
         statuses: list[WindowStatus] = []
         alerts: list[Alert] = []
         # Dead letters travel while the scored records do; both are done before the inputs can be acked.
@@ -493,6 +496,7 @@ class BatchProcessor:
         finally:
             if dlq is not None:
                 await dlq
+        self.prom.stage.labels("publish").observe(time.perf_counter() - t0)
         return BatchResult(scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses)
 
     async def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:

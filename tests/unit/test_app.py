@@ -47,3 +47,12 @@ def test_histogram_quantile_interpolates_like_promql() -> None:
     s = m.summary()
     assert 0.75 * 10 <= s["batch_infer_ms_p50"] <= 1.25 * 10  # type: ignore[operator]
     assert 0.75 * 200 <= s["batch_infer_ms_p99"] <= 1.25 * 200  # type: ignore[operator]
+    # A labelled histogram: each stage's quantiles come from its own series only.
+    assert s["count_ms_p50"] is None
+    for v in [0.040] * 10:
+        m.stage.labels("count").observe(v)
+    for v in [0.005] * 10:
+        m.stage.labels("publish").observe(v)
+    s = m.summary()
+    assert 0.75 * 40 <= s["count_ms_p50"] <= 1.25 * 40  # type: ignore[operator]
+    assert 0.75 * 5 <= s["publish_ms_p50"] <= 1.25 * 5  # type: ignore[operator]
