@@ -111,6 +111,8 @@ class CountedBatch:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     topic_idx: np.ndarray | None = None
     topics: list[str | None] = field(default_factory=list)
+    updates: list[WindowUpdate] = field(default_factory=list)
+    payload: bytes | None = None  # the window script's encoding of ``updates``
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -421,16 +423,13 @@ class BatchProcessor:
         parts itself so that one batch's publishing overlaps the next one's counting)."""
         return await self.publish(await self.count(batch))
 
-    async def count(self, batch: PreparedBatch) -> CountedBatch:
-        """Stage 3a: count the batch in Redis (one atomic script call).
-
-        Counts must run one at a time and in take order: lateness and bucket closing depend on the
-        order in which batches reach Redis. Nothing is sent yet.
-        """
+    def to_count(self, batch: PreparedBatch) -> CountedBatch:
+        """Stage 3a, first half (on the event loop, nothing awaited): the batch's window updates and the
+        script's payload. The pipeline runs this while the previous batch is still being counted, so
+        that only the Redis call itself stays on the one-batch-at-a-time path."""
         events, sources, probs = batch.events, batch.sources, batch.probs
         if not events:
             return CountedBatch(batch)
-        t0 = time.perf_counter()
         sent = probs["sentiment"]
         cls = sent.argmax(axis=1)
         scores = sent[:, 2] - sent[:, 0]
@@ -454,10 +453,25 @@ class BatchProcessor:
             )
             for i, (e, m, c, sc, t) in enumerate(zip(events, sources, cls, scores, topics, strict=True))
         ]
-        applied = await self._retry("redis_apply", lambda: self.store.apply(updates, self.sources))
+        return CountedBatch(batch, None, sent, cls, scores, topic_idx, topics, updates, self.store.encode(updates))
+
+    async def count(self, batch: PreparedBatch | CountedBatch) -> CountedBatch:
+        """Stage 3a: count the batch in Redis (one atomic script call).
+
+        Counts must run one at a time and in take order: lateness and bucket closing depend on the
+        order in which batches reach Redis. Nothing is sent yet.
+        """
+        counted = batch if isinstance(batch, CountedBatch) else self.to_count(batch)
+        if not counted.updates:
+            return counted
+        t0 = time.perf_counter()
+        updates, payload = counted.updates, counted.payload
+        counted.applied = await self._retry(
+            "redis_apply", lambda: self.store.apply(updates, self.sources, payload=payload)
+        )
         self.fault_point("after_redis_apply")
         self.prom.stage.labels("count").observe(time.perf_counter() - t0)
-        return CountedBatch(batch, applied, sent, cls, scores, topic_idx, topics)
+        return counted
 
     async def publish(self, counted: CountedBatch) -> BatchResult:
         """Stage 3b: send the scored records and dead letters, and judge the buckets the count closed,
@@ -816,11 +830,12 @@ class BatchPipeline:
         on_committed: Callable[[BatchResult], Awaitable[None]],
     ) -> BatchResult:
         try:
+            # Ready to count before the previous count returns: only the Redis call waits for it.
+            ready = self.processor.to_count(await infer)
             if prev is not None:
                 # Propagates the previous batch's failure to count: never count out of order.
                 await asyncio.shield(prev.counted)
-            batch = await infer
-            done = await self.processor.count(batch)
+            done = await self.processor.count(ready)
         except BaseException as exc:
             infer.cancel()
             if not counted.done():

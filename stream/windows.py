@@ -209,17 +209,9 @@ class WindowStore:
         self._settle = redis.register_script(_SETTLE_LUA)
         self._counts = redis.register_script(_COUNTS_LUA)
 
-    async def apply(
-        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
-    ) -> ApplyResult:
-        """Count a batch in one atomic round trip; returns counted/duplicate/late per update and the
-        closed buckets now leased to this caller for judging (oldest first).
-
-        ``sources`` names every input partition ("topic:partition"). With no updates this is the
-        periodic tick: nothing is counted, but buckets that closed by the wall clock (live mode) or
-        whose lease ran out (a crashed judge) are handed out.
-        """
-        payload = orjson.dumps(
+    def encode(self, updates: Sequence[WindowUpdate]) -> bytes:
+        """The window script's events argument for ``updates`` (see ``stream/lua/apply.lua``)."""
+        return orjson.dumps(
             [
                 [
                     u.event_id,
@@ -235,6 +227,25 @@ class WindowStore:
                 for u in updates
             ]
         )
+
+    async def apply(
+        self,
+        updates: Sequence[WindowUpdate],
+        sources: Sequence[str] = (),
+        now_ms: int | None = None,
+        *,
+        payload: bytes | None = None,
+    ) -> ApplyResult:
+        """Count a batch in one atomic round trip; returns counted/duplicate/late per update and the
+        closed buckets now leased to this caller for judging (oldest first).
+
+        ``sources`` names every input partition ("topic:partition"). With no updates this is the
+        periodic tick: nothing is counted, but buckets that closed by the wall clock (live mode) or
+        whose lease ran out (a crashed judge) are handed out. ``payload``: ``encode(updates)``, made
+        beforehand (the worker encodes a batch while the previous one is being counted).
+        """
+        if payload is None:
+            payload = self.encode(updates)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         t = self.time
         res, closed_raw, raw_votes, raw_dups = await self._apply(

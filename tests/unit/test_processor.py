@@ -42,6 +42,9 @@ class MemoryStore:
 
     BUCKET = 60
 
+    def encode(self, updates: Sequence[WindowUpdate]) -> bytes:
+        return orjson.dumps([u.event_id for u in updates])
+
     def __init__(self) -> None:
         self.seen: set[str] = set()
         self.updates: list[WindowUpdate] = []
@@ -50,7 +53,12 @@ class MemoryStore:
         self.fail_next = 0
 
     async def apply(
-        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
+        self,
+        updates: Sequence[WindowUpdate],
+        sources: Sequence[str] = (),
+        now_ms: int | None = None,
+        *,
+        payload: bytes | None = None,
     ) -> ApplyResult:
         if self.fail_next:
             self.fail_next -= 1
@@ -307,8 +315,17 @@ class SlowStore(MemoryStore):
         self.trace = trace
         self.fail_ids: set[str] = set()
 
+    def encode(self, updates: Sequence[WindowUpdate]) -> bytes:
+        self.trace.append(f"encode {updates[0].event_id}")
+        return super().encode(updates)
+
     async def apply(
-        self, updates: Sequence[WindowUpdate], sources: Sequence[str] = (), now_ms: int | None = None
+        self,
+        updates: Sequence[WindowUpdate],
+        sources: Sequence[str] = (),
+        now_ms: int | None = None,
+        *,
+        payload: bytes | None = None,
     ) -> ApplyResult:
         first = updates[0].event_id
         if first in self.fail_ids:
@@ -396,8 +413,10 @@ async def test_pipeline_counts_the_next_batch_while_the_previous_one_is_publishe
     # Counting stays one batch at a time, in take order...
     applies = [t for t in trace if t.startswith("apply")]
     assert applies == [f"apply-{w} e{10 * b}" for b in range(4) for w in ("start", "end")]
-    # ...but batch 1 is counted while batch 0's scored records are still on their way.
+    # ...but batch 1 is counted while batch 0's scored records are still on their way, and its payload
+    # was ready before batch 0's count returned (only the Redis call waits for the previous one).
     assert trace.index("apply-start e10") < trace.index("send-end e0")
+    assert trace.index("encode e10") < trace.index("apply-end e0")
     # Acks stay in take order, each after its own outputs were sent.
     assert acked == [0, 1, 2, 3]
     assert all(trace.index(f"send-end e{10 * b}") < trace.index(f"ack {b}") for b in range(4))
