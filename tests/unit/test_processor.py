@@ -423,6 +423,21 @@ async def test_pipeline_counts_the_next_batch_while_the_previous_one_is_publishe
     assert [orjson.loads(v)["id"] for _, v in sink.scored] == [f"e{10 * b + i}" for b in range(4) for i in range(2)]
 
 
+async def _three_batches_the_second_failing(pipe: BatchPipeline) -> list[int]:
+    """Submit batches e0, e10, e20 (the caller makes e10 fail), check the failure surfaces; the batches acked."""
+    acked: list[int] = []
+    for b in range(3):
+
+        async def on_done(res: BatchResult, b: int = b) -> None:
+            acked.append(b)
+
+        await pipe.submit([msg(good(10 * b), b)], on_done)
+    with pytest.raises(RuntimeError, match="e10"):
+        await pipe.drain()
+    await pipe.close(timeout=1)
+    return acked
+
+
 async def test_pipeline_acks_nothing_after_a_failed_publish(
     processor: tuple[BatchProcessor, MemoryStore, MemorySink], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,19 +445,11 @@ async def test_pipeline_acks_nothing_after_a_failed_publish(
     sink = SlowSink(trace)
     sink.fail = {"e10"}
     processor[0].sink = sink
-    acked: list[int] = []
-    for b in range(3):
-
-        async def on_done(res: BatchResult, b: int = b) -> None:
-            acked.append(b)
-
-        await pipe.submit([msg(good(10 * b), b)], on_done)
-    with pytest.raises(RuntimeError, match="e10"):
-        await pipe.drain()
-    await pipe.close(timeout=1)
+    acked = await _three_batches_the_second_failing(pipe)
     # Batch 1's outputs never went out: neither it nor batch 2 (published fine) is acked, so Kafka
     # redelivers both, and Redis (which counted batch 2 already) answers "duplicate" for its events.
     assert acked == [0]
+    assert [u.event_id for u in store.updates] == ["e0", "e10", "e20"]
 
 
 async def test_pipeline_failure_stops_later_commits(
@@ -450,16 +457,7 @@ async def test_pipeline_failure_stops_later_commits(
 ) -> None:
     pipe, store, trace = _traced_pipeline(processor, monkeypatch, depth=3)
     store.fail_ids = {"e10"}
-    acked: list[int] = []
-    for b in range(3):
-
-        async def on_done(res: BatchResult, b: int = b) -> None:
-            acked.append(b)
-
-        await pipe.submit([msg(good(10 * b), b)], on_done)
-    with pytest.raises(RuntimeError, match="e10"):
-        await pipe.drain()
-    await pipe.close(timeout=1)
+    acked = await _three_batches_the_second_failing(pipe)
     # Batch 1 failed: neither it nor the batch after it is acked, so Kafka redelivers both.
     assert acked == [0]
     assert [u.event_id for u in store.updates] == ["e0"]
