@@ -91,7 +91,11 @@ async def _families(r: Redis, prefix: str) -> dict[str, dict[str, int]]:
     return dict(out)
 
 
-def _events(n: int, rate: float, t0_ms: int, tickers: int, topics: int, seed: int) -> list[WindowUpdate]:
+def _events(
+    n: int, rate: float, t0_ms: int, tickers: int, topics: int, seed: int, bands: int = 0
+) -> list[WindowUpdate]:
+    """``bands``: LSH band keys per event (novelty on), random, so that every event is novel and writes all
+    of them: the novelty index's worst case."""
     rng = random.Random(seed)
     names = [f"T{i:03d}" for i in range(tickers)]
     weights = [1.0 / (i + 1) for i in range(tickers)]  # a few busy tickers, a long tail, as on StockNet
@@ -110,20 +114,35 @@ def _events(n: int, rate: float, t0_ms: int, tickers: int, topics: int, seed: in
                 entities=[("ticker", rng.choices(names, weights)[0]), ("topic", rng.choice(topic_names))],
                 source=f"in:{i % 4}",
                 example=text,
+                bands=[f"{rng.getrandbits(32):08x}" for _ in range(bands)],
             )
         )
     return out
 
 
 async def _run_rate(
-    r: Redis, rate: float, events: int, batch: int, tickers: int, topics: int, lateness_s: int, horizon_s: int
+    r: Redis,
+    rate: float,
+    events: int,
+    batch: int,
+    tickers: int,
+    topics: int,
+    lateness_s: int,
+    horizon_s: int,
+    novelty_horizon_s: int = 0,
 ) -> dict[str, Any]:
     prefix = f"{{benchmem{int(rate * 1000)}}}"
     policy = TimePolicy(mode="replay", dedupe_horizon_s=horizon_s) if _has_horizon() else TimePolicy(mode="replay")
-    store = WindowStore(r, prefix, 60, 7 * 86400, lateness_s, policy)
+    params = get_settings().novelty_params()
+    on = novelty_horizon_s > 0 and params is not None
+    bands = params.bands if on and params is not None else 0
+    novelty: dict[str, int] = {}
+    if on and params is not None:
+        novelty = {"novelty_horizon_s": novelty_horizon_s, "novelty_min_votes": params.min_votes}
+    store = WindowStore(r, prefix, 60, 7 * 86400, lateness_s, policy, **novelty)
     sources = [f"in:{p}" for p in range(4)]
     t0 = 1_700_000_000_000
-    evs = _events(events, rate, t0, tickers, topics, seed=int(rate * 7) + 1)
+    evs = _events(events, rate, t0, tickers, topics, seed=int(rate * 7) + 1, bands=bands)
     base = int((await r.info("memory"))["used_memory"])
     await r.config_resetstat()
     half_mem, half_n = 0, 0
@@ -142,7 +161,7 @@ async def _run_rate(
     fams = await _families(r, prefix)
     span_s = events / rate
     # Dropped by event time behind the dedupe floor: constant at steady state, whatever the retention.
-    bounded = {"seenb", "seenk", "seenc", "seent", "seenfloor", "exb"}
+    bounded = {"seenb", "seenk", "seenc", "seent", "seenfloor", "exb", "nov", "novg"}
     plateau = sum(v["bytes"] for k, v in fams.items() if k in bounded)
     counts: list[Any] = await r.zrange(f"{prefix}:seenc", 0, -1, withscores=True)
     held_ids = int(sum(float(pair[1]) for pair in counts))
@@ -154,6 +173,7 @@ async def _run_rate(
         "event_time_span_s": round(span_s),
         "lateness_s": lateness_s,
         "dedupe_horizon_s": horizon_s if _has_horizon() else None,
+        "novelty_horizon_s": novelty_horizon_s if bands else None,
         "apply_wall_s": round(elapsed, 2),
         "used_memory_delta": end_mem - base,
         "bytes_per_event_total": round((end_mem - base) / events, 1),
@@ -194,6 +214,13 @@ async def _unlink(r: Redis, prefix: str) -> None:
     "--lateness-s", type=int, default=120, show_default=True, help="Kept short so the run reaches steady state."
 )
 @click.option("--horizon-s", type=int, default=120, show_default=True, help="Dedupe horizon for the run (short: idem).")
+@click.option(
+    "--novelty-horizon-s",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Story novelty on with this horizon (short, so the run passes two of them); every event novel. 0: off.",
+)
 @click.option("--redis-url", default=None, help="Use this Redis instead of a private one (used_memory then sees all).")
 def bench_redis_memory_cmd(
     rates: str,
@@ -204,6 +231,7 @@ def bench_redis_memory_cmd(
     topics: int,
     lateness_s: int,
     horizon_s: int,
+    novelty_horizon_s: int,
     redis_url: str | None,
 ) -> None:
     """Redis memory per event of the window store at a few event-time rates (JSON)."""
@@ -213,7 +241,15 @@ def bench_redis_memory_cmd(
         try:
             return [
                 await _run_rate(
-                    r, float(x), max(min_events, int(float(x) * span_s)), batch, tickers, topics, lateness_s, horizon_s
+                    r,
+                    float(x),
+                    max(min_events, int(float(x) * span_s)),
+                    batch,
+                    tickers,
+                    topics,
+                    lateness_s,
+                    horizon_s,
+                    novelty_horizon_s,
                 )
                 for x in rates.split(",")
             ]
