@@ -50,3 +50,33 @@ def test_null_backend_gives_each_text_a_fixed_mixed_label(tiny_model_dir: Path, 
     shares = np.bincount(labels, minlength=3) / len(texts)
     assert 0.05 < shares[0] < 0.3 and shares[1] > shares[0] and shares[2] > 0.1
     assert np.allclose(out["sentiment"].sum(axis=1), 1.0)
+
+
+def test_cuda_is_skipped_without_importing_torch_when_no_nvidia_driver_is_visible(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing torch only to learn there is no GPU cost a CPU worker ~490 MB; the probe comes first."""
+    import ctypes
+    import glob
+    import sys
+
+    import engine.runtime as runtime
+
+    def no_lib(name: str, *a: object, **k: object) -> None:
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(ctypes, "CDLL", no_lib)
+    monkeypatch.delitem(sys.modules, "engine.backends.cuda_backend", raising=False)
+    with pytest.raises(BackendUnavailable, match="torch not imported"):
+        runtime.create_backend("cuda", tiny_model_dir, EngineSettings())
+    assert "engine.backends.cuda_backend" not in sys.modules  # the module that imports torch was never loaded
+
+
+def test_cuda_probe_leaves_the_decision_to_torch_where_a_device_node_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    import glob
+
+    from engine.runtime import no_nvidia_driver
+
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
+    assert no_nvidia_driver() is None
