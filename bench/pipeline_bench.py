@@ -321,8 +321,8 @@ def run_one(
             # Quantiles estimated from the worker's Prometheus histograms (1.5x buckets: within ~25%).
             "engine_call_ms": {"p50": metrics.get("engine_call_ms_p50"), "p99": metrics.get("engine_call_ms_p99")},
             "batch_infer_ms_p99": batch_p99,
-            # Per batch, the worker's own histograms: counts run one at a time, so the count p50 against the
-            # interval between batches says whether the window script sets the rate.
+            # Per batch, the worker's own histograms: a batch is counted and published before the next one is
+            # counted, so count + publish against the interval between batches says whether that chain sets the rate.
             "throughput_phase_stage_ms": {k: tput_metrics.get(k) for k in _STAGE_KEYS},
             "throughput_phase_batches": tput_metrics.get("batches"),
             "latency_bound_ms": round(settings.max_wait_ms + 3 * batch_p99, 1) if batch_p99 else None,

@@ -49,8 +49,8 @@ class WorkerMetrics:
         self.inference = Histogram(
             "finpulse_inference_seconds", "Engine time per micro-batch.", buckets=_INFER_BUCKETS, registry=r
         )
-        # Which stage sets the rate: counts run one batch at a time, so a count p50 near the interval between
-        # batches means Redis (the window script) is the limit; publishing overlaps the next count.
+        # Which stage sets the rate: a batch is counted and published before the next one is counted, so when
+        # count + publish p50 is near the interval between batches that chain (Redis, then Kafka) is the limit.
         self.stage = Histogram(
             "finpulse_batch_stage_seconds",
             "Time of one micro-batch in a stage: count (the Redis window script, retries included) or publish "

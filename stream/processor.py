@@ -102,7 +102,8 @@ class PreparedBatch:
 
 @dataclass
 class CountedBatch:
-    """A batch counted in Redis and not yet published: what the publishing stage needs."""
+    """A batch between inference and publishing: its window updates and their payload (``to_count``), then
+    what Redis answered (``count``); everything the publishing stage needs."""
 
     batch: PreparedBatch
     applied: ApplyResult | None = None  # None: no valid event, nothing was counted
@@ -420,7 +421,7 @@ class BatchProcessor:
 
     async def commit(self, batch: PreparedBatch) -> BatchResult:
         """Stage 3, whole: count in Redis, then publish."""
-        return await self.publish(await self.count(batch))
+        return await self.publish(await self.count(self.to_count(batch)))
 
     def to_count(self, batch: PreparedBatch) -> CountedBatch:
         """Stage 3a, first half (on the event loop, nothing awaited): the batch's window updates and the
@@ -454,13 +455,12 @@ class BatchProcessor:
         ]
         return CountedBatch(batch, None, sent, cls, scores, topic_idx, topics, updates, self.store.encode(updates))
 
-    async def count(self, batch: PreparedBatch | CountedBatch) -> CountedBatch:
+    async def count(self, counted: CountedBatch) -> CountedBatch:
         """Stage 3a: count the batch in Redis (one atomic script call).
 
         Counts must run one at a time and in take order: lateness and bucket closing depend on the
         order in which batches reach Redis. Nothing is sent yet.
         """
-        counted = batch if isinstance(batch, CountedBatch) else self.to_count(batch)
         if not counted.updates:
             return counted
         t0 = time.perf_counter()

@@ -242,7 +242,7 @@ class WindowStore:
         ``sources`` names every input partition ("topic:partition"). With no updates this is the
         periodic tick: nothing is counted, but buckets that closed by the wall clock (live mode) or
         whose lease ran out (a crashed judge) are handed out. ``payload``: ``encode(updates)``, made
-        beforehand (the worker encodes a batch while the previous one is being counted).
+        beforehand (the worker encodes a batch while the previous one is still being committed).
         """
         if payload is None:
             payload = self.encode(updates)
