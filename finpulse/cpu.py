@@ -10,3 +10,29 @@ def usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)  # not on Linux: no affinity mask to read
+
+
+#: CPU flags (Linux ``/proc/cpuinfo``) that mean bfloat16 matrix arithmetic runs in hardware:
+#: x86 AVX512-BF16 and AMX-BF16, and Arm's BF16 extension.
+BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The feature flags of this machine's CPU (empty where ``/proc/cpuinfo`` is unreadable: not Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        # x86 names the line "flags", Arm "Features"; every core repeats it, the first is enough.
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bfloat16 matmuls run natively here; without it torch emulates them, slower than fp32."""
+    return bool(cpu_flags(cpuinfo) & BF16_CPU_FLAGS)

@@ -68,6 +68,12 @@ def _d(name: str, text: str = "") -> str:
 @click.option("--freeze-embeddings/--no-freeze-embeddings", default=None, help="Keep the embeddings fixed (faster).")
 @click.option("--freeze-layers", type=int, default=None, help="Keep the lowest N encoder blocks fixed (faster).")
 @click.option("--seed", type=int, default=None, help=_d("seed"))
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default=None,
+    help=_d("precision", "bf16 autocast where the hardware has it (auto), or force one."),
+)
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", "num_threads", type=int, default=None, help="torch CPU threads (default: cores available).")
 @click.option("--progress/--no-progress", default=None)

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from rich.console import Console
 
-from training.settings import QUICK_OVERRIDES, TrainSettings, config_hash
+from training.settings import QUICK_OVERRIDES, QUICK_STEPS, TrainSettings, config_hash
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,7 @@ MARKER = "finpulse-default.json"
 RECIPE_VERSION = 2
 #: Measured on 2 quiet EPYC cores (this project's reference machine), quick recipe: training steps/s and
 #: the seconds of the final validation and calibration passes. Only used for the announced estimate.
-QUICK_STEPS_PER_SECOND = 2.38
+QUICK_STEPS_PER_SECOND: dict[str, float] = {"fp32": 2.38, "bf16": 4.6}
 QUICK_EVAL_SECONDS = 80.0
 REQUIRED_FILES: tuple[str, ...] = ("config.json", "model.safetensors", "tokenizer.json", "metrics.json")
 
@@ -64,7 +64,8 @@ def expected_seconds(settings: TrainSettings, cores: int) -> float:
         return float("nan")
     # Measured on 2 cores; fewer cores are slower in proportion, more help less than that (capped at 4).
     scale = 2.0 / min(max(cores, 1), 4)
-    return (steps / QUICK_STEPS_PER_SECOND + QUICK_EVAL_SECONDS) * scale
+    rate = QUICK_STEPS_PER_SECOND.get(settings.precision, QUICK_STEPS_PER_SECOND["fp32"])
+    return (steps / rate + QUICK_EVAL_SECONDS) * scale
 
 
 def training_announcement(settings: TrainSettings, recipe: str) -> str:
@@ -81,13 +82,29 @@ def training_announcement(settings: TrainSettings, recipe: str) -> str:
 
 
 def quick_settings(**overrides: Any) -> TrainSettings:
-    """The short schedule (about 10 minutes on 2 CPU cores); env ``FINPULSE_TRAIN_*`` still sets paths and threads."""
-    return TrainSettings(**{**QUICK_OVERRIDES, **overrides})
+    """The short schedule (about 10 minutes on 2 CPU cores); env ``FINPULSE_TRAIN_*`` still sets paths and threads.
+
+    The precision is resolved here, for this machine (bf16 where it is native), and the step count
+    follows it (``QUICK_STEPS``): the recipe fills the same time budget either way, and the model's
+    hash names the arithmetic it was trained with.
+    """
+    settings = with_resolved_precision(TrainSettings(**{**QUICK_OVERRIDES, **overrides}))
+    if "max_steps" in overrides:
+        return settings
+    return settings.model_copy(update={"max_steps": QUICK_STEPS[settings.precision]})
+
+
+def with_resolved_precision(settings: TrainSettings) -> TrainSettings:
+    """``settings`` with ``precision: auto`` replaced by what this machine runs (so hashes name the arithmetic)."""
+    from training.train import resolve_device, resolve_precision
+
+    precision = resolve_precision(settings.precision, resolve_device(settings.device))
+    return settings.model_copy(update={"precision": precision})
 
 
 def full_settings(**overrides: Any) -> TrainSettings:
     """The full-quality recipe: exactly what ``finpulse train`` runs with no options."""
-    return TrainSettings(**overrides)
+    return with_resolved_precision(TrainSettings(**overrides))
 
 
 def recipe_hash(settings: TrainSettings) -> str:

@@ -504,9 +504,75 @@ def test_default_model_training_is_announced_with_its_duration() -> None:
 
     s = quick_settings(num_threads=2, progress=False)
     line = training_announcement(s, "quick")
-    minutes = (s.max_steps or 0) / QUICK_STEPS_PER_SECOND / 60
+    minutes = (s.max_steps or 0) / QUICK_STEPS_PER_SECOND[s.precision] / 60
     assert f"{s.max_steps} steps" in line and "minutes" in line
     # The figure follows the recipe: more steps, a longer estimate.
     longer = training_announcement(quick_settings(num_threads=2, max_steps=(s.max_steps or 0) * 3), "quick")
     assert int(longer.split("about ")[1].split(" ")[0]) > int(line.split("about ")[1].split(" ")[0]) >= int(minutes)
     assert "minutes" not in training_announcement(TrainSettings(max_steps=None, num_threads=2), "full")
+
+
+# --- training arithmetic --------------------------------------------------------------------------
+
+_X86_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f {extra}\n\nprocessor\t: 1\n"
+_ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd {extra}\nCPU implementer\t: 0x41\n"
+
+
+def test_bf16_is_detected_from_the_cpu_flags() -> None:
+    from finpulse.cpu import cpu_flags, cpu_has_bf16
+
+    assert cpu_has_bf16(_X86_CPUINFO.format(extra="avx512_bf16 avx512_vnni"))
+    assert cpu_has_bf16(_X86_CPUINFO.format(extra="amx_bf16 amx_tile"))
+    assert not cpu_has_bf16(_X86_CPUINFO.format(extra="avx512_vnni"))  # VNNI is int8, not bf16
+    assert cpu_has_bf16(_ARM_CPUINFO.format(extra="bf16 i8mm"))
+    assert not cpu_has_bf16(_ARM_CPUINFO.format(extra="i8mm"))
+    assert cpu_flags("") == frozenset() and not cpu_has_bf16("model name : something\n")
+
+
+def test_precision_auto_follows_the_hardware_and_never_hides_a_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as train_mod
+    from training.train import TrainingError, resolve_precision
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda native=native: native)
+        assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+        assert resolve_precision("fp32", cpu) == "fp32"
+        # Asked for explicitly, bf16 runs even where it is emulated (slower), and says so in the log.
+        assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(TrainingError, match="unknown precision"):
+        resolve_precision("fp8", cpu)
+
+
+def test_quick_recipe_fills_its_budget_in_either_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as train_mod
+    from training.default_model import QUICK_STEPS, expected_seconds, quick_settings, recipe_hash
+
+    made = {}
+    for native in (True, False):
+        monkeypatch.setattr(train_mod, "cpu_has_bf16", lambda native=native: native)
+        s = quick_settings(num_threads=2, progress=False, device="cpu")
+        made[native] = s
+        assert s.precision == ("bf16" if native else "fp32")
+        assert s.max_steps == QUICK_STEPS[s.precision]
+        # Either way the announced time stays within the demo's 10-minute budget on 2 cores.
+        assert expected_seconds(s, 2) <= 600
+        # A step count given by the caller wins over the precision's default.
+        assert quick_settings(num_threads=2, device="cpu", max_steps=7).max_steps == 7
+    # The arithmetic is part of the model's identity: a bf16 model is not reused as the fp32 one.
+    assert recipe_hash(made[True]) != recipe_hash(made[False])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_lowers_the_loss_in_each_precision(
+    data_dir: Path, base_dir: Path, tmp_path: Path, precision: str
+) -> None:
+    settings = _settings(data_dir, base_dir, precision=precision, max_steps=40, evals_per_epoch=0)
+    res = train(settings, tmp_path / precision)
+    assert res.metrics["precision"] == precision
+    assert res.metrics["hyperparameters"]["precision"] == precision
+    first, last = np.mean(res.loss_history[:5]), np.mean(res.loss_history[-5:])
+    assert last < first * 0.8, (precision, first, last)
+    # The saved weights are fp32 whatever the arithmetic was: the exporters and backends expect that.
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())
