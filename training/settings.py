@@ -191,9 +191,10 @@ QUICK_OVERRIDES: dict[str, Any] = {
     "valid_limit": None,
 }
 
-#: The quick schedule's length per training arithmetic: what fills the 10-minute budget on 2 quiet
-#: EPYC cores (fp32: 2.38 steps/s, 546 s for 1,100 steps; bf16: 4.6 steps/s, see MODEL_CARD.md).
-QUICK_STEPS: dict[str, int] = {"fp32": 1100, "bf16": 2000}
+#: The quick schedule's length per training arithmetic: what fits the 10-minute budget on 2 EPYC
+#: cores (fp32: 2.38 steps/s, 546 s for 1,100 steps). bf16 ran at 3.75-4.64 steps/s from run to run
+#: here, with 60-85 s of validation; 2,000 steps took up to 623 s, so 1,800 (see MODEL_CARD.md).
+QUICK_STEPS: dict[str, int] = {"fp32": 1100, "bf16": 1800}
 
 
 #: setting name -> the name it had when default models were first hashed (``max_len`` became ``max_seq_len``)
