@@ -8,19 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from finpulse.cpu import usable_cores
+from finpulse.cpu import cpu_model_name, usable_cores
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model and core count (what every benchmark row must say)."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model_name() or platform.processor() or "unknown"
     gpu = None
     try:
         import torch

@@ -17,20 +17,30 @@ def usable_cores() -> int:
 BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The feature flags of this machine's CPU (empty where ``/proc/cpuinfo`` is unreadable: not Linux)."""
+def _cpuinfo_field(keys: tuple[str, ...], cpuinfo: str | None) -> str | None:
+    # Every core repeats its block in /proc/cpuinfo; the first core's line is enough.
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
                 cpuinfo = fh.read()
         except OSError:
-            return frozenset()
+            return None  # not Linux
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        # x86 names the line "flags", Arm "Features"; every core repeats it, the first is enough.
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_model_name(cpuinfo: str | None = None) -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none: not Linux, or Arm)."""
+    return _cpuinfo_field(("model name",), cpuinfo)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The feature flags of this machine's CPU (empty where ``/proc/cpuinfo`` is unreadable: not Linux)."""
+    # x86 names the line "flags", Arm "Features".
+    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:

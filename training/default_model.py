@@ -91,15 +91,23 @@ def quick_settings(**overrides: Any) -> TrainSettings:
     settings = with_resolved_precision(TrainSettings(**{**QUICK_OVERRIDES, **overrides}))
     if "max_steps" in overrides:
         return settings
-    return settings.model_copy(update={"max_steps": QUICK_STEPS[settings.precision]})
+    # Unresolved (a device this machine lacks): the fp32 length, which fits the budget either way.
+    return settings.model_copy(update={"max_steps": QUICK_STEPS.get(settings.precision, QUICK_STEPS["fp32"])})
 
 
 def with_resolved_precision(settings: TrainSettings) -> TrainSettings:
-    """``settings`` with ``precision: auto`` replaced by what this machine runs (so hashes name the arithmetic)."""
-    from training.train import resolve_device, resolve_precision
+    """``settings`` with ``precision: auto`` replaced by what this machine runs (so hashes name the arithmetic).
 
-    precision = resolve_precision(settings.precision, resolve_device(settings.device))
-    return settings.model_copy(update={"precision": precision})
+    A device that cannot be used here (``cuda`` without a GPU) leaves the settings as they are: a cached
+    model may still be served, and training itself reports the device error.
+    """
+    from training.train import TrainingError, resolve_device, resolve_precision
+
+    try:
+        device = resolve_device(settings.device)
+    except TrainingError:
+        return settings
+    return settings.model_copy(update={"precision": resolve_precision(settings.precision, device)})
 
 
 def full_settings(**overrides: Any) -> TrainSettings:

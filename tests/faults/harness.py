@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from engine.settings import EngineSettings
+from finpulse.cpu import cpu_model_name
 from stream.cli.supervise import health, start_worker_process, unlink_prefix, wait_worker_ready
 from stream.settings import StreamSettings
 from stream.windows import SCORE_SCALE, SENTIMENT_FIELDS, bucket_start
@@ -479,12 +480,7 @@ def diff_states(want: dict[str, dict[str, int]], got: dict[str, dict[str, int]],
 
 
 def machine() -> str:
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model_name() or platform.processor() or ""
     mem = ""
     with contextlib.suppress(OSError, ValueError, IndexError):
         kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])

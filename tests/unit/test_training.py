@@ -519,7 +519,7 @@ _ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd {extra}\nCPU implementer\t:
 
 
 def test_bf16_is_detected_from_the_cpu_flags() -> None:
-    from finpulse.cpu import cpu_flags, cpu_has_bf16
+    from finpulse.cpu import cpu_flags, cpu_has_bf16, cpu_model_name
 
     assert cpu_has_bf16(_X86_CPUINFO.format(extra="avx512_bf16 avx512_vnni"))
     assert cpu_has_bf16(_X86_CPUINFO.format(extra="amx_bf16 amx_tile"))
@@ -527,6 +527,8 @@ def test_bf16_is_detected_from_the_cpu_flags() -> None:
     assert cpu_has_bf16(_ARM_CPUINFO.format(extra="bf16 i8mm"))
     assert not cpu_has_bf16(_ARM_CPUINFO.format(extra="i8mm"))
     assert cpu_flags("") == frozenset() and not cpu_has_bf16("model name : something\n")
+    assert cpu_model_name("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n") == "AMD EPYC 9R14"
+    assert cpu_model_name(_ARM_CPUINFO.format(extra="")) is None
 
 
 def test_precision_auto_follows_the_hardware_and_never_hides_a_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -561,6 +563,10 @@ def test_quick_recipe_fills_its_budget_in_either_precision(monkeypatch: pytest.M
         assert quick_settings(num_threads=2, device="cpu", max_steps=7).max_steps == 7
     # The arithmetic is part of the model's identity: a bf16 model is not reused as the fp32 one.
     assert recipe_hash(made[True]) != recipe_hash(made[False])
+    # A device this machine lacks does not fail the recipe (a cached model can still be served);
+    # training itself reports it.
+    if not torch.cuda.is_available():
+        assert quick_settings(num_threads=2, device="cuda").precision == "auto"
 
 
 @pytest.mark.slow
