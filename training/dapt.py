@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from torch.nn import functional as F  # noqa: N812 - torch's own convention
 
 from engine.tokenize import BatchTokenizer
 from training.data import TASKS, load_task_data, read_records
+from training.overlap import Exclusion, exclude_validation, normalise_text
 from training.settings import TrainSettings
 from training.train import (
     PRETRAIN_FILE,
@@ -50,81 +50,6 @@ from training.train import (
 )
 
 log = structlog.get_logger(__name__)
-
-#: words per shingle for the near-duplicate test: pairs, so reordered headlines still differ
-SHINGLE = 2
-MINHASH_PERM = 64
-#: how far below the near-duplicate threshold LSH looks for candidates
-LSH_SLACK = 0.25
-
-_URL = re.compile(r"https?://\S+|www\.\S+")
-_RT = re.compile(r"^rt\s+@\w+:?\s*")
-_WORD = re.compile(r"[a-z0-9$#%]+")
-
-
-def normalise_text(text: str) -> str:
-    """The form two texts are compared in: lower case, no links or retweet prefix, words only."""
-    s = _URL.sub(" ", text.lower())
-    s = _RT.sub("", s.strip())
-    return " ".join(_WORD.findall(s))
-
-
-def _shingles(norm: str) -> set[bytes]:
-    words = norm.split()
-    if len(words) < SHINGLE:
-        return {w.encode() for w in words}
-    return {" ".join(words[i : i + SHINGLE]).encode() for i in range(len(words) - SHINGLE + 1)}
-
-
-@dataclass
-class Exclusion:
-    """Which corpus texts were left out because they match a validation text, and how."""
-
-    kept: list[str]
-    exact: int = 0
-    near: int = 0
-    examples: list[tuple[str, str]] = field(default_factory=list)
-
-
-def exclude_validation(corpus: list[str], validation: list[str], threshold: float) -> Exclusion:
-    """Drop every corpus text equal (normalised) or near-equal (shingle Jaccard >= threshold) to a validation text.
-
-    MinHash LSH finds the candidates; each candidate is confirmed on its exact shingle Jaccard, so
-    the estimate's noise can only add a comparison, never decide on its own.
-    """
-    from datasketch import MinHash, MinHashLSH
-
-    valid_norm = [normalise_text(v) for v in validation]
-    exact_keys = {v for v in valid_norm if v}
-    valid_sh = [_shingles(v) for v in valid_norm]
-    # LSH is probabilistic: a pair just above the threshold can miss its band. Asking it for pairs
-    # well below the threshold makes such a miss vanishingly rare; the exact check then decides.
-    lsh = MinHashLSH(threshold=max(0.2, threshold - LSH_SLACK), num_perm=MINHASH_PERM)
-    for i, mh in enumerate(MinHash.bulk([sorted(s) for s in valid_sh], num_perm=MINHASH_PERM)):
-        if valid_sh[i]:
-            lsh.insert(str(i), mh, check_duplication=False)
-    out = Exclusion(kept=[])
-    norms = [normalise_text(t) for t in corpus]
-    sh = [_shingles(n) for n in norms]
-    hashes = MinHash.bulk([sorted(s) for s in sh], num_perm=MINHASH_PERM)
-    for text, norm, shingles, mh in zip(corpus, norms, sh, hashes, strict=True):
-        if norm in exact_keys:
-            out.exact += 1
-            continue
-        match = None
-        if shingles:
-            for key in lsh.query(mh):
-                other = valid_sh[int(key)]
-                if len(shingles & other) / len(shingles | other) >= threshold:
-                    match = int(key)
-                    break
-        if match is not None:
-            out.near += 1
-            if len(out.examples) < 5:
-                out.examples.append((text, validation[match]))
-            continue
-        out.kept.append(text)
-    return out
 
 
 @dataclass

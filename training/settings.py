@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from finpulse.cpu import usable_cores
 from finpulse.paths import default_data_dir
+from training.overlap import NEAR_COPY
 
 ClassWeighting = Literal["balanced", "weighted", "none"]
 Selection = Literal["mean", "per-head"]
@@ -125,7 +126,7 @@ class TrainSettings(BaseSettings):
     pretrain_lr: float = Field(default=5e-5, gt=0, description="Peak masked-LM learning rate.")
     pretrain_mask_prob: float = Field(default=0.15, gt=0, lt=1, description="Share of tokens masked (80/10/10).")
     pretrain_near_duplicate: float = Field(
-        default=0.7,
+        default=NEAR_COPY,
         gt=0,
         le=1,
         description="Corpus texts whose word-shingle Jaccard with any validation text reaches this are left out.",

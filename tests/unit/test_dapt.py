@@ -8,12 +8,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.support.tiny_bert import make_tiny_encoder
-from training.dapt import PRETRAIN_FILE, _shingles, build_corpus, exclude_validation, normalise_text, pretrain
+from training.dapt import build_corpus, pretrain
+from training.overlap import exclude_validation, normalise_text, shingles
 from training.settings import TrainSettings
-from training.train import train
+from training.train import PRETRAIN_FILE, load_splits, train, unseen_reports
 
 WORDS = (
     "apple tesla oil fed rates cut raise guidance beats misses shares fall rise bank merger deal ipo "
@@ -30,7 +32,7 @@ def _write(path: Path, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> 
 
 
 def _jaccard(a: str, b: str) -> float:
-    x, y = _shingles(normalise_text(a)), _shingles(normalise_text(b))
+    x, y = shingles(normalise_text(a)), shingles(normalise_text(b))
     return len(x & y) / len(x | y) if x | y else 0.0
 
 
@@ -154,3 +156,17 @@ def test_pretraining_lowers_held_out_loss_and_the_encoder_fine_tunes(dapt_data: 
     result = train(_settings(dapt_data, base_dir=out, max_steps=5, batch_size=8, evals_per_epoch=0), tmp_path / "m")
     assert set(result.metrics["heads"]) == {"sentiment", "topic"}
     assert "masked-LM" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+
+
+def test_validation_rows_copied_from_training_are_scored_apart(dapt_data: Path) -> None:
+    splits = load_splits(_settings(dapt_data, calibration_fraction=0.0))
+    sent = next(sp for sp in splits if sp.task == "sentiment")
+    assert sent.valid is not None
+    # Logits that get every row right: the unseen score is then 1 on whatever rows remain.
+    logits = np.eye(len(sent.valid.labels), dtype=np.float32)[sent.valid.label_ids]
+    rep = unseen_reports(splits, {"sentiment": logits})
+    assert set(rep) == {"sentiment"}  # no logits were given for topic
+    # One of the two validation headlines has a prefixed copy in the training file.
+    assert rep["sentiment"]["copies"] == {"exact": 0, "near": 1}
+    assert rep["sentiment"]["n"] == len(sent.valid) - 1
+    assert rep["sentiment"]["accuracy"] == 1.0
