@@ -44,6 +44,7 @@ from training.train import (
     _progress,
     batch_stream,
     lr_lambda,
+    require_base,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -166,9 +167,7 @@ def pretrain(settings: TrainSettings, out_dir: str | Path, *, console: Console |
 
 def _pretrain(settings: TrainSettings, out: Path, console: Console) -> dict[str, Any]:
     t0 = time.perf_counter()
-    if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
-        raise TrainingError(f"base encoder {settings.base_dir!s} not found: pass --base or set FINPULSE_TRAIN_BASE_DIR")
-    base = Path(settings.base_dir)
+    base = require_base(settings)
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.threads())

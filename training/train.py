@@ -400,6 +400,20 @@ def calibrate(
     return out
 
 
+#: weight files a Hugging Face encoder directory may hold
+WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+
+def require_base(settings: TrainSettings) -> Path:
+    """The base encoder directory, or a ``TrainingError`` naming what is missing (config or weights)."""
+    if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
+        raise TrainingError(f"base encoder {settings.base_dir!s} not found: pass --base or set FINPULSE_TRAIN_BASE_DIR")
+    base = Path(settings.base_dir)
+    if not any((base / name).is_file() for name in WEIGHT_FILES):
+        raise TrainingError(f"base encoder {base} has a config.json but no weights ({' or '.join(WEIGHT_FILES)})")
+    return base
+
+
 def _progress(console: Console, enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -433,9 +447,7 @@ def train(
 def _train(settings: TrainSettings, out: Path, console: Console | None, model_id: str | None) -> TrainResult:
     t_start = time.perf_counter()
     console = console or Console(stderr=True)
-    if settings.base_dir is None or not (Path(settings.base_dir) / "config.json").is_file():
-        raise TrainingError(f"base encoder {settings.base_dir!s} not found: pass --base or set FINPULSE_TRAIN_BASE_DIR")
-    base = Path(settings.base_dir)
+    base = require_base(settings)
     device = resolve_device(settings.device)
     threads = settings.threads()
     if device.type == "cpu":

@@ -15,7 +15,7 @@ from tests.support.tiny_bert import make_tiny_encoder
 from training.dapt import build_corpus, pretrain
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.settings import TrainSettings
-from training.train import PRETRAIN_FILE, load_splits, train, unseen_reports
+from training.train import PRETRAIN_FILE, TrainingError, load_splits, train, unseen_reports
 
 WORDS = (
     "apple tesla oil fed rates cut raise guidance beats misses shares fall rise bank merger deal ipo "
@@ -170,3 +170,11 @@ def test_validation_rows_copied_from_training_are_scored_apart(dapt_data: Path) 
     assert rep["sentiment"]["copies"] == {"exact": 0, "near": 1}
     assert rep["sentiment"]["n"] == len(sent.valid) - 1
     assert rep["sentiment"]["accuracy"] == 1.0
+
+
+def test_a_base_without_weights_is_a_training_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(TrainingError, match="no weights"):
+        pretrain(TrainSettings(base_dir=tmp_path, data_dir=None, progress=False), tmp_path / "out")
+    with pytest.raises(TrainingError, match="no weights"):
+        train(TrainSettings(base_dir=tmp_path, data_dir=None, progress=False), tmp_path / "out")
