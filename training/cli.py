@@ -74,6 +74,15 @@ def _d(name: str, text: str = "") -> str:
     default=None,
     help=_d("precision", "bf16 autocast where the hardware has it (auto), or force one."),
 )
+@click.option(
+    "--teacher",
+    "teachers",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    help="A trained finpulse model to distill from (repeat for an ensemble).",
+)
+@click.option("--distill-weight", type=float, default=None, help=_d("distill_weight"))
+@click.option("--teacher-cache", "teacher_cache_dir", type=_PATH, default=None, help="Reuse teacher passes here.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", "num_threads", type=int, default=None, help="torch CPU threads (default: cores available).")
 @click.option("--progress/--no-progress", default=None)
@@ -82,7 +91,7 @@ def train_cmd(out_dir: Path, **options: Any) -> None:
     from training.settings import TrainSettings
     from training.train import TrainingError, train
 
-    given = {k: v for k, v in options.items() if v is not None}
+    given = {k: v for k, v in options.items() if v is not None and v != ()}
     # Explicit data files win; a --data-dir only moves the ones not given.
     settings = TrainSettings(**given)
     console = Console(stderr=True)

@@ -109,6 +109,18 @@ class TrainSettings(BaseSettings):
         "checkpoint, but patience resets whenever any head reaches its own best.",
     )
 
+    # --- distillation --------------------------------------------------------------------------
+    teachers: list[Path] = Field(
+        default_factory=list,
+        description="Trained finpulse models whose mean calibrated probabilities the student also learns from.",
+    )
+    distill_weight: float = Field(
+        default=0.5, ge=0, le=1, description="Share of the loss on the teachers' probabilities (KL), the rest gold."
+    )
+    teacher_cache_dir: Path | None = Field(
+        default=None, description="Keep the teachers' probabilities here, so several student seeds share one pass."
+    )
+
     # --- domain-adaptive pretraining (``finpulse pretrain``) -------------------------------------
     # Masked-LM on unlabelled in-domain text before fine-tuning; these shape the adapted encoder
     # (recorded in its ``pretrain.json``), not the fine-tuned heads, so they stay out of

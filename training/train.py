@@ -39,6 +39,7 @@ from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
+from training.distill import DistillError, teacher_identity, teacher_probabilities
 from training.evaluate import predict_logits
 from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
 from training.overlap import NEAR_COPY, exclude_validation
@@ -272,6 +273,10 @@ def run_identity(settings: TrainSettings) -> dict[str, Any]:
         "weights_bytes": weights.stat().st_size if weights and weights.is_file() else None,
     }
     adapted = base / PRETRAIN_FILE if base else None
+    if settings.teachers:
+        # Only when distilling, so the hashes of models trained without teachers stay what they were.
+        base_identity["teachers"] = [teacher_identity(Path(t)) for t in settings.teachers]
+        base_identity["distill_weight"] = settings.distill_weight
     if adapted is not None and adapted.is_file():
         # Two adapted encoders have the same size and may share a name: their settings tell them apart.
         # (Only added here, so the hashes of models on a plain base stay what they were.)
@@ -464,6 +469,30 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
         sp.train_tok = tokenizer.tokenize(sp.train.texts)
         sp.valid_tok = tokenizer.tokenize(sp.valid.texts) if sp.valid is not None else None
 
+    soft: dict[str, torch.Tensor] = {}
+    if settings.teachers:
+        t_teach = time.perf_counter()
+        for sp in splits:
+            # The teachers score every distinct text of the training file, not this seed's share of it (the
+            # calibration rows move with the seed), so one cached pass serves every student seed.
+            distinct = list(dict.fromkeys(load_task_data(sp.train.source, sp.task).texts))
+            row = {t: i for i, t in enumerate(distinct)}
+            try:
+                probs_all = teacher_probabilities(
+                    [Path(t) for t in settings.teachers],
+                    sp.task,
+                    tuple(sp.train.labels),
+                    distinct,
+                    max_seq_len=settings.max_seq_len,
+                    batch_size=settings.eval_batch_size,
+                    bf16=precision == "bf16" and device.type == "cpu",
+                    cache_dir=settings.teacher_cache_dir,
+                )
+            except DistillError as exc:
+                raise TrainingError(str(exc)) from exc
+            soft[sp.task] = torch.from_numpy(probs_all[[row[t] for t in sp.train.texts]]).to(device)
+        log.info("teachers_ready", teachers=len(settings.teachers), seconds=round(time.perf_counter() - t_teach, 1))
+
     heads = [HeadSpec(sp.task, sp.train.labels) for sp in splits]
     model = new_multihead_model(base, heads, dropout=settings.dropout)
     trainable = freeze_parameters(model, settings)
@@ -554,6 +583,13 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             loss = nn.functional.cross_entropy(
                 logits.float(), labels, weight=weights[task], label_smoothing=settings.label_smoothing
             )
+            if task in soft:
+                # KL to the teachers' calibrated probabilities at temperature 1: they are already calibrated,
+                # so no extra softening is needed for the student to see the teachers' second choices.
+                kd = nn.functional.kl_div(
+                    nn.functional.log_softmax(logits.float(), dim=-1), soft[task][idx], reduction="batchmean"
+                )
+                loss = (1 - settings.distill_weight) * loss + settings.distill_weight * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
@@ -667,6 +703,14 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
         "history": history,
         "calibration": calibration,
         "unseen": unseen,
+        "distillation": (
+            {
+                "teachers": [teacher_identity(Path(t))["model_id"] for t in settings.teachers],
+                "weight": settings.distill_weight,
+            }
+            if settings.teachers
+            else None
+        ),
         "config_hash": run_hash,
     }
     save_trained(model, out, metrics, base, model_id=model_id or f"finpulse-{out.name}-{run_hash[:8]}")
@@ -771,6 +815,14 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
             f"{metrics['steps_per_second']} steps/s, validation {metrics['eval_seconds']:.0f} s)"
         ),
         f"- task mix (batch draw probabilities): {', '.join(f'{t} {p:.2f}' for t, p in metrics['task_mix'].items())}",
+        *(
+            [
+                f"- distilled from {len(d['teachers'])} teacher(s) ({', '.join(d['teachers'])}): "
+                f"{d['weight']} of the loss is the KL to their mean calibrated probabilities"
+            ]
+            if (d := metrics.get("distillation"))
+            else []
+        ),
         "",
         "| hyperparameter | value |",
         "|---|---|",

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.tiny_bert import make_tiny_encoder
 from training.dapt import build_corpus, pretrain
+from training.data import load_task_data
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.settings import TrainSettings
 from training.train import PRETRAIN_FILE, TrainingError, load_splits, train, unseen_reports
@@ -178,3 +179,37 @@ def test_a_base_without_weights_is_a_training_error(tmp_path: Path) -> None:
         pretrain(TrainSettings(base_dir=tmp_path, data_dir=None, progress=False), tmp_path / "out")
     with pytest.raises(TrainingError, match="no weights"):
         train(TrainSettings(base_dir=tmp_path, data_dir=None, progress=False), tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_student_learns_from_teachers_and_shares_their_pass(dapt_data: Path, tmp_path: Path) -> None:
+    teacher = train(_settings(dapt_data, max_steps=30, batch_size=8, lr=3e-3, evals_per_epoch=0), tmp_path / "t")
+    cache = tmp_path / "cache"
+    kw: dict[str, Any] = {"max_steps": 10, "batch_size": 8, "evals_per_epoch": 0, "teacher_cache_dir": cache}
+    student = train(_settings(dapt_data, teachers=[teacher.out_dir], **kw), tmp_path / "s")
+    assert student.metrics["distillation"]["teachers"] == [
+        json.loads((teacher.out_dir / "config.json").read_text())["finpulse_model_id"]
+    ]
+    assert "distilled from 1 teacher" in (tmp_path / "s" / "MODEL_CARD.md").read_text()
+    written = sorted(cache.iterdir())
+    assert [p.name.split("-")[0] for p in written] == ["sentiment", "topic"]
+    # The teachers' probabilities: one row per distinct text of the training file, each summing to one.
+    probs = np.load(written[0])
+    assert probs.shape[0] == len(set(load_task_data(dapt_data / "sentiment_train.csv", "sentiment").texts))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # A second student (another seed) reuses them, and distilling is part of the model's identity.
+    again = train(_settings(dapt_data, teachers=[teacher.out_dir], seed=14, **kw), tmp_path / "s2")
+    assert sorted(cache.iterdir()) == written
+    plain = train(_settings(dapt_data, **{k: v for k, v in kw.items() if k != "teacher_cache_dir"}), tmp_path / "p")
+    assert plain.metrics["distillation"] is None
+    assert plain.metrics["config_hash"] != student.metrics["config_hash"]
+    assert again.metrics["config_hash"] != student.metrics["config_hash"]
+
+
+def test_a_teacher_without_the_head_is_refused(dapt_data: Path, tmp_path: Path) -> None:
+    only_sentiment = train(
+        _settings(dapt_data, topic_train=None, topic_valid=None, max_steps=2, batch_size=8, evals_per_epoch=0),
+        tmp_path / "t",
+    )
+    with pytest.raises(TrainingError, match="no 'topic' head"):
+        train(_settings(dapt_data, teachers=[only_sentiment.out_dir], max_steps=2, batch_size=8), tmp_path / "s")

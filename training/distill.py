@@ -1,0 +1,95 @@
+"""Knowledge distillation: soft targets from trained teachers (one model or a seed ensemble) for a student.
+
+An ensemble of a few seeds of the same recipe scores clearly above any one of them (MODEL_CARD.md);
+distillation trains one student, at one model's serving cost, towards the ensemble's averaged,
+calibrated probabilities on the training texts, alongside the gold labels.
+
+The teachers' probabilities are computed once per run, in the teachers' own tokenization and
+temperature, on the rows the student trains on (never on validation or calibration rows), and can be
+cached on disk so that several student seeds share one teacher pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+
+from engine.modeling import load_model
+from engine.tokenize import BatchTokenizer
+from training.evaluate import predict_logits
+
+log = structlog.get_logger(__name__)
+
+
+class DistillError(ValueError):
+    """A teacher cannot teach this student: missing head, other labels, unreadable model."""
+
+
+def teacher_identity(path: Path) -> dict[str, Any]:
+    """What distinguishes one teacher from another: its id and training hash, not where it lies."""
+    cfg = json.loads((path / "config.json").read_text())
+    return {
+        "model_id": cfg.get("finpulse_model_id", path.name),
+        "config_hash": (cfg.get("finpulse_training") or {}).get("config_hash"),
+    }
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def teacher_probabilities(
+    teachers: list[Path],
+    task: str,
+    labels: tuple[str, ...],
+    texts: list[str],
+    *,
+    max_seq_len: int,
+    batch_size: int = 128,
+    bf16: bool = False,
+    cache_dir: Path | None = None,
+) -> np.ndarray:
+    """The teachers' mean calibrated probabilities for ``texts`` on head ``task``: float32 (len(texts), len(labels)).
+
+    Raises ``DistillError`` when a teacher has no such head or orders its labels differently.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            {"teachers": [teacher_identity(t) for t in teachers], "task": task, "labels": labels, "len": max_seq_len},
+            sort_keys=True,
+        ).encode()
+        + "\n".join(texts).encode()
+    ).hexdigest()[:16]
+    cached = cache_dir / f"{task}-{key}.npy" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        log.info("teacher_probabilities_cached", task=task, path=str(cached))
+        arr: np.ndarray = np.load(cached)
+        return arr
+    total = np.zeros((len(texts), len(labels)), dtype=np.float64)
+    for path in teachers:
+        loaded = load_model(path)
+        names = loaded.model.head_names
+        if task not in names:
+            raise DistillError(f"teacher {path} has no {task!r} head (heads: {', '.join(names)})")
+        spec = loaded.model.head_specs[names.index(task)]
+        if tuple(spec.labels) != tuple(labels):
+            raise DistillError(f"teacher {path} orders the {task} labels {spec.labels}, the student {labels}")
+        tok = BatchTokenizer.from_model_dir(path, max_seq_len=max_seq_len)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = predict_logits(loaded.model, tok, texts, batch_size=batch_size)[names.index(task)]
+        total += _softmax(logits.astype(np.float64) / spec.temperature)
+        log.info("teacher_done", task=task, teacher=loaded.model_id, rows=len(texts))
+    probs = (total / len(teachers)).astype(np.float32)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, probs)
+    return probs
