@@ -604,7 +604,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 bar, advance=1, info=f"loss {np.mean(loss_history[-50:]):.4f} lr {scheduler.get_last_lr()[0]:.2e}"
             )
 
-            if has_valid and (step % eval_every == 0 or step == total_steps):
+            # A scheduled validation a few steps before the end would be repeated by the final one (a minute of
+            # CPU each): skip it when less than a quarter of an interval remains.
+            scheduled = step % eval_every == 0 and total_steps - step >= max(1, eval_every // 4)
+            if has_valid and (scheduled or step == total_steps):
                 train_seconds += time.perf_counter() - t_loop
                 t_eval = time.perf_counter()
                 progress.update(bar, info="validating...")

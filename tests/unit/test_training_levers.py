@@ -213,3 +213,14 @@ def test_a_teacher_without_the_head_is_refused(dapt_data: Path, tmp_path: Path) 
     )
     with pytest.raises(TrainingError, match="no 'topic' head"):
         train(_settings(dapt_data, teachers=[only_sentiment.out_dir], max_steps=2, batch_size=8), tmp_path / "s")
+
+
+def test_no_scheduled_validation_just_before_the_final_one(dapt_data: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"batch_size": 4, "evals_per_epoch": 1, "calibration_fraction": 0.0, "patience": 50}
+    probe = train(_settings(dapt_data, max_steps=1, **kw), tmp_path / "probe")
+    every = probe.metrics["steps_per_epoch"]
+    assert every >= 8  # enough steps for a quarter interval to mean something
+    near_end = train(_settings(dapt_data, max_steps=every + 1, **kw), tmp_path / "a")
+    assert [h["step"] for h in near_end.metrics["history"]] == [every + 1]
+    two = train(_settings(dapt_data, max_steps=2 * every, **kw), tmp_path / "b")
+    assert [h["step"] for h in two.metrics["history"]] == [every, 2 * every]
