@@ -41,9 +41,9 @@ from training.train import (
     PRETRAIN_FILE,
     TOKENIZER_FILES,
     TrainingError,
-    _progress,
     batch_stream,
     lr_lambda,
+    progress_bar,
     require_base,
     resolve_device,
     resolve_precision,
@@ -245,7 +245,7 @@ def _pretrain(settings: TrainSettings, out: Path, console: Console) -> dict[str,
         epochs=round(steps * settings.pretrain_batch_size / max(1, len(train_texts)), 2),
     )
     mlm.model.train()
-    with _progress(console, settings.progress) as progress:
+    with progress_bar(console, settings.progress) as progress:
         bar = progress.add_task("masked-LM", total=steps, info="")
         for step in range(steps):
             enc = tokenizer.collate(tok, next(batches))

@@ -419,7 +419,8 @@ def require_base(settings: TrainSettings) -> Path:
     return base
 
 
-def _progress(console: Console, enabled: bool) -> Progress:
+def progress_bar(console: Console, enabled: bool) -> Progress:
+    """The rich progress bar every training command shows (steps, elapsed, remaining, a free text)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -564,7 +565,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     train_seconds = 0.0
     eval_seconds = 0.0
 
-    with _progress(console, settings.progress) as progress:
+    with progress_bar(console, settings.progress) as progress:
         bar = progress.add_task("training", total=total_steps, info="")
         t_loop = time.perf_counter()
         while step < total_steps:
