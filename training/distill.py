@@ -40,6 +40,14 @@ def teacher_identity(path: Path) -> dict[str, Any]:
     }
 
 
+def distillation_loss(logits: torch.Tensor, target: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+    """KL(target || softmax(logits)) per row, averaged with ``row_weights`` (the gold class's loss weight)."""
+    per_row = torch.nn.functional.kl_div(torch.nn.functional.log_softmax(logits, dim=-1), target, reduction="none").sum(
+        dim=-1
+    )
+    return (per_row * row_weights).sum() / row_weights.sum()
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -39,7 +39,7 @@ from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
-from training.distill import DistillError, teacher_identity, teacher_probabilities
+from training.distill import DistillError, distillation_loss, teacher_identity, teacher_probabilities
 from training.evaluate import predict_logits
 from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
 from training.overlap import NEAR_COPY, exclude_validation
@@ -587,9 +587,9 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             if task in soft:
                 # KL to the teachers' calibrated probabilities at temperature 1: they are already calibrated,
                 # so no extra softening is needed for the student to see the teachers' second choices.
-                kd = nn.functional.kl_div(
-                    nn.functional.log_softmax(logits.float(), dim=-1), soft[task][idx], reduction="batchmean"
-                )
+                # Each row's KL carries its gold class's weight, like the gold loss: unweighted, the soft
+                # targets pulled rare topics towards frequent ones (MODEL_CARD row O).
+                kd = distillation_loss(logits.float(), soft[task][idx], weights[task][labels])
                 loss = (1 - settings.distill_weight) * loss + settings.distill_weight * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,10 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from tests.support.tiny_bert import make_tiny_encoder
 from training.dapt import build_corpus, pretrain
 from training.data import load_task_data
+from training.distill import distillation_loss
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.settings import TrainSettings
 from training.train import PRETRAIN_FILE, TrainingError, load_splits, train, unseen_reports
@@ -224,3 +226,15 @@ def test_no_scheduled_validation_just_before_the_final_one(dapt_data: Path, tmp_
     assert [h["step"] for h in near_end.metrics["history"]] == [every + 1]
     two = train(_settings(dapt_data, max_steps=2 * every, **kw), tmp_path / "b")
     assert [h["step"] for h in two.metrics["history"]] == [every, 2 * every]
+
+
+def test_distillation_loss_is_a_weighted_kl() -> None:
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    target = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    even = distillation_loss(logits, target, torch.ones(2))
+    expected = torch.nn.functional.kl_div(torch.log_softmax(logits, -1), target, reduction="batchmean")
+    torch.testing.assert_close(even, expected)
+    # The second row is much further from its target: weighting it up raises the loss, down lowers it.
+    assert distillation_loss(logits, target, torch.tensor([1.0, 3.0])) > even
+    assert distillation_loss(logits, target, torch.tensor([3.0, 1.0])) < even
+    assert float(distillation_loss(torch.log(target), target, torch.tensor([1.0, 5.0]))) == pytest.approx(0.0, abs=1e-6)
