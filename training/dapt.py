@@ -43,6 +43,7 @@ from training.train import (
     TrainingError,
     batch_stream,
     lr_lambda,
+    no_weight_decay,
     progress_bar,
     require_base,
     resolve_device,
@@ -224,8 +225,8 @@ def _pretrain(settings: TrainSettings, out: Path, console: Console) -> dict[str,
 
     before = held_loss()
     params = [p for p in mlm.model.parameters() if p.requires_grad]
-    decay = [p for n, p in mlm.model.named_parameters() if p.requires_grad and not _no_decay(n)]
-    no_decay = [p for n, p in mlm.model.named_parameters() if p.requires_grad and _no_decay(n)]
+    decay = [p for n, p in mlm.model.named_parameters() if p.requires_grad and not no_weight_decay(n)]
+    no_decay = [p for n, p in mlm.model.named_parameters() if p.requires_grad and no_weight_decay(n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.pretrain_lr,
@@ -313,10 +314,6 @@ def _pretrain(settings: TrainSettings, out: Path, console: Console) -> dict[str,
     (out / PRETRAIN_FILE).write_text(json.dumps(report, indent=2, default=str))
     log.info("pretrain_done", out=str(out), held_before=before, held_after=after, wall_s=report["wall_seconds"])
     return report
-
-
-def _no_decay(name: str) -> bool:
-    return name.endswith("bias") or "LayerNorm" in name
 
 
 def _base_name(base: Path) -> str:

@@ -207,6 +207,11 @@ def lr_lambda(warmup: int, total: int) -> Any:
     return f
 
 
+def no_weight_decay(name: str) -> bool:
+    """Biases and LayerNorm weights are not decayed (the usual BERT fine-tuning rule)."""
+    return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+
+
 def build_optimizer(model: MultiHeadClassifier, settings: TrainSettings) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and LayerNorm weights; the heads may have their own peak LR."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
@@ -214,7 +219,7 @@ def build_optimizer(model: MultiHeadClassifier, settings: TrainSettings) -> torc
         if not p.requires_grad:
             continue
         is_head = name.startswith("heads.")
-        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        no_decay = no_weight_decay(name)
         groups.setdefault((is_head, no_decay), []).append(p)
     head_lr = settings.head_lr or settings.lr
     params = [
