@@ -83,6 +83,12 @@ def _d(name: str, text: str = "") -> str:
 )
 @click.option("--distill-weight", type=float, default=None, help=_d("distill_weight"))
 @click.option("--teacher-cache", "teacher_cache_dir", type=_PATH, default=None, help="Reuse teacher passes here.")
+@click.option(
+    "--self-train/--no-self-train", default=None, help=_d("self_train", "Pseudo-label StockNet with the teachers.")
+)
+@click.option("--self-train-corpus", type=_FILE, default=None, help=_d("self_train_corpus"))
+@click.option("--self-train-pool", type=int, default=None, help=_d("self_train_pool"))
+@click.option("--self-train-threshold", type=float, default=None, help=_d("self_train_threshold"))
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N.")
 @click.option("--threads", "num_threads", type=int, default=None, help="torch CPU threads (default: cores available).")
 @click.option("--progress/--no-progress", default=None)

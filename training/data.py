@@ -159,6 +159,17 @@ class TaskData:
             source=self.source,
         )
 
+    def with_rows(self, texts: Sequence[str], label_ids: np.ndarray) -> TaskData:
+        """These rows plus ``texts`` labelled ``label_ids`` (rows from no file: line -1), e.g. pseudo-labels."""
+        return TaskData(
+            task=self.task,
+            labels=self.labels,
+            texts=[*self.texts, *texts],
+            label_ids=np.concatenate([self.label_ids, np.asarray(label_ids, dtype=self.label_ids.dtype)]),
+            lines=[*self.lines, *([-1] * len(texts))],
+            source=self.source,
+        )
+
     def subset(self, n: int | None, seed: int) -> TaskData:
         """At most ``n`` rows drawn at random (files are often sorted by label, so never the first ``n``)."""
         if n is None or n >= len(self):

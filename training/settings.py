@@ -121,6 +121,23 @@ class TrainSettings(BaseSettings):
         default=None, description="Keep the teachers' probabilities here, so several student seeds share one pass."
     )
 
+    # --- self-training (pseudo-labels from the teachers) ----------------------------------------
+    self_train: bool = Field(
+        default=False,
+        description="Add unlabelled corpus rows that the teachers label confidently to the training rows.",
+    )
+    self_train_corpus: Path | None = Field(
+        default=None,
+        description="Unlabelled CSV/JSONL with a text column (default: <data_dir>/stocknet-tweets/stream.csv).",
+    )
+    self_train_tasks: list[str] = Field(
+        default_factory=lambda: ["sentiment"], description="Heads that get pseudo-labelled rows."
+    )
+    self_train_pool: int = Field(default=20_000, ge=1, description="Corpus texts the teachers score (fixed sample).")
+    self_train_threshold: float = Field(
+        default=0.9, gt=0, le=1, description="Keep a row when the teachers' mean probability of one class reaches this."
+    )
+
     # --- domain-adaptive pretraining (``finpulse pretrain``) -------------------------------------
     # Masked-LM on unlabelled in-domain text before fine-tuning; these shape the adapted encoder
     # (recorded in its ``pretrain.json``), not the fine-tuned heads, so they stay out of
@@ -175,6 +192,8 @@ class TrainSettings(BaseSettings):
                 self.topic_valid = d / TOPIC_SUBDIR / "valid.csv"
             if self.pretrain_corpus is None:
                 self.pretrain_corpus = d / STOCKNET_SUBDIR / "stream.csv"
+            if self.self_train_corpus is None:
+                self.self_train_corpus = d / STOCKNET_SUBDIR / "stream.csv"
         return self
 
     def threads(self) -> int:

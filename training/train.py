@@ -43,6 +43,7 @@ from training.distill import DistillError, distillation_loss, teacher_identity, 
 from training.evaluate import predict_logits
 from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
 from training.overlap import NEAR_COPY, exclude_validation
+from training.selftrain import PseudoLabels, pseudo_label, unlabelled_pool
 from training.settings import TrainSettings, config_hash
 
 log = structlog.get_logger(__name__)
@@ -282,6 +283,13 @@ def run_identity(settings: TrainSettings) -> dict[str, Any]:
         # Only when distilling, so the hashes of models trained without teachers stay what they were.
         base_identity["teachers"] = [teacher_identity(Path(t)) for t in settings.teachers]
         base_identity["distill_weight"] = settings.distill_weight
+    if settings.self_train:
+        base_identity["self_train"] = {
+            "corpus": _file_identity(settings.self_train_corpus),
+            "tasks": sorted(settings.self_train_tasks),
+            "pool": settings.self_train_pool,
+            "threshold": settings.self_train_threshold,
+        }
     if adapted is not None and adapted.is_file():
         # Two adapted encoders have the same size and may share a name: their settings tell them apart.
         # (Only added here, so the hashes of models on a plain base stay what they were.)
@@ -315,6 +323,54 @@ def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list
     if not splits:
         raise TrainingError("no training data: set sentiment_train and/or topic_train (or data_dir)")
     return splits
+
+
+def add_pseudo_labels(settings: TrainSettings, splits: list[TaskSplit], *, bf16: bool) -> dict[str, PseudoLabels]:
+    """With ``self_train`` on: label a fixed sample of the unlabelled corpus with the teachers and append the
+    confident rows to the training rows of ``self_train_tasks`` (in place). Returns them per head.
+
+    The pool leaves out every (near) copy of both tasks' full validation files, whatever ``valid_limit`` keeps.
+    """
+    if not settings.self_train:
+        return {}
+    if not settings.teachers:
+        raise TrainingError("self-training needs teachers to label the corpus: pass --teacher (repeat for several)")
+    corpus = settings.self_train_corpus
+    if corpus is None or not Path(corpus).is_file():
+        raise TrainingError(f"self-training corpus {corpus} not found: pass --self-train-corpus or the data folder")
+    unknown = set(settings.self_train_tasks) - set(TASKS)
+    if unknown:
+        raise TrainingError(f"self-training tasks {sorted(unknown)} are not heads ({', '.join(TASKS)})")
+    validation: list[str] = []
+    for task in TASKS:
+        valid = getattr(settings, f"{task}_valid", None)
+        if valid is not None and Path(valid).is_file():
+            validation.extend(load_task_data(valid, task).texts)
+    pool, counts = unlabelled_pool(
+        Path(corpus), validation, size=settings.self_train_pool, near_copy=settings.pretrain_near_duplicate
+    )
+    out: dict[str, PseudoLabels] = {}
+    for sp in splits:
+        if sp.task not in settings.self_train_tasks:
+            continue
+        try:
+            got = pseudo_label(
+                [Path(t) for t in settings.teachers],
+                sp.task,
+                tuple(sp.train.labels),
+                pool,
+                threshold=settings.self_train_threshold,
+                max_seq_len=settings.max_seq_len,
+                batch_size=settings.eval_batch_size,
+                bf16=bf16,
+                cache_dir=settings.teacher_cache_dir,
+            )
+        except DistillError as exc:
+            raise TrainingError(str(exc)) from exc
+        got.report.update(counts)
+        sp.train = sp.train.with_rows(got.texts, got.label_ids)
+        out[sp.task] = got
+    return out
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -470,19 +526,20 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     splits = load_splits(settings)
     tasks = [sp.task for sp in splits]
+    bf16_teachers = precision == "bf16" and device.type == "cpu"
+    pseudo = add_pseudo_labels(settings, splits, bf16=bf16_teachers)
     tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_seq_len, pad_multiple=8)
     for sp in splits:
         sp.train_tok = tokenizer.tokenize(sp.train.texts)
         sp.valid_tok = tokenizer.tokenize(sp.valid.texts) if sp.valid is not None else None
 
     soft: dict[str, torch.Tensor] = {}
-    if settings.teachers:
+    if settings.teachers and settings.distill_weight > 0:
         t_teach = time.perf_counter()
         for sp in splits:
             # The teachers score every distinct text of the training file, not this seed's share of it (the
             # calibration rows move with the seed), so one cached pass serves every student seed.
             distinct = list(dict.fromkeys(load_task_data(sp.train.source, sp.task).texts))
-            row = {t: i for i, t in enumerate(distinct)}
             try:
                 probs_all = teacher_probabilities(
                     [Path(t) for t in settings.teachers],
@@ -491,11 +548,16 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                     distinct,
                     max_seq_len=settings.max_seq_len,
                     batch_size=settings.eval_batch_size,
-                    bf16=precision == "bf16" and device.type == "cpu",
+                    bf16=bf16_teachers,
                     cache_dir=settings.teacher_cache_dir,
                 )
             except DistillError as exc:
                 raise TrainingError(str(exc)) from exc
+            if sp.task in pseudo:
+                # Pseudo-labelled rows already carry the teachers' probabilities from their own pass.
+                distinct = [*distinct, *pseudo[sp.task].texts]
+                probs_all = np.concatenate([probs_all, pseudo[sp.task].probs])
+            row = {t: i for i, t in enumerate(distinct)}
             soft[sp.task] = torch.from_numpy(probs_all[[row[t] for t in sp.train.texts]]).to(device)
         log.info("teachers_ready", teachers=len(settings.teachers), seconds=round(time.perf_counter() - t_teach, 1))
 
@@ -717,9 +779,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 "teachers": [teacher_identity(Path(t))["model_id"] for t in settings.teachers],
                 "weight": settings.distill_weight,
             }
-            if settings.teachers
+            if settings.teachers and settings.distill_weight > 0
             else None
         ),
+        "self_training": {task: p.report for task, p in pseudo.items()} or None,
         "config_hash": run_hash,
     }
     save_trained(model, out, metrics, base, model_id=model_id or f"finpulse-{out.name}-{run_hash[:8]}")
@@ -831,6 +894,13 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
             ]
             if (d := metrics.get("distillation"))
             else []
+        ),
+        *(
+            f"- self-training on {task}: {r['kept']:,} of {r['scored']:,} unlabelled corpus texts labelled by the "
+            f"teachers at probability >= {r['threshold']} "
+            f"({', '.join(f'{k} {v:,}' for k, v in r['per_class'].items())}); "
+            f"{r['validation_copies_left_out']:,} copies of validation texts left out of the pool"
+            for task, r in (metrics.get("self_training") or {}).items()
         ),
         "",
         "| hyperparameter | value |",

@@ -17,6 +17,7 @@ from training.dapt import build_corpus, pretrain
 from training.data import load_task_data
 from training.distill import distillation_loss
 from training.overlap import exclude_validation, normalise_text, shingles
+from training.selftrain import unlabelled_pool
 from training.settings import TrainSettings
 from training.train import PRETRAIN_FILE, TrainingError, load_splits, train, unseen_reports
 
@@ -238,3 +239,60 @@ def test_distillation_loss_is_a_weighted_kl() -> None:
     assert distillation_loss(logits, target, torch.tensor([1.0, 3.0])) > even
     assert distillation_loss(logits, target, torch.tensor([3.0, 1.0])) < even
     assert float(distillation_loss(torch.log(target), target, torch.tensor([1.0, 5.0]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_self_training_pool_holds_no_validation_text_and_does_not_move_with_the_seed(dapt_data: Path) -> None:
+    validation = [
+        *load_task_data(dapt_data / "sentiment_valid.csv", "sentiment").texts,
+        *load_task_data(dapt_data / "topic_valid.csv", "topic").texts,
+    ]
+    pool, counts = unlabelled_pool(dapt_data / "stream.csv", validation, size=40, near_copy=0.7)
+    assert len(pool) == counts["pool"] == 40
+    assert counts["distinct"] == counts["read"] - 1  # the verbatim repeat
+    everything, all_counts = unlabelled_pool(dapt_data / "stream.csv", validation, size=10_000, near_copy=0.7)
+    assert all_counts["validation_copies_left_out"] == 1  # the retweeted validation headline
+    assert not {normalise_text(v) for v in validation} & {normalise_text(t) for t in everything}
+    # Fixed sampling: the same pool again, and a sample from the whole file rather than its first rows.
+    assert unlabelled_pool(dapt_data / "stream.csv", validation, size=40, near_copy=0.7)[0] == pool
+    assert set(pool) <= set(everything)
+    file_order = [r[2] for r in list(csv.reader((dapt_data / "stream.csv").read_text().splitlines()))[1:]]
+    assert set(pool) != set(file_order[:40])
+
+
+def test_self_training_without_teachers_is_refused(dapt_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="needs teachers"):
+        train(_settings(dapt_data, self_train=True, self_train_corpus=dapt_data / "stream.csv"), tmp_path / "s")
+
+
+@pytest.mark.slow
+def test_self_training_adds_the_confident_rows_to_the_named_head(dapt_data: Path, tmp_path: Path) -> None:
+    teacher = train(_settings(dapt_data, max_steps=30, batch_size=8, lr=3e-3, evals_per_epoch=0), tmp_path / "t")
+    kw: dict[str, Any] = {
+        "max_steps": 6,
+        "batch_size": 8,
+        "evals_per_epoch": 0,
+        "calibration_fraction": 0.0,
+        "teachers": [teacher.out_dir],
+        "distill_weight": 0.0,
+        "self_train": True,
+        "self_train_corpus": dapt_data / "stream.csv",
+        "teacher_cache_dir": tmp_path / "cache",
+    }
+    # Three classes: the top probability is always at least 1/3, so a threshold of 0.3 keeps every row.
+    every = train(_settings(dapt_data, self_train_threshold=0.3, **kw), tmp_path / "every")
+    rep = every.metrics["self_training"]["sentiment"]
+    gold = len(load_task_data(dapt_data / "sentiment_train.csv", "sentiment"))
+    assert rep["kept"] == rep["scored"] == rep["pool"] > 0
+    assert sum(rep["per_class"].values()) == rep["kept"]
+    assert every.metrics["data"]["sentiment"]["train_rows"] == gold + rep["kept"]
+    assert every.metrics["data"]["topic"]["train_rows"] == len(load_task_data(dapt_data / "topic_train.csv", "topic"))
+    assert set(every.metrics["self_training"]) == {"sentiment"}
+    assert every.metrics["distillation"] is None  # weight 0: the teachers only label
+    assert "self-training on sentiment" in (tmp_path / "every" / "MODEL_CARD.md").read_text()
+    # A stricter threshold keeps a subset of the same pass (the cache is reused), and is another model.
+    strict = train(_settings(dapt_data, self_train_threshold=0.6, **kw), tmp_path / "strict")
+    rep2 = strict.metrics["self_training"]["sentiment"]
+    assert rep2["scored"] == rep["scored"]
+    assert rep2["kept"] <= rep["kept"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert strict.metrics["config_hash"] != every.metrics["config_hash"]
