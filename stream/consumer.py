@@ -73,6 +73,10 @@ class BatchConsumer:
         # Counted at the start of every revocation: records fetched before one belong to a revoked assignment.
         self._revocations = 0
         self._durable: dict[TopicPartition, int] = {}  # next offset whose input is not yet durable
+        # The newest event time of the durable inputs per partition (what a commit of _durable covers).
+        self._durable_ms: dict[TopicPartition, int] = {}
+        # Handed to every window call once committed: the dedupe floor never passes an uncommitted event.
+        processor.committed_event_ms = {}
         self.committed: dict[TopicPartition, int] = {}  # what this worker last committed
         self._dirty = asyncio.Event()
         self._stopping = False
@@ -180,10 +184,13 @@ class BatchConsumer:
         (cancelled batches are never called back) before it commits and forgets the revoked partitions.
         """
 
-        async def done(_: BatchResult) -> None:
+        async def done(result: BatchResult) -> None:
             for tp, end in ends.items():
                 if end > self._durable.get(tp, -1):
                     self._durable[tp] = end
+                ms = result.newest_ms.get(f"{tp.topic}:{tp.partition}")
+                if ms is not None and ms > self._durable_ms.get(tp, -1):
+                    self._durable_ms[tp] = ms
             self._dirty.set()
 
         return done
@@ -206,6 +213,8 @@ class BatchConsumer:
             todo = {tp: off for tp, off in self._durable.items() if tp in assigned and self.committed.get(tp) != off}
             if not todo:
                 return
+            # Read with the offsets, before the commit is awaited: batches made durable meanwhile are not in it.
+            times = {tp: self._durable_ms[tp] for tp in todo if tp in self._durable_ms}
             try:
                 await consumer.commit(todo)
             except (CommitFailedError, IllegalStateError) as exc:
@@ -219,6 +228,12 @@ class BatchConsumer:
                 self._dirty.set()  # try again on the next round
                 return
             self.committed.update(todo)
+            marks = self.processor.committed_event_ms
+            if marks is not None:
+                for tp, ms in times.items():
+                    src = f"{tp.topic}:{tp.partition}"
+                    if ms > marks.get(src, -1):
+                        marks[src] = ms
 
     # --- rebalances and stop ----------------------------------------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -234,6 +249,7 @@ class BatchConsumer:
                 log.warning("revoke_commit_failed", error=type(exc).__name__, detail=str(exc)[:200])
             for tp in revoked:
                 self._durable.pop(tp, None)
+                self._durable_ms.pop(tp, None)
                 self.committed.pop(tp, None)
         log.info("partitions_revoked", partitions=len(revoked), drain_ms=round((time.perf_counter() - t) * 1000, 1))
 
@@ -241,6 +257,8 @@ class BatchConsumer:
         # Positions of a new assignment start at the group's committed offsets (aiokafka fetches them).
         for tp in set(self._durable) - assigned:
             self._durable.pop(tp, None)
+        for tp in set(self._durable_ms) - assigned:
+            self._durable_ms.pop(tp, None)
         for tp in set(self.committed) - assigned:
             self.committed.pop(tp, None)
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))

@@ -86,6 +86,9 @@ class BatchResult:
     dead_letters: int
     alerts: list[Alert]
     statuses: list[WindowStatus]
+    # Per input partition ("topic:partition"): the newest event time among the batch's valid events. The
+    # consumer reports it to the window store once the batch's offsets are committed (the dedupe floor).
+    newest_ms: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -287,6 +290,10 @@ class BatchProcessor:
         # The alert stage (judge, send, settle) runs for one caller at a time: a batch or the tick.
         self._alert_lock = asyncio.Lock()
         self._fault_hits = 0
+        # Per input partition, the newest event time of inputs committed to Kafka, kept by the consumer that
+        # commits them (BatchConsumer). None: no such consumer (tests, tools), and what is counted is
+        # taken as durable. Every window call passes it: the dedupe floor never passes an uncommitted event.
+        self.committed_event_ms: dict[str, int] | None = None
 
     # --- the batch ------------------------------------------------------------------------------
     async def process(self, messages: Sequence[RawMessage]) -> BatchResult:
@@ -466,7 +473,8 @@ class BatchProcessor:
         t0 = time.perf_counter()
         updates, payload = counted.updates, counted.payload
         counted.applied = await self._retry(
-            "redis_apply", lambda: self.store.apply(updates, self.sources, payload=payload)
+            "redis_apply",
+            lambda: self.store.apply(updates, self.sources, payload=payload, committed=self.committed_event_ms),
         )
         self.fault_point("after_redis_apply")
         self.prom.stage.labels("count").observe(time.perf_counter() - t0)
@@ -510,7 +518,14 @@ class BatchProcessor:
             if dlq is not None:
                 await dlq
         self.prom.stage.labels("publish").observe(time.perf_counter() - t0)
-        return BatchResult(scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses)
+        newest: dict[str, int] = {}
+        for e, m in zip(events, batch.sources, strict=True):
+            src = f"{m.topic}:{m.partition}"
+            if e.published_at > newest.get(src, -1):
+                newest[src] = e.published_at
+        return BatchResult(
+            scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses, newest_ms=newest
+        )
 
     async def _classify(self, texts: list[str]) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
@@ -605,7 +620,9 @@ class BatchProcessor:
     async def tick(self) -> list[Alert]:
         """Close buckets without new input: by the wall clock (live mode) and for judges that died
         (their leases ran out). Called periodically by the worker; safe alongside batch commits."""
-        applied = await self._retry("redis_tick", lambda: self.store.apply([], self.sources))
+        applied = await self._retry(
+            "redis_tick", lambda: self.store.apply([], self.sources, committed=self.committed_event_ms)
+        )
         return await self._judge_closed(applied.closed)
 
     async def _judge_closed(self, closed: Sequence[ClosedBucket]) -> list[Alert]:

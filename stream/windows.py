@@ -18,7 +18,7 @@ one slot and every read (per entity or across entities) is one node's work. See 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -235,6 +235,7 @@ class WindowStore:
         now_ms: int | None = None,
         *,
         payload: bytes | None = None,
+        committed: Mapping[str, int] | None = None,
     ) -> ApplyResult:
         """Count a batch in one atomic round trip; returns counted/duplicate/late per update and the
         closed buckets now leased to this caller for judging (oldest first).
@@ -243,6 +244,10 @@ class WindowStore:
         periodic tick: nothing is counted, but buckets that closed by the wall clock (live mode) or
         whose lease ran out (a crashed judge) are handed out. ``payload``: ``encode(updates)``, made
         beforehand (the worker encodes a batch while the previous one is still being committed).
+        ``committed``: per input partition, the newest event time of the inputs the caller's consumer
+        group has committed; the dedupe floor never passes it, so a batch counted but not yet committed
+        (redelivered after a crash) is answered "duplicate", never refused as "late". ``None``: the caller's
+        inputs are durable once counted (tests, tools without Kafka), and the floor follows the counts.
         """
         if payload is None:
             payload = self.encode(updates)
@@ -265,6 +270,7 @@ class WindowStore:
                 int(t.dedupe_horizon_s * 1000),
                 self.novelty_horizon_ms,
                 self.novelty_min_votes,
+                b"" if committed is None else orjson.dumps(committed),
             ],
         )
         # cjson encodes an empty Lua table as an object, which Redis returns as an empty reply.

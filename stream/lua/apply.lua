@@ -6,12 +6,15 @@
 --       store's hash tag; every key the script touches starts with the prefix, which carries that tag.
 -- ARGV: prefix, ttl_s, lateness_ms, events_json, sources_json, bucket_s,
 --       now_ms, mode ('live' | 'replay'), idle_ms, close_delay_ms, lease_ms, horizon_ms,
---       novelty_horizon_ms (0: novelty off), novelty_min_votes
+--       novelty_horizon_ms (0: novelty off), novelty_min_votes, committed_json
 -- events_json: [[id, ts_ms, bucket_start_s, sentiment_index(1..3), score_micro, [[kind, name], ...], source,
 --                example, [band_key, ...]], ...]
 --   example: what an alert shows for a negative event (a JSON string [id, text cut short]), or ''.
 --   band_key: the event's MinHash LSH band keys (stream/novelty.py); none when novelty is off.
 -- sources_json: every input partition ("topic:partition") of the stream.
+-- committed_json: {"topic:partition": ms, ...}, the newest event time of the inputs the caller's consumer
+--   group has committed on each partition (only ever more of them), or '' for a caller whose inputs are
+--   durable once counted. It bounds the dedupe floor (below).
 --
 -- Low watermark: the minimum over input partitions of the newest event time counted from each.
 -- Each partition is read in order, so an ordered replay is never late however partitions interleave.
@@ -47,6 +50,13 @@
 -- point, the dedupe floor (p:seenfloor, ms), only ever moves forward, even when the low watermark moves
 -- back (live mode: an idle partition rejoins), and an event older than the floor is refused as late
 -- before anything else: an id whose seen record may be gone can never be counted a second time.
+-- The floor's cut is taken from the committed event times (p:wmc, the newest per partition of what the
+-- callers reported), not from what was counted: counting runs ahead of the periodic Kafka commit, and a
+-- worker killed in between has its partitions redelivered from the last commit. On a sparse replay a
+-- few batches span more event time than lateness + horizon, so a floor moved by counted times passed
+-- those events and refused them as late instead of answering duplicate. So a partition holds the floor at
+-- min(counted, committed); in live mode an idle partition stops holding it only once all it counted
+-- is committed (an idle one with counted, uncommitted events is a worker that died holding them).
 -- The alert examples of a bucket (p:exb:<bucket_start>, fields 'kind|name|1..3') are dropped at the same
 -- point: by then every window that quotes them has been judged.
 --
@@ -86,6 +96,7 @@ local lease_ms = tonumber(ARGV[11])
 local horizon = tonumber(ARGV[12])
 local nov_h = tonumber(ARGV[13] or '0')
 local min_votes = tonumber(ARGV[14] or '1')
+local committed_arg = ARGV[15] or ''
 local pending_key, lease_key, redo_key = p .. ':pending', p .. ':lease', p .. ':redo'
 local fields = {'neg', 'neu', 'pos'}
 local wm_key, wmp_key, wmt_key = p .. ':wm', p .. ':wmp', p .. ':wmt'
@@ -100,6 +111,25 @@ if live then
 end
 local changed = {}
 local touched = {}
+-- Committed event times per partition (nil: the caller counts only durable inputs, see committed_json).
+local wmc_key = p .. ':wmc'
+local wmc, wmc_changed = nil, {}
+if committed_arg ~= '' then
+  wmc = {}
+  flat = redis.call('HGETALL', wmc_key)
+  for i = 1, #flat, 2 do wmc[flat[i]] = tonumber(flat[i + 1]) end
+  if #flat == 0 then
+    -- The first call that reports commits. Upgrade: a store counted before p:wmc took what it counted as
+    -- committed (true after the old workers stopped). A new store has counted nothing yet. The field '.'
+    -- marks the hash as started, so that a partition missing from it has never committed anything.
+    for src, ms in pairs(pw) do wmc[src] = ms; wmc_changed[src] = true end
+    wmc['.'] = 0
+    wmc_changed['.'] = true
+  end
+  for src, ms in pairs(cjson.decode(committed_arg)) do
+    if wmc[src] == nil or ms > wmc[src] then wmc[src] = ms; wmc_changed[src] = true end
+  end
+end
 local seenk_key, seenc_key, seent_key, floor_key = p .. ':seenk', p .. ':seenc', p .. ':seent', p .. ':seenfloor'
 local floor = tonumber(redis.call('GET', floor_key) or '-1')
 -- Upgrade: a store written before the sorted sets kept the held buckets' counts in a hash (p:seenn).
@@ -170,6 +200,31 @@ local function low_watermark()
     else
       if v == nil then return nil end
       if m == nil or v < m then m = v end
+    end
+  end
+  if live and m == nil then return newest end
+  return m
+end
+
+-- The dedupe floor's cut: the low watermark over min(counted, committed) per partition, so that no event
+-- counted but not yet committed (redelivered after a crash) falls behind the floor. Undefined (the floor
+-- stays) while a partition that holds it has committed nothing.
+local function floor_cut()
+  if wmc == nil then return low_watermark() end
+  local m, newest = nil, nil
+  for _, src in ipairs(sources) do
+    local v, c = pw[src], wmc[src]
+    if v ~= nil then
+      if c ~= nil and c < v then v = c end
+      if live and not (pt[src] ~= nil and pt[src] >= now - idle_ms) and c ~= nil and c >= pw[src] then
+        -- Idle with nothing uncommitted: it stops holding the floor, as it stops holding the watermark.
+        if newest == nil or v > newest then newest = v end
+      else
+        if c == nil then return nil end
+        if m == nil or v < m then m = v end
+      end
+    elseif not live then
+      return nil
     end
   end
   if live and m == nil then return newest end
@@ -469,10 +524,14 @@ if late > 0 then redis.call('HINCRBY', p .. ':metrics', 'late', late) end
 if past_horizon > 0 then redis.call('HINCRBY', p .. ':metrics', 'late_past_dedupe_horizon', past_horizon) end
 if retracted > 0 then redis.call('HINCRBY', p .. ':metrics', 'novelty_retracted', retracted) end
 
+-- No expiry, like p:wmp: one field per partition.
+for src, _ in pairs(wmc_changed) do redis.call('HSET', wmc_key, src, string.format('%d', wmc[src])) end
+
 -- Move the dedupe floor (whole buckets, forward only) and drop the seen ids and examples behind it.
 local cut = low_watermark()
-if cut ~= nil then
-  local f = cut - lateness - horizon
+local fcut = floor_cut()
+if fcut ~= nil then
+  local f = fcut - lateness - horizon
   f = (f - f % (bucket_s * 1000))
   if f > floor then
     redis.call('SET', floor_key, string.format('%d', f), 'EX', ttl)

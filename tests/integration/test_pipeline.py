@@ -115,6 +115,18 @@ async def _snapshot(r: Redis, prefix: str) -> dict[str, Any]:
     return snap
 
 
+async def _settled_snapshot(r: Redis, prefix: str, tick_s: float, timeout: float = 30.0) -> dict[str, Any]:
+    """The store once two snapshots, a few ticks apart, agree."""
+    deadline = time.monotonic() + timeout
+    snap = await _snapshot(r, prefix)
+    while True:
+        await asyncio.sleep(max(1.0, 3 * tick_s))
+        again = await _snapshot(r, prefix)
+        if again == snap or time.monotonic() > deadline:
+            return again
+        snap = again
+
+
 async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_model_dir: Path, tmp_path: Path) -> None:
     s = isolated_settings.model_copy(update=REPLAY_SURGE)
     engine = EngineSettings(backend="torch", model_dir=keyword_model_dir, max_batch_size=32)
@@ -251,7 +263,9 @@ async def test_replay_end_to_end(isolated_settings: StreamSettings, keyword_mode
         assert not [x for x in out["alerts"] if x["entity"] == REPOST_TICKER]
 
         # 4. replaying the same events changes nothing in Redis
-        before = await _snapshot(r, s.redis_prefix)
+        # The store settles a moment after the last scored record: the last commit's event times reach it
+        # with the next tick, and the dedupe floor then moves (the floor never passes an uncommitted event).
+        before = await _settled_snapshot(r, s.redis_prefix, s.close_tick_s)
         await produce(s.kafka_bootstrap, s.input_topic, inputs)
         again = await _drain(s, 2 * len(inputs), timeout=240)
         assert len(again["scored"]) == 2 * len(valid)

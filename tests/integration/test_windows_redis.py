@@ -210,3 +210,55 @@ async def test_a_store_from_before_the_sorted_seen_sets_is_carried_over(redis: R
     assert await redis.zscore(f"{w.prefix}:seent", str(b0)) == b0
     # The new bucket is sharded for the densest carried-over one: 500 x 1.25 / 96 -> 7 shards.
     assert int(await redis.hget(f"{w.prefix}:seenk", str(b0 + BUCKET))) == 7
+
+
+async def test_the_dedupe_floor_waits_for_commits_so_a_redelivered_batch_is_duplicate_not_late(redis: Redis) -> None:
+    """A sparse replay: one partition's batches span more event time than lateness + horizon. What was
+    counted but not committed (a worker killed before its periodic commit) is redelivered: with the
+    committed times passed, the floor has not passed it and it reads duplicate; without them (a caller
+    whose counts are durable at once) the same redelivery would have been refused as late."""
+    pol = TimePolicy(mode="replay", dedupe_horizon_s=60)
+    src = ["in:0"]
+
+    def fresh() -> WindowStore:
+        return WindowStore(redis, f"test:{uuid.uuid4().hex[:10]}", BUCKET, 3600, lateness_s=120, time_policy=pol)
+
+    first = [neg(1, T0 + 1000, "in:0")]
+    later = [neg(2, T0 + 600_000, "in:0")]  # ten minutes on: far past lateness (2 min) + horizon (1 min)
+    for committed, expected in ((None, "late"), ({}, "duplicate")):
+        w = fresh()
+        await w.apply(first, src, committed=committed)
+        await w.apply(later, src, committed=committed)
+        # Redelivered from the last commit (none): the first event again, then the later one.
+        again = await w.apply(first + later, src, committed=committed)
+        assert again.statuses == [expected, "duplicate"], committed
+        m = await w.metrics()
+        assert m["counted"] == 2 and m.get("late", 0) == (1 if expected == "late" else 0)
+
+    # Once both are committed the floor moves (ids behind it dropped); an event behind it is then late.
+    await w.apply([], src, committed={"in:0": T0 + 600_000})
+    assert int(await redis.get(f"{w.prefix}:seenfloor")) == T0 + 600_000 - 120_000 - 60_000
+    assert (await w.apply(first, src, committed={"in:0": T0 + 1000})).statuses == ["late"]
+    # Committed times only move forward, whichever caller reports them.
+    assert int(await redis.hget(f"{w.prefix}:wmc", "in:0")) == T0 + 600_000
+
+
+async def test_a_partition_with_counted_uncommitted_events_holds_the_floor_even_when_idle(redis: Redis) -> None:
+    """Live mode: an idle partition stops holding the watermark, but while it has counted events that were
+    never committed (its worker died) it still holds the dedupe floor; once they are committed it lets go."""
+    pol = TimePolicy(mode="live", idle_partition_s=30, live_close_delay_s=3600, alert_lease_s=5, dedupe_horizon_s=60)
+    w = WindowStore(redis, f"test:{uuid.uuid4().hex[:10]}", BUCKET, 3600, lateness_s=120, time_policy=pol)
+    marks: dict[str, int] = {}
+    assert (await w.apply([neg(1, T0 + 1000, "in:0")], SOURCES, now_ms=T0, committed=marks)).statuses == ["counted"]
+    # in:0's worker dies before committing; in:1 runs ten minutes of event time ahead and commits.
+    await w.apply([neg(2, T0 + 600_000, "in:1", "BBB")], SOURCES, now_ms=T0 + 40_000, committed=marks)
+    marks["in:1"] = T0 + 600_000
+    await w.apply([], SOURCES, now_ms=T0 + 41_000, committed=marks)
+    assert await redis.get(f"{w.prefix}:seenfloor") is None
+    # in:0 is redelivered to a new owner: a duplicate, not late.
+    r = await w.apply([neg(1, T0 + 1000, "in:0")], SOURCES, now_ms=T0 + 42_000, committed=marks)
+    assert r.statuses == ["duplicate"]
+    marks["in:0"] = T0 + 1000
+    # Committed and idle again: the floor follows in:1 alone.
+    await w.apply([], SOURCES, now_ms=T0 + 80_000, committed=marks)
+    assert int(await redis.get(f"{w.prefix}:seenfloor")) == T0 + 600_000 - 120_000 - 60_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class MemoryStore:
         self.pending: set[tuple[str, str, int]] = set()
         self.cooldown: dict[tuple[str, str], int] = {}
         self.fail_next = 0
+        self.committed_seen: list[dict[str, int] | None] = []
 
     async def apply(
         self,
@@ -59,7 +60,9 @@ class MemoryStore:
         now_ms: int | None = None,
         *,
         payload: bytes | None = None,
+        committed: Mapping[str, int] | None = None,
     ) -> ApplyResult:
+        self.committed_seen.append(None if committed is None else dict(committed))
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("redis down")
@@ -138,6 +141,26 @@ async def test_valid_and_bad_messages_are_routed(processor: tuple[BatchProcessor
     assert [orjson.loads(v)["id"] for _, v in sink.scored] == ["e1", "e2"]
     assert sorted(orjson.loads(v)["offset"] for _, v in sink.dlq) == [1, 3]
     assert all(u.entities[0] == ("ticker", "AAPL") for u in store.updates)
+
+
+async def test_a_batch_reports_its_newest_event_time_per_partition_and_counts_pass_the_committed_marks(
+    processor: tuple[BatchProcessor, MemoryStore, MemorySink],
+) -> None:
+    p, store, _ = processor
+    batch = [
+        RawMessage(good(3), None, "in", 0, 0),
+        RawMessage(good(1), None, "in", 0, 1),  # out of order on its partition: the newest still wins
+        RawMessage(good(2), None, "in", 1, 0),
+        RawMessage(b"bad", None, "in", 2, 0),  # a dead letter has no event time
+    ]
+    res = await p.process(batch)
+    assert res.newest_ms == {"in:0": 1398902400000 + 3000, "in:1": 1398902400000 + 2000}
+    # Without a committing consumer nothing is reported; with one, its marks go with every count and tick.
+    assert store.committed_seen == [None]
+    p.committed_event_ms = {"in:0": 5}
+    await p.process([RawMessage(good(4), None, "in", 0, 2)])
+    await p.tick()
+    assert store.committed_seen[1:] == [{"in:0": 5}, {"in:0": 5}]
 
 
 async def test_duplicate_ids_are_scored_but_counted_once(
@@ -326,13 +349,14 @@ class SlowStore(MemoryStore):
         now_ms: int | None = None,
         *,
         payload: bytes | None = None,
+        committed: Mapping[str, int] | None = None,
     ) -> ApplyResult:
         first = updates[0].event_id
         if first in self.fail_ids:
             raise RuntimeError(f"bug while counting {first}")
         self.trace.append(f"apply-start {first}")
         await asyncio.sleep(0.05)
-        res = await super().apply(updates, sources)
+        res = await super().apply(updates, sources, committed=committed)
         self.trace.append(f"apply-end {first}")
         return res
 
