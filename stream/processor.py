@@ -427,13 +427,14 @@ class BatchProcessor:
         parts[idx[0]] = out
 
     async def commit(self, batch: PreparedBatch) -> BatchResult:
-        """Stage 3, whole: count in Redis, then publish."""
+        """Stage 3, whole: count in Redis, then publish (tests and ``process``; the pipeline runs the two
+        parts itself so that one batch's publishing overlaps the next one's counting)."""
         return await self.publish(await self.count(self.to_count(batch)))
 
     def to_count(self, batch: PreparedBatch) -> CountedBatch:
         """Stage 3a, first half (on the event loop, nothing awaited): the batch's window updates and the
-        script's payload. The pipeline runs this while the previous batch is still being committed, so
-        that only the Redis call and publishing stay on the one-batch-at-a-time path."""
+        script's payload. The pipeline runs this while the previous batch is still being counted, so
+        that only the Redis call itself stays on the one-batch-at-a-time path."""
         events, sources, probs = batch.events, batch.sources, batch.probs
         if not events:
             return CountedBatch(batch)
@@ -777,23 +778,34 @@ class BatchProcessor:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class BatchPipeline:
-    """Keeps up to ``depth`` batches in flight: validation, inference and the window payload of the next
-    batch overlap the Redis and Kafka round trips of the previous one.
+@dataclass
+class _InFlight:
+    """A batch in the pipeline: its whole run, and the moment its Redis count is done (or failed)."""
 
-    Commits (the Redis count, then publishing) run strictly one at a time in submission order, so Redis
-    sees batches in take order and replays give the same windows and alerts. A batch is not counted
-    before the previous one is wholly published and acked: a count that ran ahead of the publishing
-    before it moves the low watermark, and with it the dedupe floor, past events that a crash would
-    redeliver, which would then be refused as "late" instead of answered "duplicate" (see the seventh
-    session's notes in BENCHMARKS.md). ``on_committed`` is called for each batch in that order once its
-    outputs are durable: that is where the caller acks its inputs.
+    task: asyncio.Task[BatchResult]
+    counted: asyncio.Future[None]
+
+
+class BatchPipeline:
+    """Keeps up to ``depth`` batches in flight, in three overlapping stages: the validation and
+    inference of one batch, the Redis count of the one before, and the publishing (Kafka sends and
+    alert judging) of the one before that.
+
+    Counts run strictly one at a time in submission order (so Redis sees batches in take order and
+    replays give the same windows and alerts); a batch is counted as soon as the previous one's count
+    has returned, not after its Kafka round trip. ``on_committed`` is called for each batch in
+    submission order once its outputs are durable: that is where the caller acks its inputs.
+
+    So a crash can leave two batches counted but not committed. Their counts move the low watermark, but
+    not the dedupe floor, which follows what Kafka has committed (``BatchProcessor.committed_event_ms``):
+    on redelivery they are answered "duplicate", never refused as "late". (The overlap was first built in
+    the seventh session and reverted when CI's kill -9 test caught exactly that.)
     """
 
     def __init__(
         self,
         processor: BatchProcessor,
-        depth: int = 2,
+        depth: int = 3,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         if depth < 1:
@@ -804,45 +816,61 @@ class BatchPipeline:
         # before a quiet spell would only surface at the next submit, and the worker would sit there
         # looking alive while nothing is counted or alerted.
         self.on_failure = on_failure
-        self._inflight: deque[asyncio.Task[BatchResult]] = deque()
+        self._inflight: deque[_InFlight] = deque()
 
     async def submit(
         self, messages: Sequence[RawMessage], on_committed: Callable[[BatchResult], Awaitable[None]]
     ) -> None:
         """Start a batch; waits only while ``depth`` batches are already in flight (backpressure).
 
-        An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``), and
-        every batch after it fails too, uncounted and unacked: its inputs will be redelivered.
+        An unexpected error in any batch is raised here (by a later ``submit`` or by ``drain``). A batch
+        after a failed one is never acked (its inputs will be redelivered), and is not counted either
+        when the failure was in counting.
         """
         while len(self._inflight) >= self.depth:
-            await self._inflight.popleft()
+            await self._inflight.popleft().task
         prepared = self.processor.prepare(messages)
         infer = asyncio.ensure_future(self.processor.infer(prepared))
         prev = self._inflight[-1] if self._inflight else None
-        task = asyncio.ensure_future(self._commit_after(prev, infer, on_committed))
+        counted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Only the next batch waits on this; a failure is also raised by the task, so never "unretrieved".
+        counted.add_done_callback(lambda f: f.cancelled() or f.exception())
+        task = asyncio.ensure_future(self._run(prev, infer, counted, on_committed))
         if self.on_failure is not None:
             task.add_done_callback(self._report_failure)
-        self._inflight.append(task)
+        self._inflight.append(_InFlight(task, counted))
 
     def _report_failure(self, task: asyncio.Task[BatchResult]) -> None:
         if self.on_failure is not None and not task.cancelled() and (exc := task.exception()) is not None:
             self.on_failure(exc)
 
-    async def _commit_after(
+    async def _run(
         self,
-        prev: asyncio.Task[BatchResult] | None,
+        prev: _InFlight | None,
         infer: asyncio.Future[PreparedBatch],
+        counted: asyncio.Future[None],
         on_committed: Callable[[BatchResult], Awaitable[None]],
     ) -> BatchResult:
         try:
-            # Ready to count before the previous batch is done: only the Redis call waits for it.
+            # Ready to count before the previous count returns: only the Redis call waits for it.
             ready = self.processor.to_count(await infer)
             if prev is not None:
-                await asyncio.shield(prev)  # propagates the previous batch's failure: never commit out of order
-        except BaseException:
+                # Propagates the previous batch's failure to count: never count out of order.
+                await asyncio.shield(prev.counted)
+            done = await self.processor.count(ready)
+        except BaseException as exc:
             infer.cancel()
+            if not counted.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    counted.cancel()
+                else:
+                    counted.set_exception(exc)
             raise
-        result = await self.processor.publish(await self.processor.count(ready))
+        counted.set_result(None)
+        result = await self.processor.publish(done)
+        if prev is not None:
+            # Acks in take order, and none after a failed batch (this raises its failure).
+            await asyncio.shield(prev.task)
         self.processor.fault_point("before_ack")
         await on_committed(result)
         return result
@@ -850,7 +878,7 @@ class BatchPipeline:
     async def drain(self) -> None:
         """Wait for every batch in flight (on shutdown or before a rebalance)."""
         while self._inflight:
-            await self._inflight.popleft()
+            await self._inflight.popleft().task
 
     async def close(self, timeout: float) -> list[BaseException]:
         """Let batches in flight finish for up to ``timeout`` seconds, then cancel the rest.
@@ -859,7 +887,7 @@ class BatchPipeline:
         (Redis dedupes the counts by event id): stopping is never a loss, at worst a repeat. Returns
         the failures of batches that ended with an error (the caller decides whether that is fatal).
         """
-        pending = list(self._inflight)
+        pending = [f.task for f in self._inflight]
         self._inflight.clear()
         if not pending:
             return []

@@ -107,11 +107,11 @@ class StreamSettings(BaseSettings):
         description="Kafka consumer-group session timeout (a dead worker's partitions move after this).",
     )
     pipeline_depth: int = Field(
-        default=2,
+        default=3,
         ge=1,
         le=8,
-        description="Micro-batches in flight: the next one is validated, classified and encoded while the previous "
-        "one is counted in Redis and published (1: strictly one at a time).",
+        description="Micro-batches in flight: one is validated and classified while the one before is counted in "
+        "Redis and the one before that is published to Kafka (1: strictly one at a time).",
     )
     max_text_bytes: int = 32 * 1024
     max_event_bytes: int = 256 * 1024
