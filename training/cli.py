@@ -55,6 +55,7 @@ def _d(name: str, text: str = "") -> str:
     "--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
 )
 @click.option("--label-smoothing", type=float, default=None, help=_d("label_smoothing"))
+@click.option("--rdrop-alpha", type=float, default=None, help=_d("rdrop_alpha"))
 @click.option(
     "--calibration-fraction",
     type=float,

@@ -48,6 +48,14 @@ def distillation_loss(logits: torch.Tensor, target: torch.Tensor, row_weights: t
     return (per_row * row_weights).sum() / row_weights.sum()
 
 
+def rdrop_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """R-Drop's consistency term: the symmetric KL between two predictions of the same rows, mean per row."""
+    la, lb = torch.nn.functional.log_softmax(a, dim=-1), torch.nn.functional.log_softmax(b, dim=-1)
+    kl_ab = torch.nn.functional.kl_div(lb, la, log_target=True, reduction="batchmean")  # KL(a || b)
+    kl_ba = torch.nn.functional.kl_div(la, lb, log_target=True, reduction="batchmean")  # KL(b || a)
+    return 0.5 * (kl_ab + kl_ba)
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)

@@ -39,7 +39,7 @@ from engine.modeling import HeadSpec, MultiHeadClassifier, new_multihead_model
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
-from training.distill import DistillError, distillation_loss, teacher_identity, teacher_probabilities
+from training.distill import DistillError, distillation_loss, rdrop_loss, teacher_identity, teacher_probabilities
 from training.evaluate import predict_logits
 from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
 from training.overlap import NEAR_COPY, exclude_validation
@@ -646,11 +646,26 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
             # bf16 autocast runs the matmuls in bfloat16 (1.6-1.9x faster steps on an AVX512-BF16 CPU); the
             # master weights, AdamW state and the loss stay fp32, and validation runs in fp32.
+            rdrop = settings.rdrop_alpha > 0
+            if rdrop:
+                # R-Drop: the batch twice in one forward pass (dropout masks differ row by row), so the two
+                # copies are two dropout samples of the same model.
+                input_ids, mask = torch.cat([input_ids, input_ids]), torch.cat([mask, mask])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(input_ids, mask)[head_index[task]]
-            loss = nn.functional.cross_entropy(
-                logits.float(), labels, weight=weights[task], label_smoothing=settings.label_smoothing
-            )
+            if rdrop:
+                logits, second = logits.float().chunk(2)
+                gold = [
+                    nn.functional.cross_entropy(
+                        z, labels, weight=weights[task], label_smoothing=settings.label_smoothing
+                    )
+                    for z in (logits, second)
+                ]
+                loss = 0.5 * (gold[0] + gold[1]) + settings.rdrop_alpha * rdrop_loss(logits, second)
+            else:
+                loss = nn.functional.cross_entropy(
+                    logits.float(), labels, weight=weights[task], label_smoothing=settings.label_smoothing
+                )
             if task in soft:
                 # KL to the teachers' calibrated probabilities at temperature 1: they are already calibrated,
                 # so no extra softening is needed for the student to see the teachers' second choices.

@@ -15,7 +15,7 @@ import torch
 from tests.support.tiny_bert import make_tiny_encoder
 from training.dapt import build_corpus, pretrain
 from training.data import load_task_data
-from training.distill import distillation_loss
+from training.distill import distillation_loss, rdrop_loss
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.selftrain import unlabelled_pool
 from training.settings import TrainSettings
@@ -296,3 +296,25 @@ def test_self_training_adds_the_confident_rows_to_the_named_head(dapt_data: Path
     assert rep2["kept"] <= rep["kept"]
     assert len(list((tmp_path / "cache").iterdir())) == 1
     assert strict.metrics["config_hash"] != every.metrics["config_hash"]
+
+
+def test_rdrop_loss_is_a_symmetric_kl_that_vanishes_only_for_equal_predictions() -> None:
+    a = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    b = torch.tensor([[0.0, 2.0, -1.0], [0.0, 1.0, 0.5]])
+    ab = rdrop_loss(a, b)
+    torch.testing.assert_close(ab, rdrop_loss(b, a))
+    pa, pb = torch.softmax(a, -1), torch.softmax(b, -1)
+    by_hand = 0.5 * ((pa * (pa / pb).log()).sum(-1) + (pb * (pb / pa).log()).sum(-1)).mean()
+    torch.testing.assert_close(ab, by_hand)
+    assert float(ab) > 0
+    assert float(rdrop_loss(a, a + 3.0)) == pytest.approx(0.0, abs=1e-6)  # the same softmax
+
+
+def test_rdrop_trains_and_is_part_of_the_model_identity_only_when_on(dapt_data: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"max_steps": 3, "batch_size": 8, "evals_per_epoch": 0}
+    assert "rdrop_alpha" not in _settings(dapt_data, **kw).hyperparameters()
+    on = train(_settings(dapt_data, rdrop_alpha=1.0, **kw), tmp_path / "on")
+    off = train(_settings(dapt_data, **kw), tmp_path / "off")
+    assert on.metrics["hyperparameters"]["rdrop_alpha"] == 1.0
+    assert on.metrics["config_hash"] != off.metrics["config_hash"]
+    assert np.isfinite(on.metrics["score"])
