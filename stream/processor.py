@@ -519,11 +519,11 @@ class BatchProcessor:
             if dlq is not None:
                 await dlq
         self.prom.stage.labels("publish").observe(time.perf_counter() - t0)
+        # From the window updates, which already carry each event's source and time.
         newest: dict[str, int] = {}
-        for e, m in zip(events, batch.sources, strict=True):
-            src = f"{m.topic}:{m.partition}"
-            if e.published_at > newest.get(src, -1):
-                newest[src] = e.published_at
+        for u in counted.updates:
+            if u.ts_ms > newest.get(u.source, -1):
+                newest[u.source] = u.ts_ms
         return BatchResult(
             scored=len(events), dead_letters=len(batch.dead), alerts=alerts, statuses=statuses, newest_ms=newest
         )

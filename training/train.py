@@ -616,6 +616,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             model.bert.eval()
 
     set_train_mode()
+    rdrop = settings.rdrop_alpha > 0
     loss_history: list[float] = []
     history: list[dict[str, Any]] = []
     best_score = -1.0
@@ -646,7 +647,6 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
             # bf16 autocast runs the matmuls in bfloat16 (1.6-1.9x faster steps on an AVX512-BF16 CPU); the
             # master weights, AdamW state and the loss stay fp32, and validation runs in fp32.
-            rdrop = settings.rdrop_alpha > 0
             if rdrop:
                 # R-Drop: the batch twice in one forward pass (dropout masks differ row by row), so the two
                 # copies are two dropout samples of the same model.
