@@ -161,6 +161,21 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi
     return float(1.0 / (0.5 * (b_lo + b_hi)))
 
 
+def choose_temperature(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
+    """The temperature to serve and the one fitted: the NLL fit, kept only when it lowers ECE on the same rows.
+
+    Minimum NLL is the fit (``fit_temperature``); ECE is what the scores are judged by. The two can
+    disagree: a student distilled from a teacher's probabilities is often calibrated already, and a
+    few confidently wrong rows then pull the NLL fit away from 1, so that dividing by it makes the
+    top-label confidences worse. Serving a temperature that worsens the calibration error on the rows
+    it was fitted on helps nobody, so such a fit is dropped (1.0 served) and reported as fitted.
+    """
+    fitted = fit_temperature(logits, y_true)
+    before = expected_calibration_error(softmax_t(logits), y_true)
+    after = expected_calibration_error(softmax_t(logits, fitted), y_true)
+    return (fitted if after <= before else 1.0), fitted
+
+
 def calibration_report(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:
     """ECE and NLL of one head's logits before (T = 1) and after dividing by ``temperature``."""
     return {

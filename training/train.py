@@ -41,7 +41,7 @@ from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
 from training.distill import DistillError, distillation_loss, rdrop_loss, teacher_identity, teacher_probabilities
 from training.evaluate import predict_logits
-from training.metrics import ECE_BINS, calibration_report, classification_report, fit_temperature
+from training.metrics import ECE_BINS, calibration_report, choose_temperature, classification_report
 from training.overlap import NEAR_COPY, exclude_validation
 from training.selftrain import PseudoLabels, pseudo_label, unlabelled_pool
 from training.settings import TrainSettings, config_hash
@@ -436,9 +436,10 @@ def calibrate(
 ) -> dict[str, dict[str, Any]]:
     """Fit each head's temperature on its held-out training rows and set it on the model's head specs.
 
-    Returns, per head, the temperature with ECE and NLL before and after it, on the calibration
-    rows (where it was fitted) and on the validation rows (the honest figure). Heads without held-out
-    rows keep temperature 1.
+    Returns, per head, the served temperature (and the fitted one, which is dropped when it worsens
+    the held-out rows' ECE) with ECE and NLL before and after it, on the calibration rows (where it
+    was fitted) and on the validation rows (the honest figure). Heads without held-out rows keep
+    temperature 1.
     """
     specs = {h.name: h for h in model.head_specs}
     head_index = {name: i for i, name in enumerate(model.head_names)}
@@ -447,9 +448,11 @@ def calibrate(
         if sp.calib is None:
             continue
         logits = predict_logits(model, tokenizer, sp.calib.texts, batch_size=batch_size)[head_index[sp.task]]
-        temperature = fit_temperature(logits, sp.calib.label_ids)
+        temperature, fitted = choose_temperature(logits, sp.calib.label_ids)
         report: dict[str, Any] = {
             "temperature": temperature,
+            # The NLL fit, served only when it lowers the held-out rows' ECE (``choose_temperature``).
+            "fitted_temperature": fitted,
             "rows": len(sp.calib),
             "calibration_split": calibration_report(logits, sp.calib.label_ids, temperature),
         }
@@ -963,17 +966,19 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
             "",
             (
                 "Each head's logits are divided by a temperature fitted (minimum NLL) on training rows held out of "
-                f"training ({hp.get('calibration_fraction')} of each task's rows); every backend applies it. "
+                f"training ({hp.get('calibration_fraction')} of each task's rows), kept only when it lowers their "
+                "expected calibration error (else 1); every backend applies it. "
                 f"Expected calibration error ({ECE_BINS} equal-width confidence bins) and NLL on the validation rows:"
             ),
             "",
-            "| head | temperature | ECE before | ECE after | NLL before | NLL after |",
+            "| head | temperature (fitted) | ECE before | ECE after | NLL before | NLL after |",
             "|---|---|---|---|---|---|",
         ]
         for head, cal in metrics["calibration"].items():
             v = cal.get("validation") or cal["calibration_split"]
+            fitted = cal.get("fitted_temperature", cal["temperature"])
             lines.append(
-                f"| {head} | {cal['temperature']:.3f} | {v['ece_before']:.4f} | {v['ece_after']:.4f} | "
+                f"| {head} | {cal['temperature']:.3f} ({fitted:.3f}) | {v['ece_before']:.4f} | {v['ece_after']:.4f} | "
                 f"{v['nll_before']:.4f} | {v['nll_after']:.4f} |"
             )
     lines += [

@@ -16,7 +16,7 @@ from engine.errors import ModelFormatError
 from engine.heads import HeadSpec
 from engine.tokenize import EncodedBatch
 from training.data import TaskData
-from training.metrics import expected_calibration_error, fit_temperature, nll, softmax_t
+from training.metrics import choose_temperature, expected_calibration_error, fit_temperature, nll, softmax_t
 
 
 def _sample(rng: np.random.Generator, n: int, k: int, true_temperature: float) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,29 @@ def test_fitted_temperature_is_the_nll_minimum(seed: int, k: int, t: float) -> N
     best = nll(logits, labels, fitted)
     for other in (fitted * 0.9, fitted * 1.1, 1.0):
         assert best <= nll(logits, labels, other) + 1e-9
+
+
+def test_a_fit_that_worsens_ece_is_not_served() -> None:
+    # Calibrated at T = 1, plus a few rows confidently wrong: they dominate the NLL and pull its fit
+    # well above 1, which flattens every other row's confidence below its accuracy.
+    rng = np.random.default_rng(3)
+    logits, labels = _sample(rng, 3_000, 3, 1.0)
+    wrong = np.zeros((30, 3))
+    wrong[:, 0] = 25.0
+    logits = np.vstack([logits, wrong])
+    labels = np.concatenate([labels, np.full(30, 2)])
+    fitted = fit_temperature(logits, labels)
+    assert fitted > 1.3
+    ece_before = expected_calibration_error(softmax_t(logits), labels)
+    assert expected_calibration_error(softmax_t(logits, fitted), labels) > ece_before
+    assert choose_temperature(logits, labels) == (1.0, fitted)
+
+
+@pytest.mark.parametrize("true_temperature", [0.5, 2.5])
+def test_a_fit_that_lowers_ece_is_served(true_temperature: float) -> None:
+    logits, labels = _sample(np.random.default_rng(11), 5_000, 3, true_temperature)
+    served, fitted = choose_temperature(logits, labels)
+    assert served == fitted == pytest.approx(true_temperature, rel=0.1)
 
 
 def test_ece_by_hand() -> None:
