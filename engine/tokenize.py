@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,18 @@ def round_up(n: int, multiple: int) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
+def pad_token_id(tok: Any) -> int:
+    """The id a ``tokenizers.Tokenizer`` pads with: its padding setting, else '[PAD]' or '<pad>', else 0."""
+    padding = tok.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    for name in ("[PAD]", "<pad>"):
+        found = tok.token_to_id(name)
+        if found is not None:
+            return int(found)
+    return 0
+
+
 class BatchTokenizer:
     """Wraps ``tokenizers.Tokenizer``: truncation at ``max_seq_len``, bucketed padding done here."""
 
@@ -61,12 +74,14 @@ class BatchTokenizer:
         if not path.is_file():
             raise ModelFormatError(path, "tokenizer.json not found")
         self._tok = Tokenizer.from_file(str(path))
+        # The pad id the tokenizer was saved with (MPNet/RoBERTa: '<pad>' = 1, BERT: '[PAD]' = 0), read
+        # before padding is switched off (it is done here, bucketed); a file without one falls back to
+        # the usual pad tokens by name.
+        self.pad_id = pad_token_id(self._tok)
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_seq_len)
         self.max_seq_len = max_seq_len
         self.pad_multiple = pad_multiple
-        pad_id = self._tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad_id is None else int(pad_id)
 
     @classmethod
     def from_model_dir(

@@ -143,3 +143,34 @@ def test_classifier_never_exceeds_backend_max_batch(tokenizer: BatchTokenizer, s
     out = clf.classify(sample_texts[:30])["len"]
     assert out.shape[0] == 30
     assert max(s for s, _ in backend.shapes) <= 4
+
+
+@pytest.mark.parametrize(
+    ("vocab", "padding", "expected"),
+    [
+        # MPNet/RoBERTa order: '<pad>' is 1, and the file says so.
+        ({"<s>": 0, "<pad>": 1, "</s>": 2, "[UNK]": 3, "up": 4, "down": 5}, True, 1),
+        # No padding setting saved: found by name.
+        ({"<s>": 0, "<pad>": 1, "</s>": 2, "[UNK]": 3, "up": 4, "down": 5}, False, 1),
+        ({"[UNK]": 0, "up": 1, "[PAD]": 2, "down": 3}, False, 2),
+        ({"[UNK]": 0, "up": 1, "down": 2}, False, 0),
+    ],
+)
+def test_batches_pad_with_the_tokenizers_own_pad_id(
+    tmp_path: Path, vocab: dict[str, int], padding: bool, expected: int
+) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if padding:
+        tok.enable_padding(pad_id=1, pad_token="<pad>")
+    tok.save(str(tmp_path / "tokenizer.json"))
+    bt = BatchTokenizer(tmp_path / "tokenizer.json", max_seq_len=8, pad_multiple=4)
+    assert bt.pad_id == expected
+    batch = bt.collate(bt.tokenize(["up", "up down down"]), [0, 1])
+    # Real tokens keep their ids; every masked position holds the pad id (and padding stays off in the
+    # wrapped tokenizer: it is done here, to the bucket).
+    assert batch.input_ids[0].tolist() == [vocab["up"], expected, expected, expected]
+    assert batch.attention_mask[0].tolist() == [1, 0, 0, 0]
+    assert bt.tokenize(["up"]).ids == [[vocab["up"]]]
