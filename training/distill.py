@@ -63,6 +63,16 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cache_key(teachers: list[Path], task: str, labels: tuple[str, ...], texts: list[str], max_seq_len: int) -> str:
+    return hashlib.sha256(
+        json.dumps(
+            {"teachers": [teacher_identity(t) for t in teachers], "task": task, "labels": labels, "len": max_seq_len},
+            sort_keys=True,
+        ).encode()
+        + "\n".join(texts).encode()
+    ).hexdigest()[:16]
+
+
 def teacher_probabilities(
     teachers: list[Path],
     task: str,
@@ -76,36 +86,53 @@ def teacher_probabilities(
 ) -> np.ndarray:
     """The teachers' mean calibrated probabilities for ``texts`` on head ``task``: float32 (len(texts), len(labels)).
 
+    With ``cache_dir``, each teacher's pass is cached on its own (and the mean of an ensemble too), so an
+    ensemble reuses the passes of its members run alone or in other ensembles: a 12-layer pass over
+    tens of thousands of texts is most of an hour on a small CPU.
+
     Raises ``DistillError`` when a teacher has no such head or orders its labels differently.
     """
-    key = hashlib.sha256(
-        json.dumps(
-            {"teachers": [teacher_identity(t) for t in teachers], "task": task, "labels": labels, "len": max_seq_len},
-            sort_keys=True,
-        ).encode()
-        + "\n".join(texts).encode()
-    ).hexdigest()[:16]
-    cached = cache_dir / f"{task}-{key}.npy" if cache_dir is not None else None
-    if cached is not None and cached.is_file():
-        log.info("teacher_probabilities_cached", task=task, path=str(cached))
-        arr: np.ndarray = np.load(cached)
+
+    def cache_file(members: list[Path]) -> Path | None:
+        if cache_dir is None:
+            return None
+        return cache_dir / f"{task}-{_cache_key(members, task, labels, texts, max_seq_len)}.npy"
+
+    def load(path: Path | None) -> np.ndarray | None:
+        if path is None or not path.is_file():
+            return None
+        log.info("teacher_probabilities_cached", task=task, path=str(path))
+        arr: np.ndarray = np.load(path)
         return arr
+
+    def save(path: Path | None, probs: np.ndarray) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, probs)
+
+    whole = cache_file(teachers)
+    got = load(whole)
+    if got is not None:
+        return got
     total = np.zeros((len(texts), len(labels)), dtype=np.float64)
     for path in teachers:
-        loaded = load_model(path)
-        names = loaded.model.head_names
-        if task not in names:
-            raise DistillError(f"teacher {path} has no {task!r} head (heads: {', '.join(names)})")
-        spec = loaded.model.head_specs[names.index(task)]
-        if tuple(spec.labels) != tuple(labels):
-            raise DistillError(f"teacher {path} orders the {task} labels {spec.labels}, the student {labels}")
-        tok = BatchTokenizer.from_model_dir(path, max_seq_len=max_seq_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = predict_logits(loaded.model, tok, texts, batch_size=batch_size)[names.index(task)]
-        total += _softmax(logits.astype(np.float64) / spec.temperature)
-        log.info("teacher_done", task=task, teacher=loaded.model_id, rows=len(texts))
+        own = cache_file([path]) if len(teachers) > 1 else None
+        one = load(own)
+        if one is None:
+            loaded = load_model(path)
+            names = loaded.model.head_names
+            if task not in names:
+                raise DistillError(f"teacher {path} has no {task!r} head (heads: {', '.join(names)})")
+            spec = loaded.model.head_specs[names.index(task)]
+            if tuple(spec.labels) != tuple(labels):
+                raise DistillError(f"teacher {path} orders the {task} labels {spec.labels}, the student {labels}")
+            tok = BatchTokenizer.from_model_dir(path, max_seq_len=max_seq_len)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = predict_logits(loaded.model, tok, texts, batch_size=batch_size)[names.index(task)]
+            one = _softmax(logits.astype(np.float64) / spec.temperature).astype(np.float32)
+            log.info("teacher_done", task=task, teacher=loaded.model_id, rows=len(texts))
+            save(own, one)
+        total += one
     probs = (total / len(teachers)).astype(np.float32)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cached, probs)
+    save(whole, probs)
     return probs

@@ -15,7 +15,7 @@ import torch
 from tests.support.tiny_bert import make_tiny_encoder
 from training.dapt import build_corpus, pretrain
 from training.data import load_task_data
-from training.distill import distillation_loss, rdrop_loss
+from training.distill import distillation_loss, rdrop_loss, teacher_probabilities
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.selftrain import unlabelled_pool
 from training.settings import TrainSettings
@@ -207,6 +207,29 @@ def test_a_student_learns_from_teachers_and_shares_their_pass(dapt_data: Path, t
     assert plain.metrics["distillation"] is None
     assert plain.metrics["config_hash"] != student.metrics["config_hash"]
     assert again.metrics["config_hash"] != student.metrics["config_hash"]
+
+
+@pytest.mark.slow
+def test_an_ensemble_reuses_each_members_own_pass(dapt_data: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"max_steps": 20, "batch_size": 8, "lr": 3e-3, "evals_per_epoch": 0}
+    t1 = train(_settings(dapt_data, **kw), tmp_path / "t1").out_dir
+    t2 = train(_settings(dapt_data, seed=14, **kw), tmp_path / "t2").out_dir
+    texts = load_task_data(dapt_data / "sentiment_train.csv", "sentiment").texts
+    labels = ("negative", "neutral", "positive")
+    cache = tmp_path / "cache"
+    args: dict[str, Any] = {"max_seq_len": 32, "cache_dir": cache}
+    alone = teacher_probabilities([t1], "sentiment", labels, texts, **args)
+    (first,) = cache.iterdir()
+    # Replace t1's cached pass with something it could not have produced: the ensemble must read it back.
+    marker = np.full_like(alone, 1.0 / len(labels))
+    np.save(first, marker)
+    fresh_t2 = teacher_probabilities([t2], "sentiment", labels, texts, max_seq_len=32)
+    both = teacher_probabilities([t1, t2], "sentiment", labels, texts, **args)
+    np.testing.assert_allclose(both, (marker + fresh_t2) / 2, atol=1e-6)
+    # Three files: t1 alone, t2 alone (written by the ensemble), and the ensemble's mean.
+    assert len(list(cache.iterdir())) == 3
+    np.testing.assert_allclose(teacher_probabilities([t2], "sentiment", labels, texts, **args), fresh_t2, atol=1e-7)
+    assert len(list(cache.iterdir())) == 3
 
 
 def test_a_teacher_without_the_head_is_refused(dapt_data: Path, tmp_path: Path) -> None:
