@@ -66,8 +66,20 @@ class MultiHeadClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out.last_hidden_state
-        mean = mean_pool(hidden, attention_mask)
+        return self._head_logits(out, attention_mask)
+
+    def forward_with_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """The heads' logits and the encoder's token states, embeddings first then one per layer.
+
+        For hidden-state distillation in training; serving and export use ``forward``.
+        """
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return self._head_logits(out, attention_mask), tuple(out.hidden_states)
+
+    def _head_logits(self, out: Any, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mean = mean_pool(out.last_hidden_state, attention_mask)
         pooled = out.pooler_output if self._uses_pooler else None
         logits = []
         for spec in self.head_specs:

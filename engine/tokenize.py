@@ -110,6 +110,10 @@ class BatchTokenizer:
         ids = [e.ids for e in encs]
         return TokenizedTexts(ids=ids, lengths=np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids)))
 
+    def vocab(self) -> dict[str, int]:
+        """Token text to id, special tokens included."""
+        return dict(self._tok.get_vocab(with_added_tokens=True))
+
     def padded_len(self, longest: int) -> int:
         return min(round_up(max(longest, 1), self.pad_multiple), max(self.max_seq_len, longest))
 

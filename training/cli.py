@@ -85,6 +85,8 @@ def _d(name: str, text: str = "") -> str:
 )
 @click.option("--distill-weight", type=float, default=None, help=_d("distill_weight"))
 @click.option("--teacher-cache", "teacher_cache_dir", type=_PATH, default=None, help="Reuse teacher passes here.")
+@click.option("--hidden-teacher", type=_DIR, default=None, help=_d("hidden_teacher"))
+@click.option("--hidden-distill-weight", type=float, default=None, help=_d("hidden_distill_weight"))
 @click.option(
     "--self-train/--no-self-train", default=None, help=_d("self_train", "Pseudo-label StockNet with the teachers.")
 )

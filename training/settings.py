@@ -127,6 +127,14 @@ class TrainSettings(BaseSettings):
     teacher_cache_dir: Path | None = Field(
         default=None, description="Keep the teachers' probabilities here, so several student seeds share one pass."
     )
+    hidden_teacher: Path | None = Field(
+        default=None,
+        description="A larger trained model whose token states the student's layers learn (hidden-state "
+        "distillation); its tokenizer must cut texts into the student's pieces.",
+    )
+    hidden_distill_weight: float = Field(
+        default=1.0, ge=0, description="Weight of the hidden-state loss, added to the gold loss."
+    )
 
     # --- self-training (pseudo-labels from the teachers) ----------------------------------------
     self_train: bool = Field(
@@ -238,6 +246,9 @@ class TrainSettings(BaseSettings):
         if self.rdrop_alpha:
             # Only when on, so the hashes of models trained without it (the cached default) stay what they were.
             out["rdrop_alpha"] = self.rdrop_alpha
+        if self.hidden_teacher is not None:
+            # Likewise only when on (the teacher itself is named in the run identity).
+            out["hidden_distill_weight"] = self.hidden_distill_weight
         return out
 
 

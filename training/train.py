@@ -41,6 +41,13 @@ from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
 from training.distill import DistillError, distillation_loss, rdrop_loss, teacher_identity, teacher_probabilities
 from training.evaluate import predict_logits
+from training.hidden_distill import (
+    HiddenTeacher,
+    aligned_rows,
+    check_alignment,
+    load_hidden_teacher,
+    teacher_batch,
+)
 from training.metrics import ECE_BINS, calibration_report, choose_temperature, classification_report
 from training.overlap import NEAR_COPY, exclude_validation
 from training.selftrain import PseudoLabels, pseudo_label, unlabelled_pool
@@ -283,6 +290,8 @@ def run_identity(settings: TrainSettings) -> dict[str, Any]:
         # Only when distilling, so the hashes of models trained without teachers stay what they were.
         base_identity["teachers"] = [teacher_identity(Path(t)) for t in settings.teachers]
         base_identity["distill_weight"] = settings.distill_weight
+    if settings.hidden_teacher is not None:
+        base_identity["hidden_teacher"] = teacher_identity(Path(settings.hidden_teacher))
     if settings.self_train:
         base_identity["self_train"] = {
             "corpus": _file_identity(settings.self_train_corpus),
@@ -498,6 +507,43 @@ def progress_bar(console: Console, enabled: bool) -> Progress:
     )
 
 
+def _hidden_teacher(
+    settings: TrainSettings,
+    model: MultiHeadClassifier,
+    splits: list[TaskSplit],
+    tokenizer: BatchTokenizer,
+    device: torch.device,
+) -> tuple[HiddenTeacher | None, dict[str, TokenizedTexts], dict[str, np.ndarray]]:
+    """With ``hidden_teacher`` set: the loaded teacher, its tokenization of every task's training rows, and
+    which of those rows it cuts into the student's pieces. Nothing otherwise."""
+    if settings.hidden_teacher is None:
+        return None, {}, {}
+    if settings.rdrop_alpha > 0:
+        raise TrainingError("R-Drop and hidden-state distillation cannot be combined in one run")
+    path = Path(settings.hidden_teacher)
+    try:
+        hidden = load_hidden_teacher(path, model, settings.max_seq_len)
+        tokenized: dict[str, TokenizedTexts] = {}
+        rows: dict[str, np.ndarray] = {}
+        for sp in splits:
+            if sp.train_tok is None:
+                continue
+            tokenized[sp.task] = hidden.tokenizer.tokenize(sp.train.texts)
+            rows[sp.task] = aligned_rows(tokenizer, sp.train_tok, hidden.tokenizer, tokenized[sp.task])
+            check_alignment(rows[sp.task], sp.task, path)
+    except DistillError as exc:
+        raise TrainingError(str(exc)) from exc
+    hidden.distiller.to(device)
+    hidden.distiller.teacher.to(device)
+    log.info(
+        "hidden_teacher_ready",
+        teacher=hidden.model_id,
+        layers=hidden.distiller.pairs,
+        aligned_share={t: round(float(r.mean()), 4) for t, r in rows.items()},
+    )
+    return hidden, tokenized, rows
+
+
 def train(
     settings: TrainSettings, out_dir: str | Path, *, console: Console | None = None, model_id: str | None = None
 ) -> TrainResult:
@@ -584,6 +630,16 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     has_valid = any(sp.valid is not None for sp in splits)
 
     optimizer = build_optimizer(model, settings)
+    hidden, hidden_tok, hidden_rows = _hidden_teacher(settings, model, splits, tokenizer, device)
+    if hidden is not None:
+        # The layer maps learn at the heads' rate: like the heads, they start from random weights.
+        optimizer.add_param_group(
+            {
+                "params": list(hidden.distiller.parameters()),
+                "lr": settings.head_lr or settings.lr,
+                "weight_decay": settings.weight_decay,
+            }
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
     rng = np.random.default_rng(settings.seed)
     streams = {
@@ -654,8 +710,19 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 # R-Drop: the batch twice in one forward pass (dropout masks differ row by row), so the two
                 # copies are two dropout samples of the same model.
                 input_ids, mask = torch.cat([input_ids, input_ids]), torch.cat([mask, mask])
+            hidden_loss: torch.Tensor | None = None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(input_ids, mask)[head_index[task]]
+                if hidden is None:
+                    logits = model(input_ids, mask)[head_index[task]]
+                else:
+                    all_logits, states = model.forward_with_hidden_states(input_ids, mask)
+                    logits = all_logits[head_index[task]]
+                    t_ids, t_mask = teacher_batch(hidden.tokenizer, hidden_tok[task], idx, batch.seq_len)
+                    t_states = hidden.distiller.teacher_states(
+                        torch.from_numpy(t_ids).to(device), torch.from_numpy(t_mask).to(device)
+                    )
+                    rows = torch.from_numpy(hidden_rows[task][idx]).to(device)
+                    hidden_loss = hidden.distiller.loss(states, t_states, mask, rows)
             if rdrop:
                 logits, second = logits.float().chunk(2)
                 gold = [
@@ -676,6 +743,8 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 # targets pulled rare topics towards frequent ones (MODEL_CARD row O).
                 kd = distillation_loss(logits.float(), soft[task][idx], weights[task][labels])
                 loss = (1 - settings.distill_weight) * loss + settings.distill_weight * kd
+            if hidden_loss is not None:
+                loss = loss + settings.hidden_distill_weight * hidden_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
@@ -801,6 +870,16 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             else None
         ),
         "self_training": {task: p.report for task, p in pseudo.items()} or None,
+        "hidden_distillation": (
+            {
+                "teacher": hidden.model_id,
+                "weight": settings.hidden_distill_weight,
+                "layers": hidden.distiller.pairs,
+                "aligned_share": {t: round(float(r.mean()), 4) for t, r in hidden_rows.items()},
+            }
+            if hidden is not None
+            else None
+        ),
         "config_hash": run_hash,
     }
     save_trained(model, out, metrics, base, model_id=model_id or f"finpulse-{out.name}-{run_hash[:8]}")
