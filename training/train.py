@@ -688,6 +688,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     stopped_early = False
     step = 0
     window_losses: list[float] = []
+    window_hidden: list[float] = []  # the hidden-state loss alone, when distilling hidden states
     task_steps = {t: 0 for t in tasks}
     train_seconds = 0.0
     eval_seconds = 0.0
@@ -744,6 +745,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 kd = distillation_loss(logits.float(), soft[task][idx], weights[task][labels])
                 loss = (1 - settings.distill_weight) * loss + settings.distill_weight * kd
             if hidden_loss is not None:
+                window_hidden.append(float(hidden_loss.detach()))
                 loss = loss + settings.hidden_distill_weight * hidden_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -776,11 +778,12 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 3),
                         "train_loss": float(np.mean(window_losses)),
+                        **({"hidden_loss": float(np.mean(window_hidden))} if window_hidden else {}),
                         "macro_f1": scores,
                         "score": score,
                     }
                 )
-                window_losses = []
+                window_losses, window_hidden = [], []
                 improved_any = False
                 for t, s in scores.items():
                     if s > best_per_head.get(t, -1.0):

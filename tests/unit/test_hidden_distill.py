@@ -192,6 +192,8 @@ def test_a_run_learns_from_the_teachers_states_and_leaves_it_unchanged(data: Pat
     assert report["aligned_share"] == {"sentiment": 1.0, "topic": 1.0}
     assert [tuple(p) for p in report["layers"]] == layer_map(2, 4)
     assert plain.metrics["hidden_distillation"] is None
+    assert hidden.metrics["history"][-1]["hidden_loss"] > 0
+    assert "hidden_loss" not in plain.metrics["history"][-1]
     assert hidden.metrics["config_hash"] != plain.metrics["config_hash"]
     assert _sha(data / "teacher" / "model.safetensors") == teacher_weights
     # Same seed and batches: only the hidden loss can have moved the student's encoder elsewhere.
