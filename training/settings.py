@@ -106,6 +106,12 @@ class TrainSettings(BaseSettings):
         description="Share of each task's training rows held out of training to fit the head's temperature "
         "(0: no temperature scaling).",
     )
+    calibration_seed: int | None = Field(
+        default=None,
+        description="Seed of the draw of those held-out rows (default: the run's seed). Give several seeds' runs "
+        "the same one when their weights are to be averaged, so no member has trained on the rows that fit "
+        "the average's temperature.",
+    )
 
     # --- validation and stopping ----------------------------------------------------------------
     evals_per_epoch: int = Field(default=2, ge=0, description="Validation passes per epoch (0: only at the end).")
@@ -246,6 +252,8 @@ class TrainSettings(BaseSettings):
         if self.rdrop_alpha:
             # Only when on, so the hashes of models trained without it (the cached default) stay what they were.
             out["rdrop_alpha"] = self.rdrop_alpha
+        if self.calibration_seed is not None:
+            out["calibration_seed"] = self.calibration_seed
         if self.hidden_teacher is not None:
             # Likewise only when on (the teacher itself is named in the run identity).
             out["hidden_distill_weight"] = self.hidden_distill_weight

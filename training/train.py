@@ -322,7 +322,8 @@ def load_splits(settings: TrainSettings, tasks: tuple[str, ...] = TASKS) -> list
             continue
         valid_file = getattr(settings, f"{task}_valid", None)
         train = load_task_data(train_file, task).subset(settings.limit, settings.seed + i)
-        train, calib = train.split(settings.calibration_fraction, settings.seed + 200 + i)
+        calibration_seed = settings.seed if settings.calibration_seed is None else settings.calibration_seed
+        train, calib = train.split(settings.calibration_fraction, calibration_seed + 200 + i)
         valid = (
             load_task_data(valid_file, task).subset(settings.valid_limit, settings.seed + 100 + i)
             if valid_file

@@ -126,3 +126,25 @@ def test_temperature_round_trips_through_config_and_manifest() -> None:
         HeadSpec("x", ("a",), temperature=0.0)
     with pytest.raises(ModelFormatError):
         HeadSpec.from_config({"name": "x", "id2label": {"0": "a"}, "temperature": "warm"})
+
+
+def test_runs_with_one_calibration_seed_hold_out_the_same_rows(tmp_path: Path) -> None:
+    # Seeds whose weights are to be averaged must share the rows that fit the average's temperature.
+    from training.settings import TrainSettings
+    from training.train import load_splits
+
+    rows = [(f"text number {i} about shares", i % 3) for i in range(200)]
+    data = tmp_path / "sentiment.csv"
+    data.write_text("text,label\n" + "\n".join(f"{t},{y}" for t, y in rows) + "\n")
+
+    def calib(**kw: Any) -> set[str]:
+        settings = TrainSettings(data_dir=None, sentiment_train=data, topic_train=None, **kw)
+        (split,) = load_splits(settings)
+        assert split.calib is not None
+        assert not set(split.calib.texts) & set(split.train.texts)
+        return set(split.calib.texts)
+
+    assert calib(seed=13) != calib(seed=14)  # by default the held-out rows move with the seed
+    assert calib(seed=13, calibration_seed=7) == calib(seed=14, calibration_seed=7) == calib(seed=7)
+    assert TrainSettings(seed=14, calibration_seed=7).hyperparameters()["calibration_seed"] == 7
+    assert "calibration_seed" not in TrainSettings(seed=14).hyperparameters()  # earlier runs' hashes stay
