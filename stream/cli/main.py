@@ -21,7 +21,7 @@ from stream.cli.status import status_cmd
 from stream.logs import configure_logging
 from stream.security import kafka_client_kwargs
 from stream.settings import StreamSettings, get_settings
-from training.cli import evaluate_cmd, pretrain_cmd, teacher_base_cmd, train_cmd
+from training.cli import evaluate_cmd, pretrain_cmd, soup_cmd, teacher_base_cmd, train_cmd
 
 
 def _settings(**overrides: Any) -> StreamSettings:
@@ -284,6 +284,7 @@ cli.add_command(train_cmd, "train")
 cli.add_command(evaluate_cmd, "evaluate")
 cli.add_command(pretrain_cmd, "pretrain")
 cli.add_command(teacher_base_cmd, "teacher-base")
+cli.add_command(soup_cmd, "soup")
 cli.add_command(bench, "bench")
 cli.add_command(status_cmd, "status")
 cli.add_command(replay_cmd, "replay")

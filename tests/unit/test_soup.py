@@ -1,0 +1,163 @@
+"""Weight averaging: the average itself, the refusals, the head refit, and a soup of two short runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from engine.modeling import load_model
+from tests.support.tiny_bert import make_tiny_encoder
+from training.settings import TrainSettings
+from training.soup import SoupError, average_states, refit_head, soup
+from training.train import train
+
+WORDS = "apple tesla oil fed rates cut guidance beats misses shares fall rise bank merger deal dividend".split()
+
+
+def test_average_is_elementwise_and_refuses_mismatches() -> None:
+    a = {"w": torch.tensor([1.0, 2.0]), "ids": torch.tensor([0, 1])}
+    b = {"w": torch.tensor([3.0, 6.0]), "ids": torch.tensor([0, 1])}
+    c = {"w": torch.tensor([5.0, 1.0]), "ids": torch.tensor([0, 1])}
+    got = average_states([a, b, c])
+    assert torch.allclose(got["w"], torch.tensor([3.0, 3.0]))
+    assert torch.equal(got["ids"], a["ids"])
+    with pytest.raises(SoupError, match="other weights"):
+        average_states([a, {"w": a["w"]}])
+    with pytest.raises(SoupError, match="shape"):
+        average_states([a, {"w": torch.zeros(3), "ids": a["ids"]}])
+    with pytest.raises(SoupError, match="non-float"):
+        average_states([a, {"w": a["w"], "ids": torch.tensor([1, 0])}])
+
+
+def test_refit_separates_what_the_features_separate() -> None:
+    # Two well-separated clusters per class: a converged refit from a wrong start labels them all right.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, size=(3, 8))
+    labels = rng.integers(0, 3, size=300)
+    feats = centres[labels] + rng.normal(0, 0.5, size=(300, 8))
+    head = nn.Linear(8, 3)
+    with torch.no_grad():
+        head.weight.copy_(-torch.from_numpy(centres).float())  # starts out predicting the wrong class
+    before = (head(torch.from_numpy(feats).float()).argmax(1).numpy() == labels).mean()
+    refit_head(head, feats, labels, np.ones(3), label_smoothing=0.1)
+    after = (head(torch.from_numpy(feats).float()).argmax(1).numpy() == labels).mean()
+    assert before < 0.5 < 0.99 <= after
+
+
+def _texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(WORDS, rng.randint(3, 7))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("soup")
+    files = {"sentiment_train": (60, 3), "sentiment_valid": (15, 3), "topic_train": (60, 20), "topic_valid": (15, 20)}
+    corpus: list[str] = []
+    for i, (name, (n, classes)) in enumerate(files.items()):
+        texts = _texts(n, i)
+        corpus += texts
+        with open(d / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("text", "label"))
+            w.writerows((t, j % classes) for j, t in enumerate(texts))
+    make_tiny_encoder(d / "base", corpus)
+    return d
+
+
+def _settings(d: Path, **kw: Any) -> TrainSettings:
+    defaults: dict[str, Any] = {
+        "base_dir": d / "base",
+        "data_dir": None,
+        "sentiment_train": d / "sentiment_train.csv",
+        "sentiment_valid": d / "sentiment_valid.csv",
+        "topic_train": d / "topic_train.csv",
+        "topic_valid": d / "topic_valid.csv",
+        "max_seq_len": 32,
+        "batch_size": 8,
+        "max_steps": 8,
+        "evals_per_epoch": 0,
+        "calibration_fraction": 0.2,
+        "progress": False,
+        "num_threads": 1,
+        "precision": "fp32",
+    }
+    return TrainSettings(**{**defaults, **kw})
+
+
+@pytest.fixture(scope="module")
+def members(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("members")
+    runs = {
+        "a": _settings(data, seed=1, calibration_seed=9),
+        "b": _settings(data, seed=2, calibration_seed=9),
+        "c": _settings(data, seed=3),  # its own calibration draw
+        "d": _settings(data, seed=4, calibration_seed=9, max_seq_len=24),  # another recipe
+    }
+    for name, settings in runs.items():
+        train(settings, out / name)
+    return {name: out / name for name in runs}
+
+
+@pytest.mark.slow
+def test_soup_of_two_runs_is_their_average_with_refit_heads(
+    data: Path, members: dict[str, Path], tmp_path: Path
+) -> None:
+    metrics = soup([members["a"], members["b"]], tmp_path / "s", _settings(data))
+    assert metrics["shared_calibration_rows"] is True
+    assert set(metrics["heads"]) == {"sentiment", "topic"}
+    assert {t: r["rows"] for t, r in metrics["refit_heads"].items()} == {"sentiment": 48, "topic": 48}
+    got = load_model(tmp_path / "s").model.state_dict()
+    a = load_model(members["a"]).model.state_dict()
+    b = load_model(members["b"]).model.state_dict()
+    enc = [k for k in got if k.startswith("bert.")]
+    for k in enc:
+        assert torch.allclose(got[k].float(), (a[k].float() + b[k].float()) / 2, atol=1e-6), k
+    # The heads were refit, so they are not the members' average.
+    head = "heads.topic.weight"
+    assert not torch.allclose(got[head], (a[head] + b[head]) / 2, atol=1e-4)
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["finpulse_soup_of"] == [load_model(members[m]).model_id for m in ("a", "b")]
+    assert (tmp_path / "s" / "tokenizer.json").read_bytes() == (members["a"] / "tokenizer.json").read_bytes()
+
+    plain = soup([members["a"], members["b"]], tmp_path / "p", _settings(data), refit_heads=False)
+    assert plain["refit_heads"] is None
+    p = load_model(tmp_path / "p").model.state_dict()
+    assert torch.allclose(p[head], (a[head] + b[head]) / 2, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_soup_refuses_other_calibration_rows_and_other_recipes(
+    data: Path, members: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(SoupError, match="calibration-seed"):
+        soup([members["a"], members["c"]], tmp_path / "x", _settings(data))
+    seen = soup([members["a"], members["c"]], tmp_path / "y", _settings(data), allow_seen_calibration=True)
+    assert seen["shared_calibration_rows"] is False
+    assert "some of them trained on" in (tmp_path / "y" / "MODEL_CARD.md").read_text()
+    with pytest.raises(SoupError, match="max_seq_len"):
+        soup([members["a"], members["d"]], tmp_path / "z", _settings(data))
+    with pytest.raises(SoupError, match="at least two"):
+        soup([members["a"]], tmp_path / "w", _settings(data))
+
+
+@pytest.mark.slow
+def test_soup_command(data: Path, members: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.cli import soup_cmd
+
+    for key in ("sentiment_train", "sentiment_valid", "topic_train", "topic_valid"):
+        monkeypatch.setenv(f"FINPULSE_TRAIN_{key.upper()}", str(data / f"{key}.csv"))
+    res = CliRunner().invoke(soup_cmd, ["--out", str(tmp_path / "s"), str(members["a"]), str(members["c"])])
+    assert res.exit_code != 0 and "calibration-seed" in res.output
+    res = CliRunner().invoke(soup_cmd, ["--out", str(tmp_path / "s"), str(members["a"]), str(members["b"])])
+    assert res.exit_code == 0, res.output
+    assert "soup of 2" in res.output and (tmp_path / "s" / "metrics.json").is_file()
