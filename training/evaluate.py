@@ -86,22 +86,6 @@ def _sorted_pass(
     finally:
         model.train(was_training)
     return outs
-    order = np.argsort(tok.lengths, kind="stable")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                batch = tokenizer.collate(tok, idx)
-                logits = model(
-                    torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device)
-                )
-                for out, lg in zip(outs, logits, strict=True):
-                    out[idx] = lg.float().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return outs
 
 
 def _model_to_data_index(head: HeadSpec, data: TaskData) -> np.ndarray:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from engine.modeling import SENTIMENT_LABELS, HeadSpec, MultiHeadClassifier
 from training.data import TOPIC_LABELS
+from training.settings import TrainSettings
 
 DEFAULT_HEADS: tuple[HeadSpec, ...] = (HeadSpec("sentiment", SENTIMENT_LABELS), HeadSpec("topic", TOPIC_LABELS))
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -61,12 +63,22 @@ def write_tokenizer(out: Path, vocab: Sequence[str]) -> None:
     )
 
 
-def make_tiny_encoder(out: Path, corpus: Iterable[str], seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A tiny base encoder directory (BertModel, no heads), like the MiniLM base but ~100x smaller."""
+def make_tiny_encoder(
+    out: Path,
+    corpus: Iterable[str],
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    vocab: Sequence[str] | None = None,
+) -> Path:
+    """A tiny base encoder directory (BertModel, no heads), like the MiniLM base but ~100x smaller.
+
+    The vocabulary is built from ``corpus`` unless one is given (to test tokenizers that differ).
+    """
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    vocab = build_vocab(corpus)
+    vocab = list(vocab) if vocab is not None else build_vocab(corpus)
     cfg = BertConfig(
         vocab_size=len(vocab),
         hidden_size=hidden,
@@ -144,3 +156,23 @@ def make_keyword_model(out: Path, corpus: Sequence[str], steps: int = 60, seed: 
     model.eval()
     model.save_pretrained(ckpt, extra_config={"finpulse_model_id": f"tiny-keyword-seed{seed}"})
     return ckpt
+
+
+def tiny_train_settings(d: Path, **overrides: Any) -> TrainSettings:
+    """Settings for a seconds-long ``train`` run on ``d``'s base encoder and four task files
+    (``sentiment_train.csv``, ``sentiment_valid.csv``, ``topic_train.csv``, ``topic_valid.csv``)."""
+    defaults: dict[str, Any] = {
+        "base_dir": d / "base",
+        "data_dir": None,
+        **{
+            f"{task}_{part}": d / f"{task}_{part}.csv" for task in ("sentiment", "topic") for part in ("train", "valid")
+        },
+        "max_seq_len": 32,
+        "batch_size": 8,
+        "max_steps": 6,
+        "evals_per_epoch": 0,
+        "progress": False,
+        "num_threads": 1,
+        "precision": "fp32",
+    }
+    return TrainSettings(**{**defaults, **overrides})

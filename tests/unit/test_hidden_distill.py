@@ -14,7 +14,14 @@ import torch
 
 from engine.modeling import MultiHeadClassifier, load_model
 from engine.tokenize import BatchTokenizer
-from tests.support.tiny_bert import DEFAULT_HEADS, SPECIALS, build_vocab, make_tiny_encoder, write_tokenizer
+from tests.support.tiny_bert import (
+    DEFAULT_HEADS,
+    SPECIALS,
+    build_vocab,
+    make_tiny_encoder,
+    tiny_train_settings,
+    write_tokenizer,
+)
 from training.distill import DistillError
 from training.hidden_distill import (
     HiddenDistiller,
@@ -36,18 +43,10 @@ def _texts(n: int, seed: int) -> list[str]:
 
 def _teacher(out: Path, vocab: list[str], hidden: int = 48, layers: int = 4) -> Path:
     """A tiny finpulse checkpoint, wider and deeper than the student, with its own vocabulary file."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    torch.manual_seed(5)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=hidden * 2,
-        max_position_embeddings=512,
-    )
-    model = MultiHeadClassifier(BertModel(cfg, add_pooling_layer=False), DEFAULT_HEADS)
+    enc = make_tiny_encoder(out.parent / f"{out.name}-encoder", [], seed=5, hidden=hidden, layers=layers, vocab=vocab)
+    model = MultiHeadClassifier(BertModel.from_pretrained(str(enc), add_pooling_layer=False), DEFAULT_HEADS)
     model.save_pretrained(out, extra_config={"finpulse_model_id": f"tiny-teacher-{out.name}"})
     write_tokenizer(out, vocab)
     return out
@@ -87,22 +86,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(d: Path, **kw: Any) -> TrainSettings:
-    defaults: dict[str, Any] = {
-        "base_dir": d / "base",
-        "data_dir": None,
-        "sentiment_train": d / "sentiment_train.csv",
-        "sentiment_valid": d / "sentiment_valid.csv",
-        "topic_train": d / "topic_train.csv",
-        "topic_valid": d / "topic_valid.csv",
-        "max_seq_len": 32,
-        "batch_size": 8,
-        "max_steps": 6,
-        "evals_per_epoch": 0,
-        "progress": False,
-        "num_threads": 1,
-        "precision": "fp32",
-    }
-    return TrainSettings(**{**defaults, **kw})
+    return tiny_train_settings(d, **kw)
 
 
 def test_layer_map_spreads_the_student_over_the_teacher() -> None:

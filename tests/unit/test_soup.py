@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from engine.modeling import load_model
-from tests.support.tiny_bert import make_tiny_encoder
+from tests.support.tiny_bert import make_tiny_encoder, tiny_train_settings
 from training.settings import TrainSettings
 from training.soup import SoupError, average_states, refit_head, soup
 from training.train import train
@@ -75,23 +75,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _settings(d: Path, **kw: Any) -> TrainSettings:
-    defaults: dict[str, Any] = {
-        "base_dir": d / "base",
-        "data_dir": None,
-        "sentiment_train": d / "sentiment_train.csv",
-        "sentiment_valid": d / "sentiment_valid.csv",
-        "topic_train": d / "topic_train.csv",
-        "topic_valid": d / "topic_valid.csv",
-        "max_seq_len": 32,
-        "batch_size": 8,
-        "max_steps": 8,
-        "evals_per_epoch": 0,
-        "calibration_fraction": 0.2,
-        "progress": False,
-        "num_threads": 1,
-        "precision": "fp32",
-    }
-    return TrainSettings(**{**defaults, **kw})
+    return tiny_train_settings(d, **{"max_steps": 8, "calibration_fraction": 0.2, **kw})
 
 
 @pytest.fixture(scope="module")
