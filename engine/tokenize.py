@@ -117,16 +117,19 @@ class BatchTokenizer:
     def padded_len(self, longest: int) -> int:
         return min(round_up(max(longest, 1), self.pad_multiple), max(self.max_seq_len, longest))
 
-    def collate(self, tok: TokenizedTexts, indices: Sequence[int] | np.ndarray) -> EncodedBatch:
-        """Pad the chosen texts to their longest member, rounded up to the bucket size."""
+    def collate(
+        self, tok: TokenizedTexts, indices: Sequence[int] | np.ndarray, length: int | None = None
+    ) -> EncodedBatch:
+        """Pad the chosen texts to their longest member, rounded up to the bucket size, or to exactly ``length``
+        tokens when given (longer texts cut), e.g. to line up with another tokenizer's batch of the same texts."""
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size == 0:
             raise ValueError("cannot collate an empty batch")
-        seq = self.padded_len(int(tok.lengths[idx].max()))
+        seq = self.padded_len(int(tok.lengths[idx].max())) if length is None else length
         input_ids = np.full((idx.size, seq), self.pad_id, dtype=np.int64)
         mask = np.zeros((idx.size, seq), dtype=np.int64)
         for row, i in enumerate(idx):
-            ids = tok.ids[int(i)]
+            ids = tok.ids[int(i)] if length is None else tok.ids[int(i)][:seq]
             input_ids[row, : len(ids)] = ids
             mask[row, : len(ids)] = 1
         return EncodedBatch(input_ids=input_ids, attention_mask=mask)

@@ -48,7 +48,7 @@ def predict_features(
     """What the heads read for ``texts`` (the mean-pooled last layer), in input order, in eval mode."""
 
     def pooled(ids: Any, mask: Any) -> tuple[Any, ...]:
-        return (mean_pool(model.forward_with_hidden_states(ids, mask)[1][-1], mask),)
+        return (mean_pool(model.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask),)
 
     width = int(model.config.hidden_size)
     return _sorted_pass(model, tokenizer, texts, batch_size, device, [width], pooled)[0]

@@ -124,17 +124,3 @@ def check_alignment(aligned: np.ndarray, task: str, teacher: Path) -> None:
             f"hidden-state teacher {teacher} cuts only {share:.0%} of the {task} rows into the student's pieces "
             f"(at least {MIN_ALIGNED_SHARE:.0%} needed): its tokenizer differs from the student's"
         )
-
-
-def teacher_batch(
-    tok: BatchTokenizer, tokenized: TokenizedTexts, indices: np.ndarray, seq_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's ids and mask for the batch rows, padded (or cut) to the student batch's ``seq_len``, so
-    token ``j`` lines up with the student's token ``j`` on aligned rows (which have the same length)."""
-    ids = np.full((len(indices), seq_len), tok.pad_id, dtype=np.int64)
-    mask = np.zeros((len(indices), seq_len), dtype=np.int64)
-    for row, i in enumerate(indices):
-        got = tokenized.ids[int(i)][:seq_len]
-        ids[row, : len(got)] = got
-        mask[row, : len(got)] = 1
-    return ids, mask

@@ -34,11 +34,11 @@ from training.settings import TrainSettings
 from training.train import (
     TOKENIZER_FILES,
     TaskSplit,
-    _validate,
     calibrate,
     class_weights,
     load_splits,
     unseen_reports,
+    validate,
 )
 
 log = structlog.get_logger(__name__)
@@ -169,7 +169,6 @@ def soup(
     splits: list[TaskSplit] = [sp for sp in load_splits(settings) if sp.task in dict(heads)]
     tokenizer = BatchTokenizer.from_model_dir(paths[0], max_seq_len=int(settings.max_seq_len), pad_multiple=8)
     for sp in splits:
-        sp.train_tok = tokenizer.tokenize(sp.train.texts)
         sp.valid_tok = tokenizer.tokenize(sp.valid.texts) if sp.valid is not None else None
 
     refit: dict[str, Any] = {}
@@ -182,7 +181,7 @@ def soup(
             loss = refit_head(head, feats, sp.train.label_ids, w, float(settings.label_smoothing))
             refit[sp.task] = {"rows": len(sp.train), "loss": round(loss, 5)}
             log.info("soup_head_refit", head=sp.task, rows=len(sp.train), loss=round(loss, 5))
-    reports, valid_logits = _validate(model, tokenizer, splits, batch_size, torch.device("cpu"))
+    reports, valid_logits = validate(model, tokenizer, splits, batch_size, torch.device("cpu"))
     calibration = calibrate(model, tokenizer, splits, batch_size, valid_logits)
     ids = [lm.model_id for lm in loaded]
     metrics: dict[str, Any] = {

@@ -46,7 +46,6 @@ from training.hidden_distill import (
     aligned_rows,
     check_alignment,
     load_hidden_teacher,
-    teacher_batch,
 )
 from training.metrics import ECE_BINS, calibration_report, choose_temperature, classification_report
 from training.overlap import NEAR_COPY, exclude_validation
@@ -386,7 +385,7 @@ def add_pseudo_labels(settings: TrainSettings, splits: list[TaskSplit], *, bf16:
 # --- the run ----------------------------------------------------------------------------------------
 
 
-def _validate(
+def validate(
     model: MultiHeadClassifier,
     tokenizer: BatchTokenizer,
     splits: list[TaskSplit],
@@ -719,9 +718,12 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 else:
                     all_logits, states = model.forward_with_hidden_states(input_ids, mask)
                     logits = all_logits[head_index[task]]
-                    t_ids, t_mask = teacher_batch(hidden.tokenizer, hidden_tok[task], idx, batch.seq_len)
+                    # The teacher's ids cut or padded to the student batch's length, so that on aligned rows
+                    # token j is the same piece in both.
+                    t_batch = hidden.tokenizer.collate(hidden_tok[task], idx, length=batch.seq_len)
                     t_states = hidden.distiller.teacher_states(
-                        torch.from_numpy(t_ids).to(device), torch.from_numpy(t_mask).to(device)
+                        torch.from_numpy(t_batch.input_ids).to(device),
+                        torch.from_numpy(t_batch.attention_mask).to(device),
                     )
                     rows = torch.from_numpy(hidden_rows[task][idx]).to(device)
                     hidden_loss = hidden.distiller.loss(states, t_states, mask, rows)
@@ -750,7 +752,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 loss = loss + settings.hidden_distill_weight * hidden_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], settings.grad_clip)
+            trained = [p for p in model.parameters() if p.requires_grad]
+            if hidden is not None:
+                trained += list(hidden.distiller.parameters())  # the layer maps are trained, so clipped, too
+            torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -769,7 +774,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 train_seconds += time.perf_counter() - t_loop
                 t_eval = time.perf_counter()
                 progress.update(bar, info="validating...")
-                reports, valid_logits = _validate(model, tokenizer, splits, settings.eval_batch_size, device)
+                reports, valid_logits = validate(model, tokenizer, splits, settings.eval_batch_size, device)
                 set_train_mode()
                 eval_seconds += time.perf_counter() - t_eval
                 scores = {t: r["macro_f1"] for t, r in reports.items()}

@@ -28,7 +28,6 @@ from training.hidden_distill import (
     aligned_rows,
     check_alignment,
     layer_map,
-    teacher_batch,
 )
 from training.settings import TrainSettings
 from training.train import TrainingError, train
@@ -121,18 +120,23 @@ def test_rows_align_when_the_pieces_match_whatever_the_ids(data: Path) -> None:
         check_alignment(aligned_rows(student, s_tok, chars, c_tok), "sentiment", data / "chars-teacher")
 
 
-def test_teacher_batch_lines_up_with_the_student_batch(data: Path) -> None:
+def test_teacher_collate_lines_up_with_the_student_batch(data: Path) -> None:
     texts = _texts(5, 11)
     student = BatchTokenizer.from_model_dir(data / "base", max_seq_len=32, pad_multiple=8)
     teacher = BatchTokenizer.from_model_dir(data / "teacher", max_seq_len=32, pad_multiple=8)
     s_tok, t_tok = student.tokenize(texts), teacher.tokenize(texts)
     idx = np.asarray([3, 0, 4])
     batch = student.collate(s_tok, idx)
-    ids, mask = teacher_batch(teacher, t_tok, idx, batch.seq_len)
+    t_batch = teacher.collate(t_tok, idx, length=batch.seq_len)
+    ids, mask = t_batch.input_ids, t_batch.attention_mask
     assert ids.shape == batch.input_ids.shape
     assert (mask == batch.attention_mask).all()
     for row, i in enumerate(idx):
         assert list(ids[row, : len(t_tok.ids[i])]) == t_tok.ids[i]
+    # A length below a text's own cuts it (a row the two tokenizers cut differently may be longer).
+    cut = teacher.collate(t_tok, idx, length=3)
+    assert cut.input_ids.shape == (3, 3) and cut.attention_mask.all()
+    assert [list(r) for r in cut.input_ids] == [t_tok.ids[i][:3] for i in idx]
 
 
 @torch.no_grad()  # the maps' gradients are not under test here
