@@ -78,6 +78,16 @@ class MultiHeadClassifier(nn.Module):
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         return self._head_logits(out, attention_mask), tuple(out.hidden_states)
 
+    def forward_with_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """The heads' logits and the mean-pooled last layer that mean-pooled heads read (before dropout).
+
+        For training, which refits heads on these features; serving and export use ``forward``.
+        """
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+        return self._head_logits(out, attention_mask), mean_pool(out.last_hidden_state, attention_mask)
+
     def _head_logits(self, out: Any, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mean = mean_pool(out.last_hidden_state, attention_mask)
         pooled = out.pooler_output if self._uses_pooler else None

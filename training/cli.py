@@ -64,6 +64,11 @@ def _d(name: str, text: str = "") -> str:
     help=_d("calibration_fraction", "Share of training rows held out to fit each head's temperature (0: none)."),
 )
 @click.option("--calibration-seed", type=int, default=None, help=_d("calibration_seed"))
+@click.option(
+    "--refit-heads/--no-refit-heads",
+    default=None,
+    help=_d("refit_heads", "Refit each head on the trained encoder's frozen features (one extra pass)."),
+)
 @click.option("--evals-per-epoch", type=int, default=None, help=_d("evals_per_epoch"))
 @click.option("--patience", type=int, default=None, help=_d("patience"))
 @click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None, help=_d("selection"))

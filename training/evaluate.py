@@ -38,6 +38,24 @@ def predict_logits(
     return _sorted_pass(model, tokenizer, texts, batch_size, device, widths, lambda ids, mask: model(ids, mask))
 
 
+def predict_logits_and_features(
+    model: MultiHeadClassifier,
+    tokenizer: BatchTokenizer,
+    texts: Sequence[str] | TokenizedTexts,
+    batch_size: int = 128,
+    device: Any = "cpu",
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``predict_logits`` and ``predict_features`` from one pass of the encoder."""
+
+    def both(ids: Any, mask: Any) -> tuple[Any, ...]:
+        logits, feats = model.forward_with_features(ids, mask)
+        return (*logits, feats)
+
+    widths = [len(h.labels) for h in model.head_specs] + [int(model.config.hidden_size)]
+    *logits, feats = _sorted_pass(model, tokenizer, texts, batch_size, device, widths, both)
+    return logits, feats
+
+
 def predict_features(
     model: MultiHeadClassifier,
     tokenizer: BatchTokenizer,

@@ -22,14 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import structlog
 import torch
-from torch import nn
 
 from engine.modeling import MultiHeadClassifier, load_model
 from engine.tokenize import BatchTokenizer
-from training.evaluate import predict_features
+from training.refit import refit_heads as refit_heads_on
 from training.settings import TrainSettings
 from training.train import (
     TOKENIZER_FILES,
@@ -77,36 +75,6 @@ def average_states(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
 def _calibration_draw(hp: dict[str, Any]) -> tuple[Any, ...]:
     seed = hp.get("calibration_seed", hp.get("seed"))
     return (seed, *(hp.get(k) for k in SPLIT_KEYS))
-
-
-def refit_head(
-    head: nn.Linear,
-    features: np.ndarray,
-    labels: np.ndarray,
-    weights: np.ndarray,
-    label_smoothing: float,
-    l2: float = 1e-4,
-    max_iter: int = 500,
-) -> float:
-    """Fit ``head`` (in place, from its current weights) to the frozen ``features`` by full-batch L-BFGS on the
-    class-weighted, label-smoothed cross-entropy plus ``l2`` on the weight matrix. Returns the final loss."""
-    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    w = torch.from_numpy(np.asarray(weights, dtype=np.float32))
-    opt = torch.optim.LBFGS(
-        head.parameters(), lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(head(x), y, weight=w, label_smoothing=label_smoothing)
-        loss = loss + l2 * (head.weight**2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-        return float(closure().detach())
 
 
 def soup(
@@ -173,15 +141,11 @@ def soup(
 
     refit: dict[str, Any] = {}
     if refit_heads:
-        for sp in splits:
-            feats = predict_features(model, tokenizer, sp.train.texts, batch_size=batch_size)
-            w = class_weights(sp.train.counts(), str(settings.class_weighting))
-            head = model.heads[sp.task]
-            assert isinstance(head, nn.Linear)
-            loss = refit_head(head, feats, sp.train.label_ids, w, float(settings.label_smoothing))
-            refit[sp.task] = {"rows": len(sp.train), "loss": round(loss, 5)}
-            log.info("soup_head_refit", head=sp.task, rows=len(sp.train), loss=round(loss, 5))
-    reports, valid_logits = validate(model, tokenizer, splits, batch_size, torch.device("cpu"))
+        weights = {sp.task: class_weights(sp.train.counts(), str(settings.class_weighting)) for sp in splits}
+        refit = refit_heads_on(
+            model, tokenizer, splits, weights, float(settings.label_smoothing), batch_size=batch_size
+        )
+    reports, valid_logits, _ = validate(model, tokenizer, splits, batch_size, torch.device("cpu"))
     calibration = calibrate(model, tokenizer, splits, batch_size, valid_logits)
     ids = [lm.model_id for lm in loaded]
     metrics: dict[str, Any] = {

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import structlog
@@ -40,7 +40,7 @@ from engine.tokenize import BatchTokenizer, TokenizedTexts
 from finpulse.cpu import cpu_has_bf16
 from training.data import TASKS, DataError, TaskData, label_map_for, load_task_data
 from training.distill import DistillError, distillation_loss, rdrop_loss, teacher_identity, teacher_probabilities
-from training.evaluate import predict_logits
+from training.evaluate import predict_logits, predict_logits_and_features
 from training.hidden_distill import (
     HiddenTeacher,
     aligned_rows,
@@ -49,6 +49,7 @@ from training.hidden_distill import (
 )
 from training.metrics import ECE_BINS, calibration_report, choose_temperature, classification_report
 from training.overlap import NEAR_COPY, exclude_validation
+from training.refit import head_logits, refit_heads
 from training.selftrain import PseudoLabels, pseudo_label, unlabelled_pool
 from training.settings import TrainSettings, config_hash
 
@@ -385,26 +386,49 @@ def add_pseudo_labels(settings: TrainSettings, splits: list[TaskSplit], *, bf16:
 # --- the run ----------------------------------------------------------------------------------------
 
 
+class Validation(NamedTuple):
+    """Per task: the classification report on its validation rows, the logits it was computed from, and the
+    mean-pooled features those logits were computed from (so refit heads can be re-scored without a pass)."""
+
+    reports: dict[str, dict[str, Any]]
+    logits: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+
+
 def validate(
     model: MultiHeadClassifier,
     tokenizer: BatchTokenizer,
     splits: list[TaskSplit],
     batch_size: int,
     device: torch.device,
-) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Per task: the classification report on its validation rows, and the logits it was computed from."""
-    reports: dict[str, dict[str, Any]] = {}
-    logits_by_task: dict[str, np.ndarray] = {}
+) -> Validation:
+    """Score every split that has validation rows (one encoder pass per task)."""
+    got = Validation({}, {}, {})
     head_index = {name: i for i, name in enumerate(model.head_names)}
     for sp in splits:
         if sp.valid is None or sp.valid_tok is None:
             continue
-        logits = predict_logits(model, tokenizer, sp.valid_tok, batch_size=batch_size, device=device)[
-            head_index[sp.task]
-        ]
-        reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
-        logits_by_task[sp.task] = logits
-    return reports, logits_by_task
+        logits_all, feats = predict_logits_and_features(
+            model, tokenizer, sp.valid_tok, batch_size=batch_size, device=device
+        )
+        logits = logits_all[head_index[sp.task]]
+        got.reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
+        got.logits[sp.task] = logits
+        got.features[sp.task] = feats
+    return got
+
+
+def rescore(model: MultiHeadClassifier, splits: list[TaskSplit], previous: Validation, tasks: set[str]) -> Validation:
+    """``previous`` with ``tasks``' heads scored again from its kept features, for heads changed after the pass
+    (a refit of mean-pooled heads): no encoder pass. The other tasks keep their scores."""
+    got = Validation(dict(previous.reports), dict(previous.logits), dict(previous.features))
+    for sp in splits:
+        if sp.valid is None or sp.task not in tasks or sp.task not in previous.features:
+            continue
+        logits = head_logits(model, sp.task, previous.features[sp.task])
+        got.reports[sp.task] = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
+        got.logits[sp.task] = logits
+    return got
 
 
 def unseen_reports(splits: list[TaskSplit], valid_logits: dict[str, np.ndarray] | None) -> dict[str, dict[str, Any]]:
@@ -680,8 +704,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     history: list[dict[str, Any]] = []
     best_score = -1.0
     best_step = 0
-    best_reports: dict[str, dict[str, Any]] = {}
-    best_valid_logits: dict[str, np.ndarray] = {}
+    best = Validation({}, {}, {})
     best_state: dict[str, torch.Tensor] | None = None
     best_per_head: dict[str, float] = {}
     stale = 0
@@ -774,10 +797,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 train_seconds += time.perf_counter() - t_loop
                 t_eval = time.perf_counter()
                 progress.update(bar, info="validating...")
-                reports, valid_logits = validate(model, tokenizer, splits, settings.eval_batch_size, device)
+                checked = validate(model, tokenizer, splits, settings.eval_batch_size, device)
                 set_train_mode()
                 eval_seconds += time.perf_counter() - t_eval
-                scores = {t: r["macro_f1"] for t, r in reports.items()}
+                scores = {t: r["macro_f1"] for t, r in checked.reports.items()}
                 score = float(np.mean(list(scores.values())))
                 history.append(
                     {
@@ -797,7 +820,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                         improved_any = True
                 new_best = score > best_score
                 if new_best:
-                    best_score, best_step, best_reports, best_valid_logits = score, step, reports, valid_logits
+                    best_score, best_step, best = score, step, checked
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 improved = new_best if settings.selection == "mean" else improved_any
                 stale = 0 if improved else stale + 1
@@ -824,17 +847,42 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     if best_state is not None:
         model.load_state_dict(best_state)
+    head_refit: dict[str, dict[str, Any]] | None = None
+    if settings.refit_heads:
+        t_refit = time.perf_counter()
+        if settings.progress:
+            console.print("refitting the heads on the encoder's features (one pass over the training rows)...")
+        head_refit = refit_heads(
+            model,
+            tokenizer,
+            splits,
+            {t: w.cpu().numpy() for t, w in weights.items()},
+            settings.label_smoothing,
+            batch_size=settings.eval_batch_size,
+            device=device,
+            bf16=precision == "bf16",
+        )
+        # The refit heads read the features the selected checkpoint's validation kept: scored without a pass.
+        refit_best = rescore(model, splits, best, set(head_refit))
+        for task, rep in head_refit.items():
+            if task in best.reports:
+                rep["macro_f1_before"] = best.reports[task]["macro_f1"]
+                rep["macro_f1_after"] = refit_best.reports[task]["macro_f1"]
+        best = refit_best
+        if best.reports:
+            best_score = float(np.mean([r["macro_f1"] for r in best.reports.values()]))
+        eval_seconds += time.perf_counter() - t_refit
     model.to("cpu").eval()
     t_cal = time.perf_counter()
-    calibration = calibrate(model, tokenizer, splits, settings.eval_batch_size, best_valid_logits)
+    calibration = calibrate(model, tokenizer, splits, settings.eval_batch_size, best.logits)
     eval_seconds += time.perf_counter() - t_cal
 
-    unseen = unseen_reports(splits, best_valid_logits)
+    unseen = unseen_reports(splits, best.logits)
 
     wall = time.perf_counter() - t_start
     run_hash = config_hash(settings, run_identity(settings))
     metrics: dict[str, Any] = {
-        "heads": best_reports,
+        "heads": best.reports,
         "score": best_score if has_valid else None,
         "best_step": best_step if has_valid else step,
         "steps": step,
@@ -868,6 +916,8 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             for sp in splits
         },
         "history": history,
+        # Per head: training rows, final loss, seconds, and validation macro-F1 before and after the refit.
+        "head_refit": head_refit,
         "calibration": calibration,
         "unseen": unseen,
         "distillation": (
@@ -1007,6 +1057,16 @@ def render_model_card(metrics: dict[str, Any], model_id: str) -> str:
             f"({', '.join(f'{k} {v:,}' for k, v in r['per_class'].items())}); "
             f"{r['validation_copies_left_out']:,} copies of validation texts left out of the pool"
             for task, r in (metrics.get("self_training") or {}).items()
+        ),
+        *(
+            f"- {task} head refit on the encoder's frozen features of its {r['rows']:,} training rows "
+            f"({r['seconds']} s)"
+            + (
+                f": validation macro-F1 {r['macro_f1_before']:.4f} before, {r['macro_f1_after']:.4f} after"
+                if "macro_f1_after" in r
+                else ""
+            )
+            for task, r in (metrics.get("head_refit") or {}).items()
         ),
         "",
         "| hyperparameter | value |",

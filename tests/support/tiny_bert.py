@@ -176,3 +176,34 @@ def tiny_train_settings(d: Path, **overrides: Any) -> TrainSettings:
         "precision": "fp32",
     }
     return TrainSettings(**{**defaults, **overrides})
+
+
+#: words the tiny task files are made of
+TASK_WORDS = "apple tesla oil fed rates cut guidance beats misses shares fall rise bank merger deal dividend".split()
+
+
+def write_tiny_task_files(d: Path, sizes: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """Write ``tiny_train_settings``' four CSV files to ``d`` and a tiny base encoder to ``d / "base"``.
+
+    ``sizes`` maps each file's name to (rows, classes); labels cycle through the classes. Returns every text.
+    """
+    import csv
+    import random
+
+    sizes = sizes or {
+        "sentiment_train": (60, 3),
+        "sentiment_valid": (15, 3),
+        "topic_train": (60, 20),
+        "topic_valid": (15, 20),
+    }
+    corpus: list[str] = []
+    for i, (name, (n, classes)) in enumerate(sizes.items()):
+        rng = random.Random(i)
+        texts = [" ".join(rng.sample(TASK_WORDS, rng.randint(3, 7))) for _ in range(n)]
+        corpus += texts
+        with open(d / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("text", "label"))
+            w.writerows((t, j % classes) for j, t in enumerate(texts))
+    make_tiny_encoder(d / "base", corpus)
+    return corpus

@@ -1,26 +1,20 @@
-"""Weight averaging: the average itself, the refusals, the head refit, and a soup of two short runs."""
+"""Weight averaging: the average itself, the refusals, and a soup of two short runs."""
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from engine.modeling import load_model
-from tests.support.tiny_bert import make_tiny_encoder, tiny_train_settings
+from tests.support.tiny_bert import tiny_train_settings, write_tiny_task_files
 from training.settings import TrainSettings
-from training.soup import SoupError, average_states, refit_head, soup
+from training.soup import SoupError, average_states, soup
 from training.train import train
-
-WORDS = "apple tesla oil fed rates cut guidance beats misses shares fall rise bank merger deal dividend".split()
 
 
 def test_average_is_elementwise_and_refuses_mismatches() -> None:
@@ -38,39 +32,10 @@ def test_average_is_elementwise_and_refuses_mismatches() -> None:
         average_states([a, {"w": a["w"], "ids": torch.tensor([1, 0])}])
 
 
-def test_refit_separates_what_the_features_separate() -> None:
-    # Two well-separated clusters per class: a converged refit from a wrong start labels them all right.
-    rng = np.random.default_rng(0)
-    centres = rng.normal(0, 4, size=(3, 8))
-    labels = rng.integers(0, 3, size=300)
-    feats = centres[labels] + rng.normal(0, 0.5, size=(300, 8))
-    head = nn.Linear(8, 3)
-    with torch.no_grad():
-        head.weight.copy_(-torch.from_numpy(centres).float())  # starts out predicting the wrong class
-    before = (head(torch.from_numpy(feats).float()).argmax(1).numpy() == labels).mean()
-    refit_head(head, feats, labels, np.ones(3), label_smoothing=0.1)
-    after = (head(torch.from_numpy(feats).float()).argmax(1).numpy() == labels).mean()
-    assert before < 0.5 < 0.99 <= after
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.sample(WORDS, rng.randint(3, 7))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("soup")
-    files = {"sentiment_train": (60, 3), "sentiment_valid": (15, 3), "topic_train": (60, 20), "topic_valid": (15, 20)}
-    corpus: list[str] = []
-    for i, (name, (n, classes)) in enumerate(files.items()):
-        texts = _texts(n, i)
-        corpus += texts
-        with open(d / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(("text", "label"))
-            w.writerows((t, j % classes) for j, t in enumerate(texts))
-    make_tiny_encoder(d / "base", corpus)
+    write_tiny_task_files(d)
     return d
 
 
