@@ -161,19 +161,34 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, lo: float = 0.05, hi
     return float(1.0 / (0.5 * (b_lo + b_hi)))
 
 
-def choose_temperature(logits: np.ndarray, y_true: np.ndarray) -> tuple[float, float]:
-    """The temperature to serve and the one fitted: the NLL fit, kept only when it lowers ECE on the same rows.
+def choose_temperature(logits: np.ndarray, y_true: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """The temperature to serve and the one fitted: the NLL fit, kept only when it lowers ECE out of sample.
 
-    Minimum NLL is the fit (``fit_temperature``); ECE is what the scores are judged by. The two can
-    disagree: a student distilled from a teacher's probabilities is often calibrated already, and a
-    few confidently wrong rows then pull the NLL fit away from 1, so that dividing by it makes the
-    top-label confidences worse. Serving a temperature that worsens the calibration error on the rows
-    it was fitted on helps nobody, so such a fit is dropped (1.0 served) and reported as fitted.
+    Minimum NLL is the fit (``fit_temperature``, on all rows); ECE is what the scores are judged by.
+    The two can disagree: a student distilled from a teacher's probabilities is often calibrated
+    already, and a few confidently wrong rows then pull the NLL fit away from 1, so that dividing by
+    it makes the top-label confidences worse. Whether scaling helps is judged by twofold cross-fitting
+    (each random half's fit scored on the other half, the ECE changes weighted by rows), so the rows
+    that judge a fit never fitted it; a fit that does not lower the held-out ECE is dropped (1.0
+    served) and reported as fitted. Under four rows there are no halves to speak of, and the fit is
+    judged on the rows it was fitted on.
     """
-    fitted = fit_temperature(logits, y_true)
-    before = expected_calibration_error(softmax_t(logits), y_true)
-    after = expected_calibration_error(softmax_t(logits, fitted), y_true)
-    return (fitted if after <= before else 1.0), fitted
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    fitted = fit_temperature(z, y)
+    if y.size < 4:
+        gain = expected_calibration_error(softmax_t(z), y) - expected_calibration_error(softmax_t(z, fitted), y)
+        return (fitted if gain >= 0 else 1.0), fitted
+    order = np.random.default_rng(seed).permutation(y.size)
+    halves = (order[: y.size // 2], order[y.size // 2 :])
+    gain = 0.0
+    for fit_rows, judge_rows in (halves, halves[::-1]):
+        t = fit_temperature(z[fit_rows], y[fit_rows])
+        zj, yj = z[judge_rows], y[judge_rows]
+        gain += yj.size * (
+            expected_calibration_error(softmax_t(zj), yj) - expected_calibration_error(softmax_t(zj, t), yj)
+        )
+    return (fitted if gain >= 0 else 1.0), fitted
 
 
 def calibration_report(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> dict[str, float]:

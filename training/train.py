@@ -484,7 +484,7 @@ def calibrate(
         temperature, fitted = choose_temperature(logits, sp.calib.label_ids)
         report: dict[str, Any] = {
             "temperature": temperature,
-            # The NLL fit, served only when it lowers the held-out rows' ECE (``choose_temperature``).
+            # The NLL fit, served only when it lowers ECE out of sample (``choose_temperature``).
             "fitted_temperature": fitted,
             "rows": len(sp.calib),
             "calibration_split": calibration_report(logits, sp.calib.label_ids, temperature),

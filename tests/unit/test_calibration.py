@@ -148,3 +148,13 @@ def test_runs_with_one_calibration_seed_hold_out_the_same_rows(tmp_path: Path) -
     assert calib(seed=13, calibration_seed=7) == calib(seed=14, calibration_seed=7) == calib(seed=7)
     assert TrainSettings(seed=14, calibration_seed=7).hyperparameters()["calibration_seed"] == 7
     assert "calibration_seed" not in TrainSettings(seed=14).hyperparameters()  # earlier runs' hashes stay
+
+
+def test_a_temperature_is_chosen_for_any_number_of_rows() -> None:
+    # Under four rows there are no halves: the fit is judged in sample, and never crashes.
+    rng = np.random.default_rng(5)
+    for n in range(0, 8):
+        logits, labels = _sample(rng, n, 3, 1.0) if n else (np.zeros((0, 3)), np.zeros(0, dtype=int))
+        served, fitted = choose_temperature(logits, labels)
+        assert served in (1.0, fitted)
+        assert choose_temperature(logits, labels) == (served, fitted)  # the halves' draw is seeded
