@@ -66,7 +66,7 @@ class MultiHeadClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-        return self._head_logits(out, attention_mask)
+        return self._head_logits(out, mean_pool(out.last_hidden_state, attention_mask))
 
     def forward_with_hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -76,7 +76,7 @@ class MultiHeadClassifier(nn.Module):
         For hidden-state distillation in training; serving and export use ``forward``.
         """
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return self._head_logits(out, attention_mask), tuple(out.hidden_states)
+        return self._head_logits(out, mean_pool(out.last_hidden_state, attention_mask)), tuple(out.hidden_states)
 
     def forward_with_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -86,10 +86,11 @@ class MultiHeadClassifier(nn.Module):
         For training, which refits heads on these features; serving and export use ``forward``.
         """
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
-        return self._head_logits(out, attention_mask), mean_pool(out.last_hidden_state, attention_mask)
-
-    def _head_logits(self, out: Any, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mean = mean_pool(out.last_hidden_state, attention_mask)
+        return self._head_logits(out, mean), mean
+
+    def _head_logits(self, out: Any, mean: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # ``mean``: the mean-pooled last layer, pooled once by the caller (``forward_with_features`` returns it too).
         pooled = out.pooler_output if self._uses_pooler else None
         logits = []
         for spec in self.head_specs:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tiny_bert import make_tiny_checkpoint
+from tests.support.tiny_bert import make_tiny_checkpoint, write_tiny_task_files
 from training.data import sentiment_texts
 
 FALLBACK_TEXTS = [
@@ -38,3 +38,11 @@ def sample_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp("models") / "tiny", sample_texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four small task files and tiny base encoder that ``tiny_train_settings`` reads (read-only)."""
+    d = tmp_path_factory.mktemp("tiny-tasks")
+    write_tiny_task_files(d)
+    return d

@@ -17,7 +17,7 @@ import structlog
 from rich.console import Console
 from rich.table import Table
 
-from engine.modeling import HeadSpec, MultiHeadClassifier, mean_pool
+from engine.modeling import HeadSpec, MultiHeadClassifier
 from engine.settings import DEFAULT_MAX_SEQ_LEN
 from engine.tokenize import BatchTokenizer, TokenizedTexts
 from training.data import DataError, Format, TaskData, label_map_for, load_for_heads
@@ -66,7 +66,7 @@ def predict_features(
     """What the heads read for ``texts`` (the mean-pooled last layer), in input order, in eval mode."""
 
     def pooled(ids: Any, mask: Any) -> tuple[Any, ...]:
-        return (mean_pool(model.bert(input_ids=ids, attention_mask=mask).last_hidden_state, mask),)
+        return (model.forward_with_features(ids, mask)[1],)
 
     width = int(model.config.hidden_size)
     return _sorted_pass(model, tokenizer, texts, batch_size, device, [width], pooled)[0]

@@ -11,7 +11,7 @@ from torch import nn
 
 from engine.modeling import load_model
 from engine.tokenize import BatchTokenizer
-from tests.support.tiny_bert import tiny_train_settings, write_tiny_task_files
+from tests.support.tiny_bert import tiny_train_settings
 from training.evaluate import predict_features, predict_logits
 from training.metrics import classification_report
 from training.refit import refit_head
@@ -39,21 +39,14 @@ def test_refit_enters_the_hash_only_when_on() -> None:
     assert TrainSettings(refit_heads=True).hyperparameters()["refit_heads"] is True
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("refit")
-    write_tiny_task_files(d)
-    return d
-
-
 def _settings(d: Path, **kw: object) -> TrainSettings:
     return tiny_train_settings(d, **{"max_steps": 8, "calibration_fraction": 0.2, "seed": 5, **kw})
 
 
-def test_rescore_matches_a_fresh_validation_pass(data: Path, tmp_path: Path) -> None:
-    train(_settings(data), tmp_path / "m")
+def test_rescore_matches_a_fresh_validation_pass(tiny_task_dir: Path, tmp_path: Path) -> None:
+    train(_settings(tiny_task_dir), tmp_path / "m")
     model = load_model(tmp_path / "m").model.eval()
-    settings = _settings(data)
+    settings = _settings(tiny_task_dir)
     splits = load_splits(settings)
     tok = BatchTokenizer.from_model_dir(tmp_path / "m", max_seq_len=settings.max_seq_len, pad_multiple=8)
     for sp in splits:
@@ -79,11 +72,11 @@ def _refit_objective(head: nn.Module, feats: torch.Tensor, y: torch.Tensor, w: l
 
 
 @pytest.mark.slow
-def test_train_with_refit_heads(data: Path, tmp_path: Path) -> None:
-    plain = train(_settings(data), tmp_path / "plain")
-    refit = train(_settings(data, refit_heads=True), tmp_path / "refit")
+def test_train_with_refit_heads(tiny_task_dir: Path, tmp_path: Path) -> None:
+    plain = train(_settings(tiny_task_dir), tmp_path / "plain")
+    refit = train(_settings(tiny_task_dir, refit_heads=True), tmp_path / "refit")
     assert plain.metrics["head_refit"] is None
-    rows = {sp.task: len(sp.train) for sp in load_splits(_settings(data))}
+    rows = {sp.task: len(sp.train) for sp in load_splits(_settings(tiny_task_dir))}
     got = refit.metrics["head_refit"]
     assert {t: r["rows"] for t, r in got.items()} == rows  # training rows only: no calibration rows
     assert {t: r["macro_f1_after"] for t, r in got.items()} == {
@@ -102,7 +95,7 @@ def test_train_with_refit_heads(data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("bert."))
     assert not torch.allclose(sa["heads.topic.weight"], sb["heads.topic.weight"], atol=1e-4)
 
-    settings = _settings(data)
+    settings = _settings(tiny_task_dir)
     tok = BatchTokenizer.from_model_dir(tmp_path / "refit", max_seq_len=settings.max_seq_len, pad_multiple=8)
     index = {name: i for i, name in enumerate(b.head_names)}
     for sp in load_splits(settings):
