@@ -15,7 +15,7 @@ from rich.table import Table
 
 from engine.errors import EngineError
 from engine.settings import DEFAULT_MAX_SEQ_LEN
-from training.data import DataError
+from training.data import DataError, label_map_for
 from training.settings import TrainSettings
 
 _PATH = click.Path(path_type=Path)
@@ -261,6 +261,12 @@ def soup_cmd(
     help="Truncate texts to this many tokens.",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--label-ids",
+    default=None,
+    help="What the file's numeric labels mean, names in id order, e.g. 'negative,neutral,positive' "
+    "(default for sentiment: the twitter-financial-news order, 0 negative, 1 positive, 2 neutral).",
+)
 def evaluate_cmd(
     model: Path,
     data_file: Path,
@@ -269,13 +275,32 @@ def evaluate_cmd(
     backend: str,
     max_seq_len: int,
     batch_size: int,
+    label_ids: str | None,
 ) -> None:
     """Per-class precision/recall/F1, macro-F1, accuracy and confusion matrix of MODEL on a labelled file."""
     from training.evaluate import evaluate
 
+    ids: dict[str, list[str]] | None = None
+    if label_ids is not None:
+        names = [n.strip() for n in label_ids.split(",")]
+        # The number of names says which task they are for when --task does not.
+        sizes = {len(label_map_for(t).labels): t for t in ("sentiment", "topic")}
+        if task is None and len(names) not in sizes:
+            raise click.UsageError(
+                f"--label-ids has {len(names)} names; sentiment ids need {len(label_map_for('sentiment').labels)}, "
+                f"topic ids {len(label_map_for('topic').labels)}"
+            )
+        ids = {task or sizes[len(names)]: names}
     try:
         evaluate(
-            model, data_file, task, json_out=json_out, backend=backend, max_seq_len=max_seq_len, batch_size=batch_size
+            model,
+            data_file,
+            task,
+            json_out=json_out,
+            backend=backend,
+            max_seq_len=max_seq_len,
+            batch_size=batch_size,
+            label_ids=ids,
         )
     except (DataError, EngineError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc

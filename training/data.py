@@ -82,6 +82,35 @@ class LabelMap:
     def describe(self) -> str:
         return ", ".join(self.labels)
 
+    def id_names(self) -> tuple[str, ...]:
+        """What each numeric id means, in id order (``("negative", "positive", "neutral")`` for sentiment)."""
+        return tuple(self.labels[self.aliases[str(i)]] for i in range(len(self.labels)))
+
+    def with_ids(self, names: Sequence[str]) -> LabelMap:
+        """This map with numeric ids re-assigned: id ``i`` means ``names[i]`` (any known spelling).
+
+        A file's numeric ids carry no meaning by themselves: the twitter-financial-news sets use
+        ``0`` Bearish, ``1`` Bullish, ``2`` Neutral, while other headline sets use 0 negative, 1 neutral,
+        2 positive. Read with the wrong order, such a file is scored wrongly without any error, so
+        callers that read outside files say the order explicitly.
+        """
+        names = [n for n in names if n.strip()]
+        if len(names) != len(self.labels):
+            raise ValueError(
+                f"{self.task} ids need {len(self.labels)} label names in id order, got {len(names)}: {', '.join(names)}"
+            )
+        resolved: list[int] = []
+        for name in names:
+            key = _norm(name)
+            if key.isdigit() or key not in self.aliases:
+                raise ValueError(f"unknown {self.task} label name {name!r} (known: {self.describe()})")
+            resolved.append(self.aliases[key])
+        if sorted(resolved) != list(range(len(self.labels))):
+            raise ValueError(f"{self.task} id order {', '.join(names)} names some label twice")
+        aliases = {k: v for k, v in self.aliases.items() if not k.isdigit()}
+        aliases.update({str(i): r for i, r in enumerate(resolved)})
+        return LabelMap(task=self.task, labels=self.labels, aliases=aliases)
+
 
 def _label_map(
     task: str, labels: Sequence[str], ids: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None
@@ -133,6 +162,8 @@ class TaskData:
     label_ids: np.ndarray
     lines: list[int]
     source: Path
+    #: what the file's numeric ids were read as, in id order; ``None`` when every label was a name
+    ids_read_as: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -157,6 +188,7 @@ class TaskData:
             label_ids=self.label_ids[idx],
             lines=[self.lines[i] for i in idx],
             source=self.source,
+            ids_read_as=self.ids_read_as,
         )
 
     def with_rows(self, texts: Sequence[str], label_ids: np.ndarray) -> TaskData:
@@ -168,6 +200,7 @@ class TaskData:
             label_ids=np.concatenate([self.label_ids, np.asarray(label_ids, dtype=self.label_ids.dtype)]),
             lines=[*self.lines, *([-1] * len(texts))],
             source=self.source,
+            ids_read_as=self.ids_read_as,
         )
 
     def subset(self, n: int | None, seed: int) -> TaskData:
@@ -307,19 +340,29 @@ def _label_column(path: Path, records: Sequence[Record], task: str) -> str:
 
 
 def encode_records(
-    path: str | Path, records: Sequence[Record], task: str, column: str | None = None, skip_missing: bool = False
+    path: str | Path,
+    records: Sequence[Record],
+    task: str,
+    column: str | None = None,
+    skip_missing: bool = False,
+    label_ids: Sequence[str] | None = None,
 ) -> TaskData:
     """Label ids for ``task`` from ``column``; empty texts and unknown labels fail with their line.
 
     ``skip_missing`` drops rows whose label cell is empty (multi-column files label some rows for
-    one head only); otherwise an empty label is an error like any unknown one.
+    one head only); otherwise an empty label is an error like any unknown one. ``label_ids`` names
+    the labels of the file's numeric ids in id order (``LabelMap.with_ids``); without it the task's
+    own convention applies, and the result says which it was (``ids_read_as``).
     """
     p = Path(path)
     lmap = label_map_for(task)
+    if label_ids is not None:
+        lmap = lmap.with_ids(label_ids)
     col = column or _label_column(p, records, task)
     texts: list[str] = []
     ids: list[int] = []
     lines: list[int] = []
+    numeric = False
     for rec in records:
         raw = rec.labels.get(col)
         if skip_missing and (raw is None or (isinstance(raw, str) and not raw.strip())):
@@ -332,14 +375,30 @@ def encode_records(
             raise DataError(
                 p, rec.line, f"unknown {task} label {raw!r} (known: ids 0..{len(lmap.labels) - 1} or {lmap.describe()})"
             )
+        numeric = numeric or _is_id(raw)
         texts.append(text)
         ids.append(label)
         lines.append(rec.line)
     if not texts:
         raise DataError(p, None, f"no rows labelled for {task}")
     return TaskData(
-        task=task, labels=lmap.labels, texts=texts, label_ids=np.asarray(ids, dtype=np.int64), lines=lines, source=p
+        task=task,
+        labels=lmap.labels,
+        texts=texts,
+        label_ids=np.asarray(ids, dtype=np.int64),
+        lines=lines,
+        source=p,
+        ids_read_as=lmap.id_names() if numeric else None,
     )
+
+
+def _is_id(raw: Any) -> bool:
+    """Whether a label cell is a numeric id rather than a name."""
+    if isinstance(raw, bool):
+        return False
+    if isinstance(raw, int) or (isinstance(raw, float) and raw.is_integer()):
+        return True
+    return isinstance(raw, str) and raw.strip().isdigit()
 
 
 def load_task_data(path: str | Path, task: str, fmt: Format | None = None) -> TaskData:
@@ -369,24 +428,30 @@ def infer_task(path: str | Path, records: Sequence[Record]) -> str:
 
 
 def load_for_heads(
-    path: str | Path, heads: Sequence[str], task: str | None = None, fmt: Format | None = None
+    path: str | Path,
+    heads: Sequence[str],
+    task: str | None = None,
+    fmt: Format | None = None,
+    label_ids: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, TaskData]:
     """Per-head data in a file: a ``text,label`` file gives one task (``task`` or inferred); columns
-    named after heads (``text,sentiment,topic``) give one entry per such column."""
+    named after heads (``text,sentiment,topic``) give one entry per such column. ``label_ids`` gives,
+    per task, the label names of the file's numeric ids in id order (``encode_records``)."""
     p = Path(path)
+    ids = dict(label_ids or {})
     records = read_records(p, fmt)
     cols = set(records[0].labels)
     head_cols = [h for h in heads if h in cols]
     if task is not None:
         if task not in heads:
             raise ValueError(f"the model has no {task!r} head (heads: {', '.join(heads)})")
-        return {task: encode_records(p, records, task, column=task if task in cols else None)}
+        return {task: encode_records(p, records, task, column=task if task in cols else None, label_ids=ids.get(task))}
     if head_cols and "label" not in cols:
-        return {h: encode_records(p, records, h, column=h, skip_missing=True) for h in head_cols}
+        return {h: encode_records(p, records, h, column=h, skip_missing=True, label_ids=ids.get(h)) for h in head_cols}
     inferred = infer_task(p, records)
     if inferred not in heads:
         raise DataError(p, None, f"data is for {inferred!r} but the model's heads are {', '.join(heads)}")
-    return {inferred: encode_records(p, records, inferred)}
+    return {inferred: encode_records(p, records, inferred, label_ids=ids.get(inferred))}
 
 
 def sentiment_texts(data_dir: str | Path, n: int, split: Literal["train", "valid"] = "valid") -> list[str]:

@@ -8,7 +8,7 @@ what is measured is what the stream worker serves; any backend the engine knows 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ def evaluate(
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     batch_size: int = 64,
     fmt: Format | None = None,
+    label_ids: Mapping[str, Sequence[str]] | None = None,
     console: Console | None = None,
     show: bool = True,
 ) -> dict[str, Any]:
@@ -142,7 +143,9 @@ def evaluate(
     with columns named after heads (``text,sentiment,topic``) evaluates each of those heads.
     Returns ``{"model", "data", "backend", "heads": {head: report}}`` (see
     ``training.metrics.classification_report``); prints tables when ``show`` and writes the
-    same dict to ``json_out`` when given.
+    same dict to ``json_out`` when given. Numeric label ids are read in the task's own convention
+    unless ``label_ids`` gives the names in id order for a task; each head's report says what its
+    ids were read as (``ids_read_as``), because a wrong order scores a file wrongly without an error.
     """
     from engine.runtime import load_classifier
     from engine.settings import EngineSettings
@@ -151,7 +154,9 @@ def evaluate(
         EngineSettings(backend=backend, max_seq_len=max_seq_len, max_batch_size=batch_size), model_dir
     )
     heads = {h.name: h for h in clf.heads}
-    data = load_for_heads(data_file, list(heads), task=task, fmt=fmt)
+    data = load_for_heads(data_file, list(heads), task=task, fmt=fmt, label_ids=label_ids)
+    if unused := sorted(set(label_ids or {}) - set(data)):
+        raise ValueError(f"label ids were given for {', '.join(unused)}, but {data_file} labels {', '.join(data)}")
     result: dict[str, Any] = {
         "model": str(model_dir),
         "data": str(data_file),
@@ -168,6 +173,7 @@ def evaluate(
         in_data_order = np.empty_like(probs)
         in_data_order[:, to_data] = probs
         report["ece"] = expected_calibration_error(in_data_order, td.label_ids)
+        report["ids_read_as"] = list(td.ids_read_as) if td.ids_read_as is not None else None
         result["heads"][name] = report
         log.info(
             "evaluated",
@@ -196,6 +202,11 @@ def print_report(result: dict[str, Any], console: Console | None = None) -> None
             f"[bold]{name}[/bold]: macro-F1 {rep['macro_f1']:.4f} · accuracy {rep['accuracy']:.4f} · "
             f"ECE {rep.get('ece', float('nan')):.4f} · n={rep['n']}"
         )
+        if ids := rep.get("ids_read_as"):
+            console.print(
+                f"numeric labels read as {', '.join(f'{i} {lab}' for i, lab in enumerate(ids))}; "
+                "if the file means another order, pass --label-ids"
+            )
         table = Table()
         for col in ("label", "precision", "recall", "F1", "support"):
             table.add_column(col, justify="left" if col == "label" else "right")

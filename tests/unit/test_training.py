@@ -28,6 +28,7 @@ from training.data import (
     TOPIC_LABELS,
     TOPIC_MAP,
     DataError,
+    label_map_for,
     load_for_heads,
     load_task_data,
     read_records,
@@ -340,6 +341,50 @@ def test_cli_evaluate_and_train(trained: Any, data_dir: Path, base_dir: Path, tm
     )
     assert ok.exit_code == 0, ok.output
     assert "macro-F1" in ok.output and (tmp_path / "e.json").is_file()
+    assert "numeric labels read as 0 negative, 1 positive, 2 neutral" in ok.output
+    # The same rows with ids in another order (0 negative, 1 neutral, 2 positive, as other headline
+    # sets number them) score the same once the order is given, and differently when it is not.
+    original = load_task_data(data_dir / "sentiment_valid.csv", "sentiment")
+    renumbered = _write_csv(
+        tmp_path / "renumbered.csv",
+        [
+            (t, ("negative", "neutral", "positive").index(SENTIMENT_LABELS[i]))
+            for t, i in zip(original.texts, original.label_ids, strict=True)
+        ],
+    )
+    for extra, name in (([], "wrong.json"), (["--label-ids", "Bearish, neutral ,POSITIVE"], "right.json")):
+        res = runner.invoke(
+            evaluate_cmd,
+            [
+                str(trained.out_dir),
+                "--data",
+                str(renumbered),
+                "--task",
+                "sentiment",
+                "--json",
+                str(tmp_path / name),
+                *extra,
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    first, wrong, right = (
+        json.loads((tmp_path / n).read_text())["heads"]["sentiment"] for n in ("e.json", "wrong.json", "right.json")
+    )
+    assert right["confusion_matrix"] == first["confusion_matrix"] and right["ids_read_as"] == [
+        "negative",
+        "neutral",
+        "positive",
+    ]
+    assert wrong["confusion_matrix"] != first["confusion_matrix"]
+    res = runner.invoke(
+        evaluate_cmd, [str(trained.out_dir), "--data", str(renumbered), "--label-ids", "negative,neutral"]
+    )
+    assert res.exit_code != 0 and "--label-ids has 2 names" in res.output
+    res = runner.invoke(
+        evaluate_cmd,
+        [str(trained.out_dir), "--data", str(renumbered), "--task", "sentiment", "--label-ids", "negative,neutral"],
+    )
+    assert res.exit_code != 0 and "need 3 label names" in res.output
     bad = _write_csv(tmp_path / "bad.csv", [("fine text", "2"), ("other", "Sideways")])
     res = runner.invoke(evaluate_cmd, [str(trained.out_dir), "--data", str(bad), "--task", "sentiment"])
     assert res.exit_code != 0 and f"{bad}:3" in res.output and "Sideways" in res.output
@@ -457,6 +502,21 @@ def test_phrasebank_format_parses(tmp_path: Path) -> None:
     f.write_bytes(b"Good quarter .@bullishish\n")
     with pytest.raises(DataError, match=r":1: unknown sentiment label"):
         load_task_data(f, "sentiment")
+
+
+def test_numeric_ids_in_a_given_order() -> None:
+    twitter = label_map_for("sentiment")
+    assert twitter.id_names() == ("negative", "positive", "neutral")
+    other = twitter.with_ids(["neg", "Neutral", "bullish"])
+    assert [other.encode(i) for i in (0, "1", 2.0)] == [0, 1, 2] and other.encode("bearish") == 0
+    assert other.id_names() == ("negative", "neutral", "positive")
+    assert twitter.id_names() == ("negative", "positive", "neutral")  # the shared map is unchanged
+    with pytest.raises(ValueError, match="names some label twice"):
+        twitter.with_ids(["negative", "bearish", "positive"])
+    with pytest.raises(ValueError, match="unknown sentiment label name '1'"):
+        twitter.with_ids(["1", "neutral", "positive"])
+    topic = label_map_for("topic")
+    assert topic.with_ids(list(reversed(topic.labels))).encode(0) == len(topic.labels) - 1
 
 
 def test_task_inference_for_evaluation(tmp_path: Path) -> None:
