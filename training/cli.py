@@ -53,6 +53,9 @@ def _d(name: str, text: str = "") -> str:
     "--class-weighting", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_weighting")
 )
 @click.option(
+    "--class-sampling", type=click.Choice(["balanced", "weighted", "none"]), default=None, help=_d("class_sampling")
+)
+@click.option(
     "--task-mix", default=None, help=_d("task_mix", "proportional | uniform | sqrt | 'sentiment=0.4,topic=0.6'.")
 )
 @click.option("--label-smoothing", type=float, default=None, help=_d("label_smoothing"))

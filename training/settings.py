@@ -91,6 +91,12 @@ class TrainSettings(BaseSettings):
         description="Loss weights per class: balanced (inverse frequency), weighted (inverse square root "
         "of frequency, milder) or none.",
     )
+    class_sampling: ClassWeighting = Field(
+        default="none",
+        description="How often each training row is drawn: none (every row once a pass), weighted (a class in "
+        "proportion to the square root of its rows) or balanced (every class equally often); rows are drawn "
+        "with replacement. Combine with class_weighting none, or the rare classes are lifted twice.",
+    )
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     rdrop_alpha: float = Field(
         default=0.0,
@@ -264,6 +270,8 @@ class TrainSettings(BaseSettings):
             out["calibration_seed"] = self.calibration_seed
         if self.refit_heads:
             out["refit_heads"] = True
+        if self.class_sampling != "none":
+            out["class_sampling"] = self.class_sampling
         if self.hidden_teacher is not None:
             # Likewise only when on (the teacher itself is named in the run identity).
             out["hidden_distill_weight"] = self.hidden_distill_weight

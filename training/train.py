@@ -184,10 +184,15 @@ def task_probabilities(mix: str, sizes: dict[str, int]) -> dict[str, float]:
     return {t: raw[t] / total for t in tasks}
 
 
-def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One pass over the rows: shuffled, then sorted by length within windows, cut into batches, batches shuffled."""
-    n = int(lengths.size)
-    perm = rng.permutation(n)
+def length_grouped_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, rows: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """One pass over the rows: shuffled, then sorted by length within windows, cut into batches, batches shuffled.
+
+    ``rows`` (row indices, repeats allowed) replaces "every row once" as what the pass covers.
+    """
+    perm = rng.permutation(int(lengths.size)) if rows is None else rng.permutation(rows)
+    n = int(perm.size)
     window = batch_size * LENGTH_GROUP_BATCHES
     batches: list[np.ndarray] = []
     for start in range(0, n, window):
@@ -198,10 +203,30 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
     return [batches[i] for i in order]
 
 
-def batch_stream(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless batches for one task, reshuffled on every pass."""
+def batch_stream(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, row_p: np.ndarray | None = None
+) -> Iterator[np.ndarray]:
+    """Endless batches for one task, reshuffled on every pass.
+
+    With ``row_p`` (a probability per row) each pass is as many rows as the task has, drawn with
+    replacement from it: class-balanced sampling shows the rare classes' rows more often instead of
+    weighting their loss.
+    """
     while True:
-        yield from length_grouped_batches(lengths, batch_size, rng)
+        rows = None if row_p is None else rng.choice(lengths.size, size=lengths.size, replace=True, p=row_p)
+        yield from length_grouped_batches(lengths, batch_size, rng, rows)
+
+
+def row_probabilities(label_ids: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
+    """Sampling probability of each row for ``class_sampling`` ``mode`` (``None`` for ``none``).
+
+    A class's rows share its weight from ``class_weights`` (balanced: 1/count, so every class is drawn
+    equally often; weighted: 1/sqrt(count)).
+    """
+    if mode == "none":
+        return None
+    w = class_weights(np.bincount(label_ids, minlength=n_classes), mode)[label_ids]
+    return w / w.sum()
 
 
 def lr_lambda(warmup: int, total: int) -> Any:
@@ -667,7 +692,12 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
     rng = np.random.default_rng(settings.seed)
     streams = {
-        sp.task: batch_stream(sp.train_tok.lengths, settings.batch_size, rng)
+        sp.task: batch_stream(
+            sp.train_tok.lengths,
+            settings.batch_size,
+            rng,
+            row_probabilities(sp.train.label_ids, len(sp.train.labels), settings.class_sampling),
+        )
         for sp in splits
         if sp.train_tok is not None
     }

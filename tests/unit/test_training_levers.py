@@ -19,7 +19,16 @@ from training.distill import distillation_loss, rdrop_loss, teacher_probabilitie
 from training.overlap import exclude_validation, normalise_text, shingles
 from training.selftrain import unlabelled_pool
 from training.settings import TrainSettings
-from training.train import PRETRAIN_FILE, TrainingError, load_splits, train, unseen_reports
+from training.train import (
+    PRETRAIN_FILE,
+    TrainingError,
+    batch_stream,
+    length_grouped_batches,
+    load_splits,
+    row_probabilities,
+    train,
+    unseen_reports,
+)
 
 WORDS = (
     "apple tesla oil fed rates cut raise guidance beats misses shares fall rise bank merger deal ipo "
@@ -339,5 +348,36 @@ def test_rdrop_trains_and_is_part_of_the_model_identity_only_when_on(dapt_data: 
     on = train(_settings(dapt_data, rdrop_alpha=1.0, **kw), tmp_path / "on")
     off = train(_settings(dapt_data, **kw), tmp_path / "off")
     assert on.metrics["hyperparameters"]["rdrop_alpha"] == 1.0
+    assert on.metrics["config_hash"] != off.metrics["config_hash"]
+    assert np.isfinite(on.metrics["score"])
+
+
+def test_class_sampling_draws_each_class_as_often_as_asked() -> None:
+    labels = np.asarray([0] * 90 + [1] * 9 + [2] * 1)
+    assert row_probabilities(labels, 3, "none") is None
+    for mode, expected in (("balanced", np.ones(3) / 3), ("weighted", np.sqrt([90, 9, 1]) / np.sqrt([90, 9, 1]).sum())):
+        p = row_probabilities(labels, 3, mode)
+        assert p is not None and p.sum() == pytest.approx(1.0)
+        np.testing.assert_allclose(np.bincount(labels, weights=p, minlength=3), expected)
+        # Drawn over many passes, the batches hold the classes in those shares.
+        stream = batch_stream(np.full(labels.size, 8), 16, np.random.default_rng(0), p)
+        drawn = np.concatenate([next(stream) for _ in range(2000)])
+        np.testing.assert_allclose(np.bincount(labels[drawn], minlength=3) / drawn.size, expected, atol=0.02)
+    # Without sampling a pass is every row once; with it, exactly the rows drawn, repeats included.
+    lengths = np.random.default_rng(1).integers(4, 30, labels.size)
+    once = np.concatenate(length_grouped_batches(lengths, 16, np.random.default_rng(2)))
+    assert sorted(once.tolist()) == list(range(labels.size))
+    rows = np.asarray([99] * 40 + list(range(60)))
+    batches = length_grouped_batches(lengths, 16, np.random.default_rng(3), rows)
+    assert sorted(np.concatenate(batches).tolist()) == sorted(rows.tolist())
+    assert all(b.size <= 16 for b in batches)
+
+
+def test_class_sampling_trains_and_is_part_of_the_model_identity_only_when_on(dapt_data: Path, tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"max_steps": 3, "batch_size": 8, "evals_per_epoch": 0}
+    assert "class_sampling" not in _settings(dapt_data, **kw).hyperparameters()
+    on = train(_settings(dapt_data, class_sampling="balanced", class_weighting="none", **kw), tmp_path / "on")
+    off = train(_settings(dapt_data, class_weighting="none", **kw), tmp_path / "off")
+    assert on.metrics["hyperparameters"]["class_sampling"] == "balanced"
     assert on.metrics["config_hash"] != off.metrics["config_hash"]
     assert np.isfinite(on.metrics["score"])
