@@ -67,6 +67,7 @@ def _d(name: str, text: str = "") -> str:
     help=_d("calibration_fraction", "Share of training rows held out to fit each head's temperature (0: none)."),
 )
 @click.option("--calibration-seed", type=int, default=None, help=_d("calibration_seed"))
+@click.option("--ema-decay", type=float, default=None, help=_d("ema_decay"))
 @click.option(
     "--refit-heads/--no-refit-heads",
     default=None,

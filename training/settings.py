@@ -119,6 +119,14 @@ class TrainSettings(BaseSettings):
         "the average's temperature.",
     )
 
+    ema_decay: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Validate, select and save an exponential moving average of the weights, updated every step "
+        "with this decay (0: off; 0.998 averages over about the last 500 steps). The average costs nothing to "
+        "serve: it is one model of the same size.",
+    )
     refit_heads: bool = Field(
         default=False,
         description="After training, refit each head to convergence on the selected encoder's frozen features "
@@ -272,6 +280,8 @@ class TrainSettings(BaseSettings):
             out["refit_heads"] = True
         if self.class_sampling != "none":
             out["class_sampling"] = self.class_sampling
+        if self.ema_decay:
+            out["ema_decay"] = self.ema_decay
         if self.hidden_teacher is not None:
             # Likewise only when on (the teacher itself is named in the run identity).
             out["hidden_distill_weight"] = self.hidden_distill_weight

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import structlog
@@ -690,6 +690,16 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             }
         )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps))
+    # With ``ema_decay`` the model that is validated, selected and saved is the moving average of the weights
+    # (torch's AveragedModel: a copy updated in place after every optimizer step); the live model keeps training.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema_decay), use_buffers=False
+        )
+        if settings.ema_decay
+        else None
+    )
+    judged: MultiHeadClassifier = model if ema is None else cast(MultiHeadClassifier, ema.module)
     rng = np.random.default_rng(settings.seed)
     streams = {
         sp.task: batch_stream(
@@ -811,6 +821,8 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
             torch.nn.utils.clip_grad_norm_(trained, settings.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             task_steps[task] += 1
             value = float(loss.detach())
@@ -827,7 +839,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 train_seconds += time.perf_counter() - t_loop
                 t_eval = time.perf_counter()
                 progress.update(bar, info="validating...")
-                checked = validate(model, tokenizer, splits, settings.eval_batch_size, device)
+                checked = validate(judged, tokenizer, splits, settings.eval_batch_size, device)
                 set_train_mode()
                 eval_seconds += time.perf_counter() - t_eval
                 scores = {t: r["macro_f1"] for t, r in checked.reports.items()}
@@ -851,7 +863,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
                 new_best = score > best_score
                 if new_best:
                     best_score, best_step, best = score, step, checked
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in judged.state_dict().items()}
                 improved = new_best if settings.selection == "mean" else improved_any
                 stale = 0 if improved else stale + 1
                 log.info(
@@ -877,6 +889,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif ema is not None:
+        # No validation rows: the average at the last step is what is saved.
+        model.load_state_dict(judged.state_dict())
+    del ema, judged
     head_refit: dict[str, dict[str, Any]] | None = None
     if settings.refit_heads:
         t_refit = time.perf_counter()
