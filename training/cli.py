@@ -73,6 +73,9 @@ def _d(name: str, text: str = "") -> str:
     default=None,
     help=_d("refit_heads", "Refit each head on the trained encoder's frozen features (one extra pass)."),
 )
+@click.option(
+    "--refit-only", type=click.Choice(["sentiment", "topic"]), multiple=True, help=_d("refit_only", "Repeatable.")
+)
 @click.option("--evals-per-epoch", type=int, default=None, help=_d("evals_per_epoch"))
 @click.option("--patience", type=int, default=None, help=_d("patience"))
 @click.option("--selection", type=click.Choice(["mean", "per-head"]), default=None, help=_d("selection"))

@@ -135,6 +135,13 @@ class TrainSettings(BaseSettings):
         "and so the serving speed, is unchanged.",
     )
 
+    refit_only: list[str] | None = Field(
+        default=None,
+        description="With refit_heads, refit only these heads (default: every mean-pooled linear head). A refit "
+        "converged on the tweets sharpens a head for them: the sentiment head gained +0.002 on the tweet "
+        "validation rows and lost 0.01-0.02 macro-F1 on news headlines (MODEL_CARD.md).",
+    )
+
     # --- validation and stopping ----------------------------------------------------------------
     evals_per_epoch: int = Field(default=2, ge=0, description="Validation passes per epoch (0: only at the end).")
     patience: int = Field(default=4, ge=1, description="Stop after this many validations without improvement.")
@@ -278,6 +285,8 @@ class TrainSettings(BaseSettings):
             out["calibration_seed"] = self.calibration_seed
         if self.refit_heads:
             out["refit_heads"] = True
+            if self.refit_only is not None:
+                out["refit_only"] = sorted(self.refit_only)
         if self.class_sampling != "none":
             out["class_sampling"] = self.class_sampling
         if self.ema_decay:

@@ -624,6 +624,10 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     splits = load_splits(settings)
     tasks = [sp.task for sp in splits]
+    if settings.refit_only is not None and (unknown := set(settings.refit_only) - set(tasks)):
+        raise TrainingError(
+            f"refit_only names {', '.join(sorted(unknown))}, not a head of this run ({', '.join(tasks)})"
+        )
     bf16_teachers = precision == "bf16" and device.type == "cpu"
     pseudo = add_pseudo_labels(settings, splits, bf16=bf16_teachers)
     tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_seq_len, pad_multiple=8)
@@ -901,7 +905,7 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
         head_refit = refit_heads(
             model,
             tokenizer,
-            splits,
+            [sp for sp in splits if settings.refit_only is None or sp.task in settings.refit_only],
             {t: w.cpu().numpy() for t, w in weights.items()},
             settings.label_smoothing,
             batch_size=settings.eval_batch_size,

@@ -16,7 +16,7 @@ from training.evaluate import predict_features, predict_logits
 from training.metrics import classification_report
 from training.refit import refit_head
 from training.settings import TrainSettings
-from training.train import load_splits, rescore, train, validate
+from training.train import TrainingError, load_splits, rescore, train, validate
 
 
 def test_refit_separates_what_the_features_separate() -> None:
@@ -112,3 +112,17 @@ def test_train_with_refit_heads(tiny_task_dir: Path, tmp_path: Path) -> None:
         logits = predict_logits(b, tok, sp.valid.texts)[index[sp.task]]
         fresh = classification_report(sp.valid.label_ids, logits.argmax(axis=1), sp.valid.labels)
         assert fresh["macro_f1"] == pytest.approx(refit.metrics["heads"][sp.task]["macro_f1"], abs=1e-9)
+
+
+def test_refit_only_leaves_the_other_head_as_trained(tiny_task_dir: Path, tmp_path: Path) -> None:
+    plain = train(_settings(tiny_task_dir), tmp_path / "plain")
+    topic = train(_settings(tiny_task_dir, refit_heads=True, refit_only=["topic"]), tmp_path / "topic")
+    assert set(topic.metrics["head_refit"]) == {"topic"}
+    a, b = (load_model(tmp_path / n).model.state_dict() for n in ("plain", "topic"))
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("heads.topic"))
+    assert not torch.allclose(a["heads.topic.weight"], b["heads.topic.weight"], atol=1e-4)
+    assert topic.metrics["heads"]["sentiment"] == plain.metrics["heads"]["sentiment"]
+    assert topic.metrics["hyperparameters"]["refit_only"] == ["topic"]
+    assert "refit_only" not in TrainSettings(refit_heads=True).hyperparameters()
+    with pytest.raises(TrainingError, match="refit_only names news"):
+        train(_settings(tiny_task_dir, refit_heads=True, refit_only=["news"]), tmp_path / "bad")
