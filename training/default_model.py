@@ -45,11 +45,12 @@ CARD_NOTE = """
 This model was trained by `ensure_default_model` with the **{recipe}** recipe.
 
 - quick (the demo's default): batch 16, max_seq_len 64, frozen embeddings, head LR 5e-4, task mix
-  sentiment 0.65 / topic 0.35, label smoothing 0.1, heads refit on the trained encoder's features,
-  temperature fitted on 10% held-out rows. Where the CPU (or GPU) does bfloat16 natively, 1,800 steps
-  under bf16 autocast: measured 373 s end to end on 2 quiet Intel Xeon cores, validation macro-F1
-  sentiment 0.833-0.836 and topic 0.853-0.860 (seeds 13-15). Elsewhere, 950 fp32 steps: sentiment
-  0.823, topic 0.845 (seed 13).
+  sentiment 0.65 / topic 0.35, label smoothing 0.1, the topic head refit on the trained encoder's
+  features, temperature fitted on 10% held-out rows. Where the CPU (or GPU) does bfloat16 natively,
+  1,800 steps under bf16 autocast: measured 373-383 s end to end on 2 quiet Intel Xeon cores,
+  validation macro-F1 sentiment 0.832-0.834 and topic 0.853-0.860 (seeds 13-15); on news headlines
+  (Financial PhraseBank) sentiment 0.670-0.690. Elsewhere, 950 fp32 steps: sentiment 0.823, topic
+  0.845 (seed 13).
 - full (`finpulse train --out DIR` with no other options): 5 epochs of batch 32 (4,150 steps),
   max_seq_len 96, LR 8e-5, sqrt task mix, sqrt-inverse class weights, validation twice an epoch with
   early stopping (patience 4). In fp32, 0.91 steps/s on 2 lightly loaded CPU cores, about 1.5 hours
