@@ -624,10 +624,14 @@ def _train(settings: TrainSettings, out: Path, console: Console | None, model_id
 
     splits = load_splits(settings)
     tasks = [sp.task for sp in splits]
-    if settings.refit_only is not None and (unknown := set(settings.refit_only) - set(tasks)):
-        raise TrainingError(
-            f"refit_only names {', '.join(sorted(unknown))}, not a head of this run ({', '.join(tasks)})"
-        )
+    if settings.refit_only is not None:
+        if not settings.refit_heads:
+            # Without refit_heads nothing would be refit: say so rather than train a model the user did not ask for.
+            raise TrainingError("refit_only names heads to refit, but refit_heads is off (add --refit-heads)")
+        if unknown := set(settings.refit_only) - set(tasks):
+            raise TrainingError(
+                f"refit_only names {', '.join(sorted(unknown))}, not a head of this run ({', '.join(tasks)})"
+            )
     bf16_teachers = precision == "bf16" and device.type == "cpu"
     pseudo = add_pseudo_labels(settings, splits, bf16=bf16_teachers)
     tokenizer = BatchTokenizer.from_model_dir(base, max_seq_len=settings.max_seq_len, pad_multiple=8)

@@ -126,3 +126,5 @@ def test_refit_only_leaves_the_other_head_as_trained(tiny_task_dir: Path, tmp_pa
     assert "refit_only" not in TrainSettings(refit_heads=True).hyperparameters()
     with pytest.raises(TrainingError, match="refit_only names news"):
         train(_settings(tiny_task_dir, refit_heads=True, refit_only=["news"]), tmp_path / "bad")
+    with pytest.raises(TrainingError, match="refit_heads is off"):
+        train(_settings(tiny_task_dir, refit_only=["topic"]), tmp_path / "off")
